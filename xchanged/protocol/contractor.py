@@ -1,0 +1,226 @@
+"""The contractor side of the Contract Net: admission, bidding, accepting, running, reporting.
+
+Rules:
+- A `cfp` is answered with a `bid` only if the task fits now, counting running attempts AND bids
+  still outstanding (each bid reserves its room until the award, a `reject_bid`, or `reservation_ttl`).
+  Otherwise a `refuse` says why, with a stable code: not_allowed, label, no_slots, overloaded, cpus,
+  mem, gpus, gpu_mem.
+- An `award` consumes the reservation (or re-checks admission when it expired) and is answered with
+  `accept` (and the process is started) or `reject`. A repeated award of a running attempt is
+  accepted again: it is the manager retrying after a lost accept.
+- A running attempt sends `progress` every `heartbeat`. Its `result` is resent with backoff until the
+  manager acknowledges it with `ack`.
+- `cancel` kills the attempt (or drops its reservation). The result then reports outcome `cancelled`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .codec import Envelope
+from .effects import Audit, KillTask, Outbox, Send, StartTask
+from .events import Capacity, TaskExited
+from .messages import Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award
+
+RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
+
+
+@dataclass(frozen=True, slots=True)
+class ContractorSettings:
+    self_id: str
+    slots: int
+    labels: dict[str, str] = field(default_factory=dict)
+    overload_cpu_percent: float = 90.0
+    allow: tuple[str, ...] = ("*",)
+    heartbeat: float = 1.0
+    reservation_ttl: float = 5.0
+
+
+@dataclass(slots=True)
+class Claim:
+    """Room held for one task: a reservation (bid outstanding) or a running attempt."""
+
+    task_id: str
+    attempt: int
+    manager: str
+    req: Requirements
+    gpus: tuple[int, ...]
+    expires: float = 0.0            # reservations only
+    spec: TaskSpec | None = None    # running only
+    started: float = 0.0
+    pid: int | None = None
+    next_heartbeat: float = 0.0
+
+
+@dataclass(slots=True)
+class PendingResult:
+    manager: str
+    result: Result
+    next_send: float
+    backoff: float
+
+
+class Contractor:
+    def __init__(self, settings: ContractorSettings, outbox: Outbox, lookup: Callable[[str], tuple[str, str]]):
+        self.settings = settings
+        self.out = outbox
+        self.lookup = lookup                          # peer id -> (address, name)
+        self.capacity = Capacity(cpus=settings.slots, cpu_percent=0.0, mem_total=0, mem_available=0)
+        self.reserved: dict[tuple[str, str], Claim] = {}      # (manager, task_id) -> reservation
+        self.running: dict[tuple[str, int], Claim] = {}       # (task_id, attempt) -> running attempt
+        self.pending: dict[tuple[str, int], PendingResult] = {}
+        self.completed = 0
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def slots_free(self) -> int:
+        return max(0, self.settings.slots - len(self.running) - len(self.reserved))
+
+    def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
+        return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
+
+    def refusal(self, req: Requirements, command: str, exclude: tuple[str, str] | None = None
+                ) -> tuple[str, str, tuple[int, ...]]:
+        """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
+        s, cap = self.settings, self.capacity
+        if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
+            return "not_allowed", f"command {command!r} not allowed here", ()
+        for key, value in req.labels.items():
+            if s.labels.get(key) != value:
+                return "label", f"label {key}={value} missing", ()
+        claims = self._claims(exclude)
+        if len(claims) >= s.slots:
+            return "no_slots", f"all {s.slots} slots busy", ()
+        if cap.cpu_percent > s.overload_cpu_percent:
+            return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
+        cpus = max(cap.cpus, s.slots)
+        used_cpus = sum(c.req.cpus for c in claims)
+        if used_cpus + req.cpus > cpus:
+            return "cpus", f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
+        if req.mem:
+            reserved_mem = sum(c.req.mem for c in claims if c.spec is None)
+            committed_mem = sum(c.req.mem for c in claims)
+            if req.mem > cap.mem_available - reserved_mem or req.mem > cap.mem_total - committed_mem:
+                return "mem", "not enough memory free", ()
+        gpus: tuple[int, ...] = ()
+        if req.gpus:
+            taken = {g for c in claims for g in c.gpus}
+            usable = [g.index for g in cap.gpus if g.index not in taken and g.mem_free >= req.gpu_mem]
+            if len(usable) < req.gpus:
+                big_enough = [g for g in cap.gpus if g.mem_total >= req.gpu_mem]
+                code = "gpu_mem" if req.gpu_mem and len(big_enough) >= req.gpus else "gpus"
+                return code, f"{len(usable)} GPUs free with enough memory, task needs {req.gpus}", ()
+            gpus = tuple(usable[: req.gpus])
+        return "", "", gpus
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def on_cfp(self, env: Envelope, now: float) -> None:
+        cfp: Cfp = env.message
+        key = (env.sender, cfp.task_id)
+        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, exclude=key)
+        if code:
+            self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
+            return
+        self.reserved[key] = Claim(cfp.task_id, cfp.attempt, env.sender, cfp.requirements, gpus,
+                                   expires=now + self.settings.reservation_ttl)
+        cap = self.capacity
+        self._send(env.sender, Bid(cfp.task_id, cfp.attempt, slots=self.settings.slots,
+                                   slots_free=self.slots_free, cpu_percent=cap.cpu_percent,
+                                   mem_available=cap.mem_available, queue_len=len(self.running),
+                                   affinity=sum(1 for k, v in cfp.requirements.prefer.items()
+                                                if self.settings.labels.get(k) == v)))
+
+    def on_reject_bid(self, env: Envelope) -> None:
+        key = (env.sender, env.message.task_id)
+        claim = self.reserved.get(key)
+        if claim is not None and claim.attempt == env.message.attempt:
+            del self.reserved[key]
+
+    def on_award(self, env: Envelope, now: float, wall_ms: int) -> None:
+        award: Award = env.message
+        run_key = (award.task_id, award.attempt)
+        running = self.running.get(run_key)
+        if running is not None and running.manager == env.sender:
+            self._send(env.sender, Accept(award.task_id, award.attempt))
+            return
+        key = (env.sender, award.task_id)
+        claim = self.reserved.pop(key, None)
+        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0])
+        if code and claim is not None and code in ("no_slots", "cpus", "mem", "gpus", "gpu_mem", "overloaded"):
+            code, gpus = "", claim.gpus        # the reservation already holds the room
+        if code:
+            self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
+            return
+        self.running[run_key] = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, gpus,
+                                      spec=award.spec, started=now, next_heartbeat=now + self.settings.heartbeat)
+        self.out.emit(Audit, entry={"event": "award", "task": award.task_id, "attempt": award.attempt,
+                                    "manager": env.sender, "contractor": self.settings.self_id,
+                                    "score": award.score, "time_ms": wall_ms, "message": env.raw})
+        self._send(env.sender, Accept(award.task_id, award.attempt))
+        extra_env = {"XCHANGED_TASK_ID": award.task_id, "XCHANGED_ATTEMPT": str(award.attempt)}
+        if award.spec.requirements.gpus:
+            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        self.out.emit(StartTask, task_id=award.task_id, attempt=award.attempt, spec=award.spec, env=extra_env)
+
+    def on_cancel(self, env: Envelope) -> None:
+        msg = env.message
+        claim = self.reserved.get((env.sender, msg.task_id))
+        if claim is not None:
+            del self.reserved[(env.sender, msg.task_id)]
+        running = self.running.get((msg.task_id, msg.attempt))
+        if running is not None and running.manager == env.sender:
+            self.out.emit(KillTask, task_id=msg.task_id, attempt=msg.attempt, reason=msg.reason)
+
+    def on_ack(self, env: Envelope) -> None:
+        key = (env.message.task_id, env.message.attempt)
+        pending = self.pending.get(key)
+        if pending is not None and pending.manager == env.sender:
+            del self.pending[key]
+
+    # -- executor -------------------------------------------------------------------------------
+
+    def on_started(self, task_id: str, attempt: int, pid: int) -> None:
+        claim = self.running.get((task_id, attempt))
+        if claim is not None:
+            claim.pid = pid
+
+    def on_exited(self, ev: TaskExited, now: float) -> None:
+        claim = self.running.pop((ev.task_id, ev.attempt), None)
+        if claim is None:
+            return
+        self.completed += 1
+        result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
+                        ev.stdout, ev.stderr, claim.pid)
+        self.pending[(ev.task_id, ev.attempt)] = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0],
+                                                               RESULT_BACKOFF[0])
+        self._send(claim.manager, result)
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def on_timer(self, now: float) -> None:
+        for key, claim in list(self.reserved.items()):
+            if now >= claim.expires:
+                del self.reserved[key]
+        for claim in self.running.values():
+            if now >= claim.next_heartbeat:
+                claim.next_heartbeat = now + self.settings.heartbeat
+                self._send(claim.manager, Progress(claim.task_id, claim.attempt,
+                                                   int((now - claim.started) * 1000), claim.pid))
+        for pending in self.pending.values():
+            if now >= pending.next_send:
+                pending.backoff = min(pending.backoff * 2, RESULT_BACKOFF[1])
+                pending.next_send = now + pending.backoff
+                self._send(pending.manager, pending.result)
+
+    def next_deadline(self) -> float:
+        times = [c.expires for c in self.reserved.values()]
+        times += [c.next_heartbeat for c in self.running.values()]
+        times += [p.next_send for p in self.pending.values()]
+        return min(times, default=float("inf"))
+
+    def _send(self, peer: str, message) -> None:
+        self.out.emit(Send, targets=((peer, self.lookup(peer)[0]),), message=message)

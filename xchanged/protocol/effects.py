@@ -1,0 +1,107 @@
+"""Outputs of the protocol core, named as commands for the driver to carry out, in order.
+
+Order matters: a `PersistTask` or `Audit` comes before the `Send` or `Reply` that depends on it, and
+the driver must finish each durable effect before it performs the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .messages import TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Sign `message` once and send it to each (node id, address) in `targets`."""
+
+    targets: tuple[tuple[str, str], ...]
+    message: Any
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Forward already-signed frames unchanged (gossip relays, indirect-probe answers)."""
+
+    targets: tuple[tuple[str, str], ...]
+    frames: tuple[bytes, ...]
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTask:
+    task_id: str
+    attempt: int
+    spec: TaskSpec
+    env: dict[str, str]            # extra environment set by the contractor (e.g. CUDA_VISIBLE_DEVICES)
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KillTask:
+    task_id: str
+    attempt: int
+    reason: str
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistTask:
+    """Write this task's document to the store (and commit) before anything that follows."""
+
+    doc: dict
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutput:
+    """Keep an attempt's captured output for `xchanged logs`."""
+
+    task_id: str
+    attempt: int
+    stdout: bytes
+    stderr: bytes
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """Append an entry to the tamper-evident award log (durable before what follows)."""
+
+    entry: dict
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer a control-socket request."""
+
+    request_id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str                     # debug | info | warning | error
+    text: str
+    stimulus_id: str = ""
+
+
+class Outbox:
+    """Collects effects during one `handle` call, stamping each with the current stimulus id."""
+
+    def __init__(self) -> None:
+        self.effects: list[Any] = []
+        self.stimulus_id = ""
+
+    def emit(self, cls: type, **fields: Any) -> None:
+        self.effects.append(cls(stimulus_id=self.stimulus_id, **fields))
+
+    def take(self) -> list[Any]:
+        out, self.effects = self.effects, []
+        return out

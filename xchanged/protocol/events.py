@@ -1,0 +1,122 @@
+"""Inputs to the protocol core, named as facts that happened.
+
+The drivers (daemon, simulator, tests) build these and pass them to `Node.handle(event, now)`
+together with the current `Instant`. Each event carries a `stimulus_id`, which the effects it causes
+inherit, so any log line or audit entry can name the input that led to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .codec import Envelope
+from .messages import GpuInfo, TaskSpec
+
+
+class Instant(NamedTuple):
+    """One reading of the clock: monotonic seconds for timing, wall ms for records and skew."""
+
+    mono: float
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """A resource reading of this node (psutil, NVML)."""
+
+    cpus: int
+    cpu_percent: float
+    mem_total: int
+    mem_available: int
+    load_avg: float = 0.0
+    gpus: tuple[GpuInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A verified frame from a peer (or from ourselves, for the local contractor)."""
+
+    envelope: Envelope
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The deadline the core asked for (`Node.next_deadline()`) has passed."""
+
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSubmitted:
+    """A client submitted a task; the core assigns nothing until this is handled."""
+
+    request_id: int
+    task_id: str
+    spec: TaskSpec
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    request_id: int
+    task_id: str
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The executor started the process of an attempt this node accepted."""
+
+    task_id: str
+    attempt: int
+    pid: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskExited:
+    """An attempt's process ended (or could not be started: outcome 'error')."""
+
+    task_id: str
+    attempt: int
+    outcome: str                    # exited | timeout | cancelled | error
+    exit_code: int | None
+    runtime_ms: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    reason: str = ""
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesRead:
+    capacity: Capacity
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SeedConfigured:
+    """A static peer address (a seed, or an mDNS-discovered service) to send our load to."""
+
+    address: str
+    public_key: bytes | None = None
+    source: str = "seed"
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDropped:
+    """A frame failed decoding or the replay check; counted by reason."""
+
+    reason: str
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecovered:
+    """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`)."""
+
+    tasks: list[dict] = field(default_factory=list)
+    stimulus_id: str = ""

@@ -1,0 +1,533 @@
+"""The manager side of the Contract Net: announce, collect bids, award, follow up, retry.
+
+Task states: queued -> assigned -> running -> succeeded | failed | cancelled. A failed or lost
+attempt returns the task to queued until its retries are spent.
+
+Rules:
+- Every award has its own attempt number; every message of a contract names (task_id, attempt),
+  and a message about any other attempt than the current one is stale: a late bid gets a
+  `reject_bid`, a late result is acknowledged and kept as a superseded attempt, and never changes
+  the task (exactly one recorded completion).
+- Announcing is pull-based: a task is announced only to peers believed to have a free slot (their
+  last load, minus our awards since, plus results since), so bids rarely collide; when a peer frees a
+  slot, queued tasks are announced to it at once, highest priority first (then earliest deadline,
+  then submission order; waiting raises priority by one level per `AGING_STEP`).
+- The round closes when every candidate answered or the bid window ends; the best bid wins, the
+  others stay on standby until the winner accepts (a `reject` or no answer within the award timeout
+  awards the next standby bid).
+- An attempt is lost when its contractor is declared dead or stays silent past the heartbeat
+  deadline, and timed out past its timeout plus a margin: either way the task is re-announced,
+  preferring other nodes. Failures count against `retries` and raise the priority one level; losses
+  have their own, larger cap.
+- Every change of a task is persisted (`PersistTask`) before the message that depends on it is sent.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .codec import Envelope
+from .effects import Audit, Log, Outbox, PersistTask, Reply, Send, StoreOutput
+from .messages import (PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Progress, Refuse, Reject, RejectBid,
+                       Result, TaskSpec, from_body, priority_level, to_body)
+from . import policy
+
+QUEUED, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "assigned", "running", "succeeded", "failed", "cancelled")
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
+MAX_LOST_ATTEMPTS = 10
+RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
+NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
+
+
+@dataclass(slots=True)
+class ManagerSettings:
+    self_id: str
+    bid_window: float = 0.05
+    award_timeout: float = 2.0
+    heartbeat_timeout: float = 5.0
+    max_candidates: int = 16
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A peer as the manager sees it when choosing whom to ask."""
+
+    id: str
+    name: str
+    address: str
+    slots: int
+    free: int
+    labels: dict[str, str]
+    load: Any                   # the Load message (for fit checks)
+
+
+@dataclass(slots=True)
+class Attempt:
+    attempt: int
+    node: str
+    node_name: str
+    state: str                  # awarded | running | succeeded | failed | timeout | lost | rejected | cancelled | superseded
+    score: float = 0.0
+    exit_code: int | None = None
+    reason: str = ""
+    started: int | None = None  # wall ms
+    ended: int | None = None
+
+    def to_doc(self) -> dict:
+        return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
+                "state": self.state, "score": round(self.score, 4), "exit_code": self.exit_code,
+                "reason": self.reason, "started": self.started, "ended": self.ended}
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Attempt":
+        return cls(doc["attempt"], doc["node_id"], doc["node"], doc["state"], doc.get("score", 0.0),
+                   doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"))
+
+
+@dataclass(slots=True)
+class Round:
+    attempt: int
+    candidates: set[str]
+    deadline: float
+    bids: dict[str, Envelope] = field(default_factory=dict)
+    refusals: dict[str, Refuse] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Task:
+    id: str
+    spec: TaskSpec
+    submitted: int              # wall ms
+    order: int                  # submission order, for FIFO among equals
+    state: str = QUEUED
+    attempts: list[Attempt] = field(default_factory=list)
+    exit_code: int | None = None
+    reason: str = ""
+    finished: int | None = None
+    boost: int = 0              # priority levels gained by failures
+    failures: int = 0
+    losses: int = 0
+    avoid: set[str] = field(default_factory=set)
+    counter: int = 0            # last attempt number handed out
+    # transient, rebuilt after a restart
+    queued_since: float = 0.0
+    not_before: float = 0.0
+    backoff: float = 0.0
+    round: Round | None = None
+    standby: list[tuple[str, float, Envelope]] = field(default_factory=list)
+    award_deadline: float | None = None
+    last_heard: float = 0.0
+    run_deadline: float | None = None
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts and self.attempts[-1].state in ("awarded", "running") else None
+
+    def new_attempt(self) -> int:
+        """A fresh conversation number for a round or an award, never reused (fencing)."""
+        self.counter += 1
+        return self.counter
+
+    def level(self, now: float) -> int:
+        waited = max(0.0, now - self.queued_since)
+        return priority_level(self.spec.priority) + self.boost + int(waited // AGING_STEP)
+
+    def to_doc(self) -> dict:
+        last = self.attempts[-1] if self.attempts else None
+        return {
+            "id": self.id, "state": self.state, "priority": self.spec.priority,
+            "node": last.node_name if last and last.state != "rejected" else None,
+            "attempts": [a.to_doc() for a in self.attempts], "exit_code": self.exit_code,
+            "reason": self.reason, "submitted": self.submitted, "finished": self.finished,
+            "command": list(self.spec.argv), "name": self.spec.name, "spec": to_body(self.spec),
+            "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
+            "avoid": sorted(self.avoid), "counter": self.counter,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Task":
+        task = cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"], doc["state"],
+                   [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"), doc.get("reason", ""),
+                   doc.get("finished"), doc.get("boost", 0), doc.get("failures", 0), doc.get("losses", 0),
+                   set(doc.get("avoid", ())), doc.get("counter", 0))
+        return task
+
+
+class Manager:
+    def __init__(self, settings: ManagerSettings, outbox: Outbox, rng: random.Random,
+                 lookup: Callable[[str], tuple[str, str]]):
+        self.settings = settings
+        self.lookup = lookup                           # peer id -> (address, name)
+        self.out = outbox
+        self.rng = rng
+        self.tasks: dict[str, Task] = {}
+        self.records: dict[str, policy.ContractorRecord] = {}
+        self.free_hint: dict[str, int] = {}           # peer -> slots we believe free
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = 0
+        self._order = 0
+        self.stats = Counter()
+
+    # -- client requests ------------------------------------------------------------------------
+
+    def submit(self, request_id: int, task_id: str, spec: TaskSpec, now: float, wall_ms: int) -> None:
+        if task_id in self.tasks:
+            self.out.emit(Reply, request_id=request_id, ok=False, error=f"task {task_id} already exists")
+            return
+        self._order += 1
+        task = Task(task_id, spec, wall_ms, self._order, queued_since=now)
+        self.tasks[task_id] = task
+        self.stats["submitted"] += 1
+        self._persist(task)
+        self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
+
+    def cancel(self, request_id: int, task_id: str, now: float, wall_ms: int) -> None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            self.out.emit(Reply, request_id=request_id, ok=False, error=f"no such task: {task_id}")
+            return
+        if task.state not in TERMINAL:
+            self._stop_current(task, "cancelled", "cancelled by user", wall_ms)
+            self._release_standby(task, "task cancelled")
+            task.round = None
+            self._finish(task, CANCELLED, None, "cancelled by user", wall_ms)
+            self.out.emit(Audit, entry={"event": "cancel", "task": task.id, "manager": self.settings.self_id,
+                                        "time_ms": wall_ms})
+            self._persist(task)
+        self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
+
+    def recover(self, docs: list[dict], now: float) -> None:
+        """Resume tasks from the store after a restart; in-flight attempts wait for their contractor."""
+        for doc in docs:
+            task = Task.from_doc(doc)
+            self._order = max(self._order, task.order)
+            task.queued_since = now
+            self.tasks[task.id] = task
+            if task.state in (ASSIGNED, RUNNING):
+                task.last_heard = now
+                self._arm(task, now + self.settings.heartbeat_timeout)
+
+    # -- messages from contractors --------------------------------------------------------------
+
+    def on_bid(self, env: Envelope, now: float, wall_ms: int) -> None:
+        bid: Bid = env.message
+        task = self.tasks.get(bid.task_id)
+        rnd = task.round if task else None
+        if rnd is None or rnd.attempt != bid.attempt or env.sender not in rnd.candidates or now > rnd.deadline:
+            self.stats["late_bids"] += 1
+            self._send(env.sender, RejectBid(bid.task_id, bid.attempt, "bid window closed"))
+            return
+        rnd.bids[env.sender] = env
+        self.free_hint[env.sender] = bid.slots_free + 1
+        if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
+            self._close_round(task, now, wall_ms)
+
+    def on_refuse(self, env: Envelope, now: float, wall_ms: int) -> None:
+        refuse: Refuse = env.message
+        task = self.tasks.get(refuse.task_id)
+        rnd = task.round if task else None
+        if rnd is None or rnd.attempt != refuse.attempt or env.sender not in rnd.candidates:
+            return
+        rnd.refusals[env.sender] = refuse
+        if refuse.code in ("no_slots", "overloaded"):
+            self.free_hint[env.sender] = 0
+        if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
+            self._close_round(task, now, wall_ms)
+
+    def on_accept(self, env: Envelope, now: float, wall_ms: int) -> None:
+        acc: Accept = env.message
+        task, att = self._attempt_of(env, acc.task_id, acc.attempt)
+        if att is None:
+            self._send(env.sender, Cancel(acc.task_id, acc.attempt, "attempt superseded"))
+            return
+        if att.state != "awarded":
+            return
+        att.state, att.started = "running", wall_ms
+        task.state, task.reason = RUNNING, ""
+        task.award_deadline = None
+        task.last_heard = now
+        if task.spec.timeout:
+            task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
+        self._arm(task, now + self.settings.heartbeat_timeout)
+        if task.run_deadline:
+            self._arm(task, task.run_deadline)
+        self._release_standby(task, "another bid was accepted")
+        self.out.emit(Audit, entry={"event": "accept", "task": task.id, "attempt": att.attempt,
+                                    "manager": self.settings.self_id, "contractor": env.sender,
+                                    "score": att.score, "time_ms": wall_ms, "message": env.raw})
+        self._persist(task)
+
+    def on_reject(self, env: Envelope, now: float, wall_ms: int) -> None:
+        rej: Reject = env.message
+        task, att = self._attempt_of(env, rej.task_id, rej.attempt)
+        if att is None or att.state != "awarded":
+            return
+        att.state, att.reason, att.ended = "rejected", f"{rej.code}: {rej.reason}", wall_ms
+        self.free_hint[env.sender] = 0
+        self.out.emit(Audit, entry={"event": "reject", "task": task.id, "attempt": att.attempt,
+                                    "manager": self.settings.self_id, "contractor": env.sender,
+                                    "time_ms": wall_ms, "message": env.raw})
+        self._award_next(task, now, wall_ms)
+
+    def on_progress(self, env: Envelope, now: float) -> None:
+        prog: Progress = env.message
+        task, att = self._attempt_of(env, prog.task_id, prog.attempt)
+        if att is None:
+            self._send(env.sender, Cancel(prog.task_id, prog.attempt, "attempt superseded"))
+            return
+        task.last_heard = now
+        self._arm(task, now + self.settings.heartbeat_timeout)
+
+    def on_result(self, env: Envelope, now: float, wall_ms: int) -> None:
+        res: Result = env.message
+        self._send(env.sender, Ack(res.task_id, res.attempt))
+        task = self.tasks.get(res.task_id)
+        if task is None:
+            return
+        hint = self.free_hint.get(env.sender, 0)
+        self.free_hint[env.sender] = hint + 1
+        att = next((a for a in task.attempts if a.attempt == res.attempt and a.node == env.sender), None)
+        if att is None:
+            return
+        if att is not task.current or task.state in TERMINAL:
+            if att.state not in ("superseded", "succeeded", "failed", "timeout", "cancelled"):
+                att.state, att.exit_code, att.ended = "superseded", res.exit_code, wall_ms
+                att.reason = f"late result ({res.outcome}) of a superseded attempt"
+                self._persist(task)
+            return
+        att.exit_code, att.ended = res.exit_code, wall_ms
+        record = self._record(env.sender)
+        self.out.emit(StoreOutput, task_id=task.id, attempt=att.attempt, stdout=res.stdout, stderr=res.stderr)
+        self.out.emit(Audit, entry={"event": "result", "task": task.id, "attempt": att.attempt,
+                                    "manager": self.settings.self_id, "contractor": env.sender,
+                                    "outcome": res.outcome, "exit_code": res.exit_code, "time_ms": wall_ms})
+        if res.outcome == "exited" and res.exit_code == 0:
+            att.state = "succeeded"
+            record.succeeded()
+            self._finish(task, SUCCEEDED, 0, "", wall_ms)
+            self.stats["succeeded"] += 1
+        elif res.outcome == "cancelled":
+            att.state, att.reason = "cancelled", res.reason or "cancelled"
+            self._retry(task, now, wall_ms, failure=False, reason=att.reason)
+        elif res.outcome == "lost":
+            att.state, att.reason = "lost", res.reason or "contractor lost the attempt"
+            self._retry(task, now, wall_ms, failure=False, reason=att.reason)
+        else:
+            att.state = "timeout" if res.outcome == "timeout" else "failed"
+            att.reason = res.reason or (f"exit code {res.exit_code}" if res.exit_code is not None else res.outcome)
+            record.failed(now)
+            self._retry(task, now, wall_ms, failure=True, reason=att.reason, exit_code=res.exit_code)
+        self._persist(task)
+
+    # -- membership and time --------------------------------------------------------------------
+
+    def peer_died(self, peer_id: str, now: float, wall_ms: int) -> None:
+        self.free_hint[peer_id] = 0
+        for task in self.tasks.values():
+            att = task.current
+            if att is not None and att.node == peer_id:
+                att.state, att.reason, att.ended = "lost", "contractor declared dead", wall_ms
+                self.out.emit(Audit, entry={"event": "reassign", "task": task.id, "attempt": att.attempt,
+                                            "manager": self.settings.self_id, "contractor": peer_id,
+                                            "reason": att.reason, "time_ms": wall_ms})
+                self._retry(task, now, wall_ms, failure=False, reason=att.reason)
+                self._persist(task)
+            elif task.round is not None and peer_id in task.round.candidates:
+                task.round.candidates.discard(peer_id)
+            task.standby = [s for s in task.standby if s[0] != peer_id]
+
+    def on_timer(self, now: float, wall_ms: int) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, task_id = heapq.heappop(self._timers)
+            task = self.tasks.get(task_id)
+            if task is None or task.state in TERMINAL:
+                continue
+            if task.round is not None and now >= task.round.deadline:
+                self._close_round(task, now, wall_ms)
+            elif task.state == ASSIGNED and task.award_deadline is not None and now >= task.award_deadline:
+                att = task.current
+                if att is not None:
+                    att.state, att.reason, att.ended = "rejected", "no answer to the award", wall_ms
+                    self._send(att.node, Cancel(task.id, att.attempt, "award timed out"))
+                self._award_next(task, now, wall_ms)
+            elif task.state == RUNNING and task.run_deadline is not None and now >= task.run_deadline:
+                att = task.current
+                self._stop_current(task, "timeout", f"no result {task.spec.timeout:g}s timeout + margin", wall_ms)
+                self._record(att.node).failed(now)
+                self._retry(task, now, wall_ms, failure=True, reason=att.reason)
+                self._persist(task)
+            elif task.state in (ASSIGNED, RUNNING) and task.award_deadline is None and \
+                    now >= task.last_heard + self.settings.heartbeat_timeout:
+                self._stop_current(task, "lost", "no heartbeat from the contractor", wall_ms)
+                self._retry(task, now, wall_ms, failure=False, reason="no heartbeat from the contractor")
+                self._persist(task)
+
+    def next_deadline(self) -> float:
+        return self._timers[0][0] if self._timers else math.inf
+
+    def pump(self, candidates: list[Candidate], now: float, wall_ms: int) -> None:
+        """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot."""
+        units = {c.id: c.free for c in candidates}
+        for task in self.tasks.values():
+            if task.round is not None:
+                for peer in task.round.candidates:
+                    units[peer] = units.get(peer, 0) - 1
+        if sum(u for u in units.values() if u > 0) <= 0:
+            return
+        waiting = [t for t in self.tasks.values()
+                   if t.state == QUEUED and t.round is None and t.not_before <= now]
+        waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
+        for task in waiting:
+            fitting, reasons = [], Counter()
+            for c in candidates:
+                why = policy.unfit_reason(c.load, task.spec.requirements)
+                if why is None and not self._record(c.id).allows_award(now):
+                    why = "circuit breaker open"
+                if why is None:
+                    fitting.append(c)
+                else:
+                    reasons[why] += 1
+            free = [c for c in fitting if units.get(c.id, 0) > 0]
+            if not free:
+                if not fitting:
+                    task.reason = "no peer can run it: " + "; ".join(f"{n} {why}" for why, n in reasons.items()) \
+                        if reasons else "no peers known yet"
+                continue
+            preferred = [c for c in free if c.id not in task.avoid] or free
+            chosen = self.rng.sample(preferred, min(self.settings.max_candidates, len(preferred)))
+            for c in chosen:
+                units[c.id] -= 1
+            self._announce(task, chosen, now, wall_ms)
+            if sum(u for u in units.values() if u > 0) <= 0:
+                break
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _announce(self, task: Task, chosen: list[Candidate], now: float, wall_ms: int) -> None:
+        attempt = task.new_attempt()
+        task.round = Round(attempt, {c.id for c in chosen}, now + self.settings.bid_window)
+        spec = task.spec
+        deadline_in = spec.deadline_ms - wall_ms if spec.deadline_ms is not None else None
+        cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
+                  command=spec.argv[0], est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
+                  deadline_in_ms=deadline_in)
+        self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
+        self._arm(task, task.round.deadline)
+        self.stats["announcements"] += 1
+
+    def _close_round(self, task: Task, now: float, wall_ms: int) -> None:
+        rnd, task.round = task.round, None
+        if rnd is None:
+            return
+        req = task.spec.requirements
+        scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid)
+                  for peer, env in rnd.bids.items()}
+        order = policy.rank(scored)
+        task.standby = [(peer, scored[peer], rnd.bids[peer]) for peer in order]
+        if not order:
+            task.reason = self._why_no_bids(rnd)
+            task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])
+            task.not_before = now + task.backoff
+            self._arm(task, task.not_before)
+            return
+        self._award_next(task, now, wall_ms, attempt=rnd.attempt)
+
+    def _award_next(self, task: Task, now: float, wall_ms: int, attempt: int | None = None) -> None:
+        task.award_deadline = None
+        if not task.standby:
+            task.state = QUEUED
+            task.reason = "every bidder rejected the award"
+            task.not_before = now
+            self._persist(task)
+            return
+        peer, score, bid_env = task.standby.pop(0)
+        attempt = attempt if attempt is not None else task.new_attempt()
+        self.free_hint[peer] = max(0, self.free_hint.get(peer, 1) - 1)
+        task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score))
+        task.state, task.reason, task.backoff = ASSIGNED, "", 0.0
+        task.award_deadline = now + self.settings.award_timeout
+        self._record(peer).awarded(now)
+        self._arm(task, task.award_deadline)
+        self.out.emit(Audit, entry={"event": "award", "task": task.id, "attempt": attempt,
+                                    "manager": self.settings.self_id, "contractor": peer, "score": round(score, 4),
+                                    "time_ms": wall_ms, "message": bid_env.raw})
+        self._persist(task)
+        self._send(peer, Award(task.id, attempt, task.spec, score))
+        self.stats["awards"] += 1
+
+    def _release_standby(self, task: Task, reason: str) -> None:
+        for peer, _, env in task.standby:
+            self._send(peer, RejectBid(task.id, env.message.attempt, reason))
+        task.standby = []
+
+    def _stop_current(self, task: Task, state: str, reason: str, wall_ms: int) -> None:
+        att = task.current
+        if att is None:
+            return
+        att.state, att.reason, att.ended = state, reason, wall_ms
+        self._send(att.node, Cancel(task.id, att.attempt, reason))
+
+    def _retry(self, task: Task, now: float, wall_ms: int, *, failure: bool, reason: str,
+               exit_code: int | None = None) -> None:
+        att = task.attempts[-1] if task.attempts else None
+        if att is not None:
+            task.avoid.add(att.node)
+        task.run_deadline = task.award_deadline = None
+        if failure:
+            task.failures += 1
+            if task.failures > task.spec.retries:
+                self._finish(task, FAILED, exit_code, f"{reason} (after {task.failures} failed attempts)", wall_ms)
+                self.stats["failed"] += 1
+                return
+            task.boost = min(task.boost + 1, len(PRIORITIES))
+        else:
+            task.losses += 1
+            if task.losses > MAX_LOST_ATTEMPTS:
+                self._finish(task, FAILED, None, f"{reason} (lost {task.losses} times)", wall_ms)
+                self.stats["failed"] += 1
+                return
+        self.stats["retries"] += 1
+        task.state, task.reason = QUEUED, f"retrying: {reason}"
+        task.queued_since, task.not_before = now, now
+
+    def _finish(self, task: Task, state: str, exit_code: int | None, reason: str, wall_ms: int) -> None:
+        task.state, task.exit_code, task.reason, task.finished = state, exit_code, reason, wall_ms
+        task.round, task.award_deadline, task.run_deadline = None, None, None
+
+    def _why_no_bids(self, rnd: Round) -> str:
+        silent = len(rnd.candidates) - len(rnd.refusals)
+        counts = Counter(r.reason for r in rnd.refusals.values())
+        parts = [f"{n} refused: {why}" for why, n in counts.most_common()]
+        if silent > 0:
+            parts.append(f"{silent} did not answer")
+        return "no bids (" + "; ".join(parts) + ")" if parts else "no bids"
+
+    def _attempt_of(self, env: Envelope, task_id: str, attempt: int) -> tuple[Task | None, Attempt | None]:
+        task = self.tasks.get(task_id)
+        att = task.current if task else None
+        if att is None or att.attempt != attempt or att.node != env.sender:
+            return task, None
+        return task, att
+
+    def _record(self, peer: str) -> policy.ContractorRecord:
+        record = self.records.get(peer)
+        if record is None:
+            record = self.records[peer] = policy.ContractorRecord()
+        return record
+
+    def _arm(self, task: Task, when: float) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (when, self._timer_seq, task.id))
+
+    def _send(self, peer: str, message: Any) -> None:
+        self.out.emit(Send, targets=((peer, self.lookup(peer)[0]),), message=message)
+
+    def _persist(self, task: Task) -> None:
+        self.out.emit(PersistTask, doc=task.to_doc())

@@ -1,0 +1,219 @@
+"""The peer table: who is there, how loaded, and whether they are alive.
+
+Rules:
+- A peer enters the table with its first verified load signal (which carries its address).
+- Any verified frame from a peer, or a newer load relayed by others, counts as hearing from it.
+- Load signals are ordered by (incarnation, seq); an older or equal one is a duplicate, dropped.
+- Not heard for `suspect_after`: SUSPECT. We probe it directly (`ping`) and through `probe_k` other
+  peers (`ping_req`), so one lossy link alone cannot get a healthy node declared dead.
+- Not heard for `dead_after`: DEAD. A dead peer that is heard from again (a newer load, a higher
+  incarnation after a restart, a healed partition) is ALIVE again.
+- Gossip: every `interval` we send our own fresh load to `fanout` random peers, forward each new
+  load we received to `fanout` peers for `relay_rounds` rounds (original signed bytes), and send our
+  load to every seed address and to one dead peer, so partitions heal and seeds join us.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from .codec import Envelope
+from .messages import Load, Ping, PingReq, Pong
+
+ALIVE, SUSPECT, DEAD = "alive", "suspect", "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class GossipSettings:
+    interval: float = 0.5
+    fanout: int = 3
+    suspect_after: float = 1.5
+    dead_after: float = 4.0
+    probe_k: int = 3
+
+
+@dataclass(slots=True)
+class Peer:
+    id: str
+    key: bytes
+    address: str = ""
+    health: str = ALIVE
+    last_heard: float = 0.0
+    load: Load | None = None
+    load_version: tuple[int, int] = (-1, -1)   # (incarnation, seq) of `load`
+    load_frame: bytes = b""
+    load_received: float = 0.0
+    relay_left: int = 0
+    incarnation: int = -1
+    probe_nonce: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.load.name if self.load else ""
+
+
+@dataclass(slots=True)
+class Transition:
+    peer: Peer
+    health: str
+
+
+@dataclass(slots=True)
+class Membership:
+    self_id: str
+    settings: GossipSettings
+    rng: random.Random
+    peers: dict[str, Peer] = field(default_factory=dict)
+    seeds: dict[str, str] = field(default_factory=dict)        # address -> source
+    next_round: float = 0.0
+    _nonce: int = 0
+    pending_probes: dict[int, tuple[str, str]] = field(default_factory=dict)  # nonce -> (target, asker)
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def on_load(self, env: Envelope, now: float) -> tuple[bool, list[Transition]]:
+        """A load signal, direct or relayed. Returns (is_new, transitions)."""
+        load: Load = env.message
+        if env.sender == self.self_id:
+            return False, []
+        peer = self.peers.get(env.sender)
+        version = (env.incarnation, env.seq)
+        if peer is None:
+            peer = self.peers[env.sender] = Peer(env.sender, env.sender_key)
+        elif version <= peer.load_version:
+            return False, []
+        peer.load, peer.load_version, peer.load_frame = load, version, env.raw
+        peer.load_received = now
+        peer.address = load.address
+        peer.relay_left = self._relay_rounds()
+        return True, self._heard(peer, env.incarnation, now)
+
+    def on_direct(self, env: Envelope, now: float) -> list[Transition]:
+        """Any other verified frame from a known peer proves it alive."""
+        peer = self.peers.get(env.sender)
+        if peer is None:
+            return []
+        return self._heard(peer, env.incarnation, now)
+
+    def _heard(self, peer: Peer, incarnation: int, now: float) -> list[Transition]:
+        if incarnation < peer.incarnation:
+            return []                                  # a stale frame of a previous life
+        peer.incarnation = incarnation
+        peer.last_heard = max(peer.last_heard, now)
+        peer.probe_nonce = None
+        if peer.health != ALIVE:
+            peer.health = ALIVE
+            return [Transition(peer, ALIVE)]
+        return []
+
+    def add_seed(self, address: str, source: str = "seed") -> None:
+        if address:
+            self.seeds.setdefault(address, source)
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    def on_ping(self, env: Envelope) -> tuple[tuple[str, str], Pong] | None:
+        """Answer a ping: to the asker, or back through the node that probes on its behalf."""
+        peer = self.peers.get(env.sender)
+        if peer is None or not peer.address:
+            return None
+        ping: Ping = env.message
+        return (peer.id, peer.address), Pong(nonce=ping.nonce, for_node=ping.reply_via or env.sender)
+
+    def on_ping_req(self, env: Envelope) -> tuple[tuple[str, str], Ping] | None:
+        req: PingReq = env.message
+        target = self.peers.get(req.target)
+        if target is None or not target.address:
+            return None
+        return (target.id, target.address), Ping(nonce=req.nonce, reply_via=env.sender)
+
+    def on_pong(self, env: Envelope, now: float) -> tuple[list[Transition], tuple[str, str] | None]:
+        """A pong for us proves its sender alive; a pong for someone else is forwarded to them."""
+        pong: Pong = env.message
+        transitions = self.on_direct(env, now)
+        if pong.for_node == self.self_id:
+            return transitions, None
+        asker = self.peers.get(pong.for_node)
+        if asker is None or not asker.address:
+            return transitions, None
+        return transitions, (asker.id, asker.address)
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def check_health(self, now: float) -> tuple[list[Transition], list[tuple[tuple[str, str], object]]]:
+        """Suspect and kill silent peers. Returns transitions and probe messages to send."""
+        s = self.settings
+        transitions, probes = [], []
+        for peer in self.peers.values():
+            silent = now - peer.last_heard
+            if peer.health == DEAD:
+                continue
+            if silent >= s.dead_after:
+                peer.health = DEAD
+                transitions.append(Transition(peer, DEAD))
+            elif silent >= s.suspect_after and peer.health == ALIVE:
+                peer.health = SUSPECT
+                transitions.append(Transition(peer, SUSPECT))
+            if peer.health == SUSPECT and peer.probe_nonce is None and peer.address:
+                self._nonce += 1
+                peer.probe_nonce = self._nonce
+                probes.append(((peer.id, peer.address), Ping(nonce=self._nonce)))
+                helpers = [p for p in self.live_peers() if p.id != peer.id]
+                for helper in self.rng.sample(helpers, min(s.probe_k, len(helpers))):
+                    probes.append(((helper.id, helper.address), PingReq(target=peer.id, nonce=self._nonce)))
+        return transitions, probes
+
+    def next_deadline(self, now: float) -> float:
+        deadline = self.next_round
+        for peer in self.peers.values():
+            if peer.health == ALIVE:
+                deadline = min(deadline, peer.last_heard + self.settings.suspect_after)
+            elif peer.health == SUSPECT:
+                deadline = min(deadline, peer.last_heard + self.settings.dead_after)
+        return deadline
+
+    def gossip_targets(self) -> list[tuple[str, str]]:
+        """Who gets our own load this round: `fanout` random live peers, every seed, one dead peer."""
+        live = [p for p in self.live_peers() if p.address]
+        chosen = self.rng.sample(live, min(self.settings.fanout, len(live)))
+        targets = {p.address: (p.id, p.address) for p in chosen}
+        known = {p.address for p in self.peers.values() if p.health != DEAD}
+        for address in self.seeds:
+            if address not in known:
+                targets.setdefault(address, ("", address))
+        dead = [p for p in self.peers.values() if p.health == DEAD and p.address]
+        if dead:
+            p = self.rng.choice(dead)
+            targets.setdefault(p.address, (p.id, p.address))
+        return list(targets.values())
+
+    def relays(self) -> list[tuple[list[tuple[str, str]], bytes]]:
+        """Loads to forward this round, each to `fanout` random live peers other than its origin."""
+        out = []
+        live = [p for p in self.live_peers() if p.address]
+        for peer in self.peers.values():
+            if peer.relay_left <= 0 or not peer.load_frame:
+                continue
+            peer.relay_left -= 1
+            others = [p for p in live if p.id != peer.id]
+            chosen = self.rng.sample(others, min(self.settings.fanout, len(others)))
+            if chosen:
+                out.append(([(p.id, p.address) for p in chosen], peer.load_frame))
+        return out
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def live_peers(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.health != DEAD]
+
+    def healthy(self) -> list[Peer]:
+        return [p for p in self.peers.values() if p.health == ALIVE and p.load is not None]
+
+    def address_of(self, peer_id: str) -> str:
+        peer = self.peers.get(peer_id)
+        return peer.address if peer else ""
+
+    def _relay_rounds(self) -> int:
+        return max(1, math.ceil(math.log2(len(self.peers) + 2)) // 2 + 1)

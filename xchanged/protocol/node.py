@@ -1,0 +1,195 @@
+"""One node of the exchange: membership, manager and contractor composed behind one entry point.
+
+    effects = node.handle(event, now)      # now: Instant(mono seconds, wall ms)
+    deadline = node.next_deadline()        # call handle(TimerFired(), now) at or after it
+
+A node is both a manager (of the tasks submitted to it) and a contractor (for everyone's tasks,
+including its own: messages to itself go out as ordinary signed frames that the driver loops back).
+Nothing here does I/O or reads a clock, so the daemon and the simulator drive the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .codec import Envelope
+from .contractor import Contractor, ContractorSettings
+from .effects import Log, Outbox, Relay, Reply, Send
+from .events import (CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
+                     SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired)
+from .manager import QUEUED, Candidate, Manager, ManagerSettings
+from .membership import DEAD, GossipSettings, Membership
+from .messages import (Accept, Ack, Award, Bid, Cancel, Cfp, Load, Ping, PingReq, Pong, Progress, Refuse,
+                       Reject, RejectBid, Result)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    name: str
+    address: str                          # host:port peers reach our peer socket at
+    slots: int
+    labels: dict[str, str] = field(default_factory=dict)
+    gossip: GossipSettings = GossipSettings()
+    bid_window: float = 0.05
+    award_timeout: float = 2.0
+    max_candidates: int = 16
+    overload_cpu_percent: float = 90.0
+    allow: tuple[str, ...] = ("*",)
+    heartbeat: float = 1.0
+
+
+class Node:
+    def __init__(self, node_id: str, settings: NodeSettings, rng: random.Random):
+        self.id = node_id
+        self.settings = settings
+        self.out = Outbox()
+        self.membership = Membership(node_id, settings.gossip, rng)
+        self.manager = Manager(
+            ManagerSettings(node_id, settings.bid_window, settings.award_timeout,
+                            heartbeat_timeout=max(3 * settings.heartbeat, settings.gossip.dead_after) + 1.0,
+                            max_candidates=settings.max_candidates),
+            self.out, rng, self.lookup)
+        self.contractor = Contractor(
+            ContractorSettings(node_id, settings.slots, dict(settings.labels), settings.overload_cpu_percent,
+                               tuple(settings.allow), settings.heartbeat,
+                               reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0),
+            self.out, self.lookup)
+        self.drops: Counter[str] = Counter()
+        self.audit_head: dict | None = None
+        self._stimulus = 0
+
+    # -- the one entry point --------------------------------------------------------------------
+
+    def handle(self, event, now: Instant) -> list:
+        self._stimulus += 1
+        self.out.stimulus_id = event.stimulus_id or f"{type(event).__name__}-{self._stimulus}"
+        mono, wall = now
+        if isinstance(event, MessageReceived):
+            self._on_message(event.envelope, mono, wall)
+        elif isinstance(event, TimerFired):
+            self._on_timer(mono, wall)
+        elif isinstance(event, TaskSubmitted):
+            self.manager.submit(event.request_id, event.task_id, event.spec, mono, wall)
+        elif isinstance(event, CancelRequested):
+            self.manager.cancel(event.request_id, event.task_id, mono, wall)
+        elif isinstance(event, TaskStarted):
+            self.contractor.on_started(event.task_id, event.attempt, event.pid)
+        elif isinstance(event, TaskExited):
+            self.contractor.on_exited(event, mono)
+        elif isinstance(event, ResourcesRead):
+            self.contractor.capacity = event.capacity
+        elif isinstance(event, SeedConfigured):
+            self.membership.add_seed(event.address, event.source)
+        elif isinstance(event, FrameDropped):
+            self.drops[event.reason] += 1
+        elif isinstance(event, StateRecovered):
+            self.manager.recover(event.tasks, mono)
+        else:
+            raise TypeError(f"unknown event {event!r}")
+        self.manager.pump(self.candidates(), mono, wall)
+        return self.out.take()
+
+    def next_deadline(self) -> float:
+        return min(self.membership.next_deadline(0.0), self.manager.next_deadline(),
+                   self.contractor.next_deadline())
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _on_message(self, env: Envelope, now: float, wall: int) -> None:
+        msg = env.message
+        if isinstance(msg, Load):
+            is_new, transitions = self.membership.on_load(env, now)
+            if is_new:
+                self.manager.free_hint[env.sender] = msg.slots_free
+            self._apply(transitions, now, wall)
+            return
+        self._apply(self.membership.on_direct(env, now), now, wall)
+        if isinstance(msg, Cfp):
+            self.contractor.on_cfp(env, now)
+        elif isinstance(msg, Award):
+            self.contractor.on_award(env, now, wall)
+        elif isinstance(msg, RejectBid):
+            self.contractor.on_reject_bid(env)
+        elif isinstance(msg, Cancel):
+            self.contractor.on_cancel(env)
+        elif isinstance(msg, Ack):
+            self.contractor.on_ack(env)
+        elif isinstance(msg, Bid):
+            self.manager.on_bid(env, now, wall)
+        elif isinstance(msg, Refuse):
+            self.manager.on_refuse(env, now, wall)
+        elif isinstance(msg, Accept):
+            self.manager.on_accept(env, now, wall)
+        elif isinstance(msg, Reject):
+            self.manager.on_reject(env, now, wall)
+        elif isinstance(msg, Progress):
+            self.manager.on_progress(env, now)
+        elif isinstance(msg, Result):
+            self.manager.on_result(env, now, wall)
+        elif isinstance(msg, Ping):
+            answer = self.membership.on_ping(env)
+            if answer:
+                self.out.emit(Send, targets=(answer[0],), message=answer[1])
+        elif isinstance(msg, PingReq):
+            probe = self.membership.on_ping_req(env)
+            if probe:
+                self.out.emit(Send, targets=(probe[0],), message=probe[1])
+        elif isinstance(msg, Pong):
+            transitions, forward_to = self.membership.on_pong(env, now)
+            self._apply(transitions, now, wall)
+            if forward_to:
+                self.out.emit(Relay, targets=(forward_to,), frames=(env.raw,))
+
+    def _on_timer(self, now: float, wall: int) -> None:
+        m = self.membership
+        transitions, probes = m.check_health(now)
+        self._apply(transitions, now, wall)
+        for target, message in probes:
+            self.out.emit(Send, targets=(target,), message=message)
+        if now >= m.next_round:
+            m.next_round = now + self.settings.gossip.interval
+            targets = m.gossip_targets()
+            if targets:
+                self.out.emit(Send, targets=tuple(targets), message=self.load_signal())
+            for relay_targets, frame in m.relays():
+                self.out.emit(Relay, targets=tuple(relay_targets), frames=(frame,))
+        self.manager.on_timer(now, wall)
+        self.contractor.on_timer(now)
+
+    def _apply(self, transitions, now: float, wall: int) -> None:
+        for t in transitions:
+            self.out.emit(Log, level="warning" if t.health != "alive" else "info",
+                          text=f"peer {t.peer.name or t.peer.id} ({t.peer.id}) is {t.health}")
+            if t.health == DEAD:
+                self.manager.peer_died(t.peer.id, now, wall)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def lookup(self, peer_id: str) -> tuple[str, str]:
+        """(address, name) of a peer, ourselves included."""
+        if peer_id == self.id:
+            return self.settings.address, self.settings.name
+        peer = self.membership.peers.get(peer_id)
+        return (peer.address, peer.name) if peer else ("", "")
+
+    def load_signal(self) -> Load:
+        cap: Capacity = self.contractor.capacity
+        stats = {k: int(v) for k, v in self.manager.stats.items()}
+        stats["completed"] = self.contractor.completed
+        return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
+                    slots_free=self.contractor.slots_free, running=len(self.contractor.running),
+                    queued=sum(1 for t in self.manager.tasks.values() if t.state == QUEUED),
+                    cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
+                    mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
+                    labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)
+
+    def candidates(self) -> list[Candidate]:
+        own = self.load_signal()
+        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.slots_free, own.labels, own)]
+        for peer in self.membership.healthy():
+            load = peer.load
+            free = self.manager.free_hint.get(peer.id, load.slots_free)
+            out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load))
+        return out

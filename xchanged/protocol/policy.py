@@ -1,0 +1,112 @@
+"""Allocation policy: which peers to ask, how to score their bids, when to stop trusting one.
+
+Score of a bid (seed 003's weights, then adjustments), higher is better:
+
+    0.5 * availability   free share of the bidder's slots after this task, and idle CPU
+  + 0.3 * success rate   this manager's own record of the bidder: (successes+1) / (attempts+2)
+  + 0.2 * speed          the bidder's relative speed, discounted by when it expects to start
+  + 0.1 * affinity       share of the task's `prefer` labels the bidder carries
+  + 0.05 * fairness      grows with how long the bidder has gone without an award from us
+  - 0.2 * avoid          the task already failed on this bidder (prefer another node)
+
+Ties break on node id, so every manager ranks the same bids the same way.
+
+Circuit breaker per contractor: after `BREAKER_FAILURES` consecutive failed attempts it is open (no
+awards) for a cool-down that doubles on each re-opening; then half-open: one award is let through,
+whose success closes the breaker and whose failure opens it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages import Bid, Load, Requirements
+
+W_AVAILABILITY, W_SUCCESS, W_SPEED, W_AFFINITY, W_FAIRNESS, W_AVOID = 0.5, 0.3, 0.2, 0.1, 0.05, 0.2
+FAIRNESS_HORIZON = 30.0          # seconds without an award for the full fairness bonus
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN = 10.0
+BREAKER_MAX_COOLDOWN = 300.0
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(slots=True)
+class ContractorRecord:
+    """What this manager has seen of one contractor."""
+
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_award: float | None = None
+    breaker: str = CLOSED
+    open_until: float = 0.0
+    cooldown: float = BREAKER_COOLDOWN
+    half_open_trial: bool = False
+
+    @property
+    def success_rate(self) -> float:
+        return (self.successes + 1) / (self.successes + self.failures + 2)
+
+    def allows_award(self, now: float) -> bool:
+        if self.breaker == OPEN and now >= self.open_until:
+            self.breaker, self.half_open_trial = HALF_OPEN, False
+        if self.breaker == OPEN:
+            return False
+        if self.breaker == HALF_OPEN:
+            return not self.half_open_trial
+        return True
+
+    def awarded(self, now: float) -> None:
+        self.last_award = now
+        if self.breaker == HALF_OPEN:
+            self.half_open_trial = True
+
+    def succeeded(self) -> None:
+        self.successes += 1
+        self.consecutive_failures = 0
+        if self.breaker != CLOSED:
+            self.breaker, self.cooldown = CLOSED, BREAKER_COOLDOWN
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        if self.breaker == HALF_OPEN:
+            self.cooldown = min(self.cooldown * 2, BREAKER_MAX_COOLDOWN)
+            self.breaker, self.open_until = OPEN, now + self.cooldown
+        elif self.consecutive_failures >= BREAKER_FAILURES and self.breaker == CLOSED:
+            self.breaker, self.open_until = OPEN, now + self.cooldown
+
+
+def unfit_reason(load: Load, req: Requirements) -> str | None:
+    """Why a peer's gossiped capacity cannot take a task, or None if it might."""
+    for key, value in req.labels.items():
+        if load.labels.get(key) != value:
+            return f"label {key}={value} missing"
+    if req.cpus > max(load.cpus, load.slots):
+        return f"has {load.cpus} CPUs, task needs {req.cpus:g}"
+    if req.mem > load.mem_total:
+        return "not enough memory in total"
+    if req.gpus:
+        usable = [g for g in load.gpus if g.mem_total >= req.gpu_mem]
+        if len(usable) < req.gpus:
+            return f"has {len(usable)} GPUs with enough memory, task needs {req.gpus}"
+    return None
+
+
+def affinity(labels: dict[str, str], req: Requirements) -> int:
+    return sum(1 for k, v in req.prefer.items() if labels.get(k) == v)
+
+
+def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avoid: bool) -> float:
+    availability = 0.5 * bid.slots_free / max(1, bid.slots) + 0.5 * (1 - min(100.0, bid.cpu_percent) / 100)
+    speed = min(1.0, bid.speed) / (1 + bid.est_start_ms / 1000)
+    affinity_share = bid.affinity / len(req.prefer) if req.prefer else 0.0
+    idle = now - record.last_award if record.last_award is not None else FAIRNESS_HORIZON
+    fairness = min(1.0, idle / FAIRNESS_HORIZON)
+    return (W_AVAILABILITY * availability + W_SUCCESS * record.success_rate + W_SPEED * speed
+            + W_AFFINITY * affinity_share + W_FAIRNESS * fairness - (W_AVOID if avoid else 0.0))
+
+
+def rank(scored: dict[str, float]) -> list[str]:
+    """Node ids, best first; deterministic tie-break on id."""
+    return sorted(scored, key=lambda node: (-scored[node], node))

@@ -1,0 +1,238 @@
+"""A virtual cluster: real protocol Nodes, real signed frames, a fake clock and a fake network.
+
+Frames are encoded and verified exactly as in the daemon; only the transport and the executor are
+replaced. A task's command is simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
+`["exit", N]` exits N at once, `["hang"]` never exits. Links can be cut and nodes crashed, so tests
+and benchmarks can explore failures deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..protocol import codec
+from ..protocol.effects import Audit, KillTask, Log, PersistTask, Relay, Reply, Send, StartTask, StoreOutput
+from ..protocol.events import (Capacity, Instant, MessageReceived, ResourcesRead, SeedConfigured, TaskExited,
+                               TaskStarted, TaskSubmitted, TimerFired, CancelRequested, FrameDropped)
+from ..protocol.messages import TaskSpec
+from ..protocol.node import Node, NodeSettings
+from ..protocol.replay import ReplayGuard
+from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
+
+WALL_EPOCH_MS = 1_790_000_000_000
+
+
+@dataclass
+class SimNode:
+    node: Node
+    encoder: codec.Encoder
+    guard: ReplayGuard
+    address: str
+    up: bool = True
+    replies: dict[int, Any] = field(default_factory=dict)
+    started: dict[tuple[str, int], float] = field(default_factory=dict)
+    store: dict[str, dict] = field(default_factory=dict)
+    audit: list[dict] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    outputs: dict[tuple[str, int], tuple[bytes, bytes]] = field(default_factory=dict)
+    timer_at: float = float("inf")
+
+
+class SimCluster:
+    def __init__(self, seed: int = 0, latency: float = 0.001, **settings: Any):
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.latency = latency
+        self.settings = settings
+        self.nodes: dict[str, SimNode] = {}
+        self.by_address: dict[str, str] = {}
+        self.keys: dict[bytes, str] = {}
+        self.trust = TrustStore(self.keys)
+        self.cut: set[frozenset[str]] = set()
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._request = itertools.count(1)
+        self.frames_sent = 0
+        self.completions: list[tuple[str, str, int]] = []     # (node, task, attempt) per exited process
+
+    # -- building -------------------------------------------------------------------------------
+
+    def add_node(self, name: str, slots: int = 2, labels: dict | None = None, cpus: int | None = None,
+                 cpu_percent: float = 10.0, gpus: tuple = (), **overrides: Any) -> str:
+        key = generate_key()
+        pub = public_bytes(key)
+        nid = node_id(pub)
+        self.keys[pub] = name
+        address = f"sim-{name}:7946"
+        settings = NodeSettings(name=name, address=address, slots=slots, labels=labels or {},
+                                **{**self.settings, **overrides})
+        node = Node(nid, settings, random.Random(self.rng.random()))
+        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), ReplayGuard(), address)
+        self.nodes[nid] = sim
+        self.by_address[address] = nid
+        cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
+                       mem_available=60 << 30, gpus=gpus)
+        self.deliver(nid, ResourcesRead(cap))
+        for other in self.nodes.values():
+            if other.address != address:
+                self.deliver(nid, SeedConfigured(other.address))
+        return nid
+
+    def node(self, name: str) -> SimNode:
+        return next(s for s in self.nodes.values() if s.node.settings.name == name)
+
+    def id_of(self, name: str) -> str:
+        return self.node(name).node.id
+
+    # -- driving --------------------------------------------------------------------------------
+
+    def wall_ms(self) -> int:
+        return WALL_EPOCH_MS + int(self.now * 1000)
+
+    def deliver(self, nid: str, event: Any) -> None:
+        sim = self.nodes[nid]
+        if not sim.up:
+            return
+        effects = sim.node.handle(event, Instant(self.now, self.wall_ms()))
+        for effect in effects:
+            self._perform(nid, sim, effect)
+        deadline = sim.node.next_deadline()
+        if deadline < sim.timer_at:
+            sim.timer_at = deadline
+            self._at(deadline, lambda: self._timer(nid, deadline))
+
+    def _timer(self, nid: str, deadline: float) -> None:
+        sim = self.nodes[nid]
+        if sim.timer_at != deadline:
+            return
+        sim.timer_at = float("inf")
+        self.deliver(nid, TimerFired())
+
+    def _at(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (max(when, self.now), next(self._seq), fn))
+
+    def run_until(self, predicate: Callable[[], bool], limit: float = 600.0) -> bool:
+        """Advance virtual time until predicate() holds; False if `limit` virtual seconds pass."""
+        end = self.now + limit
+        while not predicate():
+            if not self._queue or self._queue[0][0] > end:
+                self.now = end
+                return predicate()
+            when, _, fn = heapq.heappop(self._queue)
+            self.now = max(self.now, when)
+            fn()
+        return True
+
+    def run_for(self, seconds: float) -> None:
+        end = self.now + seconds
+        self.run_until(lambda: self.now >= end and (not self._queue or self._queue[0][0] > end), limit=seconds)
+
+    # -- client actions -------------------------------------------------------------------------
+
+    def submit(self, name: str, spec: TaskSpec, task_id: str | None = None) -> str:
+        nid = self.id_of(name)
+        task_id = task_id or f"T-{next(self._seq):016d}"
+        self.deliver(nid, TaskSubmitted(next(self._request), task_id, spec))
+        return task_id
+
+    def cancel(self, name: str, task_id: str) -> None:
+        self.deliver(self.id_of(name), CancelRequested(next(self._request), task_id))
+
+    def task(self, name: str, task_id: str):
+        return self.node(name).node.manager.tasks[task_id]
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def crash(self, name: str) -> None:
+        self.node(name).up = False
+
+    def cut_link(self, a: str, b: str) -> None:
+        self.cut.add(frozenset((self.id_of(a), self.id_of(b))))
+
+    def heal_link(self, a: str, b: str) -> None:
+        self.cut.discard(frozenset((self.id_of(a), self.id_of(b))))
+
+    # -- effects --------------------------------------------------------------------------------
+
+    def _perform(self, nid: str, sim: SimNode, effect: Any) -> None:
+        if isinstance(effect, Send):
+            frame = sim.encoder.encode(effect.message, self.wall_ms())
+            for _, address in effect.targets:
+                self._transmit(nid, address, frame)
+        elif isinstance(effect, Relay):
+            for _, address in effect.targets:
+                for frame in effect.frames:
+                    self._transmit(nid, address, frame)
+        elif isinstance(effect, StartTask):
+            self._start(nid, effect)
+        elif isinstance(effect, KillTask):
+            key = (effect.task_id, effect.attempt)
+            if key in sim.started:
+                del sim.started[key]
+                self._at(self.now, lambda: self.deliver(nid, TaskExited(
+                    effect.task_id, effect.attempt, "cancelled", None, 0, reason=effect.reason)))
+        elif isinstance(effect, PersistTask):
+            sim.store[effect.doc["id"]] = effect.doc
+        elif isinstance(effect, StoreOutput):
+            sim.outputs[(effect.task_id, effect.attempt)] = (effect.stdout, effect.stderr)
+        elif isinstance(effect, Audit):
+            sim.audit.append(effect.entry)
+        elif isinstance(effect, Reply):
+            sim.replies[effect.request_id] = effect
+        elif isinstance(effect, Log):
+            sim.logs.append(effect.text)
+
+    def _transmit(self, src: str, address: str, frame: bytes) -> None:
+        dst = self.by_address.get(address)
+        if dst is None or frozenset((src, dst)) in self.cut:
+            return
+        self.frames_sent += 1
+        self._at(self.now + self.latency, lambda: self._receive(dst, frame))
+
+    def _receive(self, dst: str, frame: bytes) -> None:
+        sim = self.nodes[dst]
+        if not sim.up:
+            return
+        try:
+            env = codec.decode(frame, self.trust)
+            if env.type == "load":
+                sim.guard.check_fresh(env, self.wall_ms())
+            else:
+                sim.guard.check(env, self.wall_ms())
+        except codec.DecodeError as exc:
+            self.deliver(dst, FrameDropped(exc.reason))
+            return
+        self.deliver(dst, MessageReceived(env))
+
+    def _start(self, nid: str, effect: StartTask) -> None:
+        sim = self.nodes[nid]
+        key = (effect.task_id, effect.attempt)
+        sim.started[key] = self.now
+        self._at(self.now, lambda: self.deliver(nid, TaskStarted(effect.task_id, effect.attempt, 1000)))
+        argv = effect.spec.argv
+        if argv[0] == "sleep":
+            duration, code = float(argv[1]), 0
+        elif argv[0] == "exit":
+            duration, code = 0.0, int(argv[1])
+        elif argv[0] == "hang":
+            duration, code = float("inf"), 0
+        else:
+            duration, code = 0.0, 127
+        timeout = effect.spec.timeout
+        outcome = "exited"
+        if timeout is not None and duration > timeout:
+            duration, outcome, code = timeout, "timeout", None
+        if duration == float("inf"):
+            return
+
+        def finish() -> None:
+            if sim.started.pop(key, None) is None or not sim.up:
+                return
+            self.completions.append((sim.node.settings.name, effect.task_id, effect.attempt))
+            self.deliver(nid, TaskExited(effect.task_id, effect.attempt, outcome, code, int(duration * 1000),
+                                         stdout=f"ran {effect.task_id}\n".encode()))
+        self._at(self.now + duration, finish)
