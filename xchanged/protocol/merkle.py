@@ -70,7 +70,7 @@ def root(leaf_hashes: Iterable[bytes]) -> bytes:
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
-    """PATH(index, D[size]): the audit path of leaf `index` in the tree of the first `size` leaves."""
+    """PATH(index, D[size]): the audit path of leaf `index` in the tree of the first `size`."""
     _check_size(size, len(leaf_hashes))
     if not 0 <= index < size:
         raise ValueError(f"leaf index {index} is outside a tree of {size} leaves")

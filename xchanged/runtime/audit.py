@@ -65,19 +65,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from xchanged.protocol.merkle import MerkleAccumulator, leaf_hash
 
 __all__ = [
-    "EVENTS",
-    "AuditCorrupted",
-    "AuditEntryError",
-    "AuditError",
-    "AuditFsyncError",
-    "AuditLocked",
-    "AuditLog",
-    "AuditRecord",
-    "AuditWriteError",
-    "SignedTreeHead",
-    "VerifyReport",
-    "read_records",
-    "verify_log",
+    "EVENTS", "AuditCorrupted", "AuditEntryError", "AuditError", "AuditFsyncError", "AuditLocked",
+    "AuditLog", "AuditRecord", "AuditWriteError", "SignedTreeHead", "VerifyReport",
+    "read_records", "verify_log",
 ]
 
 EVENTS = frozenset({"award", "accept", "reject", "result", "reassign", "cancel"})
@@ -92,7 +82,7 @@ HEAD_SUFFIX = ".head"
 HEAD_VERSION = 1
 
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
-"""Larger length fields are damage: an entry carries a task spec and a signed frame, not bulk data."""
+"""Longer length fields are damage: an entry holds a task spec and a signed frame, not bulk data."""
 MAX_ENTRY_DEPTH = 32
 """Nesting limit for entries, so a hostile log can't exhaust the stack of a verifier."""
 
@@ -165,7 +155,8 @@ class SignedTreeHead:
         cls, key: Ed25519PrivateKey, node_id: str, size: int, root: bytes, time_ms: int
     ) -> SignedTreeHead:
         """Sign (size, root, time_ms) as `node_id`."""
-        return cls(node_id, size, root, time_ms, key.sign(_head_message(node_id, size, root, time_ms)))
+        signature = key.sign(_head_message(node_id, size, root, time_ms))
+        return cls(node_id, size, root, time_ms, signature)
 
     def verify(self, public_key: Ed25519PublicKey) -> bool:
         """True if `public_key` signed this head."""
@@ -391,16 +382,22 @@ class AuditLog:
     # --- internals ---------------------------------------------------------------------------
 
     def _recover(self) -> None:
+        head = self._read_own_head()
+        # Records the head covers are vouched for by its one signature over their Merkle root
+        # (checked below), so only later records need their own signature checked: a long log
+        # opens in seconds, not minutes. verify_log still checks every signature.
         file_size = os.fstat(self._fd).st_size
         with _mapped(self._fd, file_size) as buf:
-            scan = _Scan(buf, self._public_key, self._node_id)
+            scan = _Scan(buf, self._public_key, self._node_id, head.size if head else 0)
             for record, payload in scan:
                 self._offsets.append(record.offset)
                 self._tree.append(leaf_hash(payload))
         problem = scan.problem
         if problem is not None and not problem.torn:
             raise AuditCorrupted(self._path, problem.index, problem.offset, problem.reason)
-        self._head = self._load_head(scan, problem)
+        if head is not None:
+            self._check_head_covers_log(head, scan, problem)
+        self._head = head
         if problem is not None:
             self._logger.warning(
                 "audit log %s: dropped an incomplete final record %d at byte %d (%s); "
@@ -416,7 +413,7 @@ class AuditLog:
         self._last_digest = scan.last_digest
         self._durable_size = self.size
 
-    def _load_head(self, scan: _Scan, torn: _Problem | None) -> SignedTreeHead | None:
+    def _read_own_head(self) -> SignedTreeHead | None:
         try:
             os.unlink(self._head_path + ".tmp")  # a head write cut short by a crash
         except FileNotFoundError:
@@ -434,6 +431,11 @@ class AuditLog:
             )
         if not head.verify(self._public_key):
             raise AuditCorrupted(self._head_path, None, None, "head signature does not verify")
+        return head
+
+    def _check_head_covers_log(
+        self, head: SignedTreeHead, scan: _Scan, torn: _Problem | None
+    ) -> None:
         if head.size > scan.count:
             offset = torn.offset if torn else scan.end
             raise AuditCorrupted(
@@ -446,11 +448,11 @@ class AuditLog:
                 self._head_path, None, None,
                 f"head root does not match the log's first {head.size} records",
             )
-        return head
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise type(self._failure)(f"audit log unusable after an earlier error: {self._failure}")
+            failure = self._failure
+            raise type(failure)(f"audit log unusable after an earlier error: {failure}")
         if self._fd < 0:
             raise AuditError("the audit log is closed")
 
@@ -540,10 +542,10 @@ def verify_log(
     if problems:
         return VerifyReport(False, scan.count, first_bad, "; ".join(problems), head)
     if head is None:
-        summary = f"{scan.count} records OK; no signed head, so removal from the end is undetectable"
+        summary = "no signed head, so removal from the end is undetectable"
     else:
-        summary = f"{scan.count} records OK; signed head covers {head.size} at time_ms {head.time_ms}"
-    return VerifyReport(True, scan.count, None, summary, head)
+        summary = f"signed head covers {head.size} at time_ms {head.time_ms}"
+    return VerifyReport(True, scan.count, None, f"{scan.count} records OK; {summary}", head)
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
@@ -622,7 +624,10 @@ def _value_problem(value: object, where: str, depth: int) -> str | None:
             if problem:
                 return problem
         return None
-    return f"{where}: {type(value).__name__} is not msgpack-able (use str, int, float, bool, None, bytes, list, dict)"
+    return (
+        f"{where}: {type(value).__name__} is not msgpack-able"
+        " (use str, int, float, bool, None, bytes, list or dict)"
+    )
 
 
 # --- reading and checking frames -------------------------------------------------------------
@@ -655,11 +660,12 @@ class _Scan:
 
     def __init__(
         self, buf: bytes | mmap.mmap, public_key: Ed25519PublicKey | None = None,
-        node_id: str | None = None,
+        node_id: str | None = None, verify_from: int = 0,
     ) -> None:
         self._buf = buf
         self._public_key = public_key
         self._node_id = node_id
+        self._verify_from = verify_from  # signatures are checked from this index on
         self.problem: _Problem | None = None
         self.count = 0
         self.end = 0
@@ -693,7 +699,11 @@ class _Scan:
             )
         if record.prev != self.last_digest:
             raise _BadRecord("its link to the previous record is broken (prev hash mismatch)")
-        if self._public_key is not None and not record.verify(self._public_key, self._node_id):
+        if (
+            self._public_key is not None
+            and index >= self._verify_from
+            and not record.verify(self._public_key, self._node_id)
+        ):
             raise _BadRecord(f"signature does not verify for node {self._node_id!r}")
 
 
@@ -756,7 +766,7 @@ def _valid_record_after(buf: bytes | mmap.mmap, start: int, min_index: int) -> b
 
 @contextlib.contextmanager
 def _mapped(fd: int, size: int) -> Iterator[bytes | mmap.mmap]:
-    """Read-only mmap of the first `size` bytes of fd (b"" for an empty file, which mmap refuses)."""
+    """Read-only map of the first `size` bytes of fd (b"" for an empty file: mmap refuses those)."""
     if not size:
         yield b""
         return

@@ -1,0 +1,180 @@
+"""Python client of a daemon's control socket. The CLI is built on it, so there is one code path.
+
+    from xchanged import Client
+    with Client(config="/etc/xchanged/xchanged.toml") as c:
+        tid = c.submit(["python", "train.py"], cpus=2, mem="4G", priority="high", timeout=3600)
+        doc = c.wait(tid)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .config import ConfigError, default_config_path, load_config, parse_size
+from .protocol.errors import XchangedError
+from .protocol.manager import TERMINAL
+from .protocol.messages import PRIORITIES
+
+DEFAULT_SOCKET = Path("/run/xchanged/control.sock")
+
+
+class DaemonUnreachable(XchangedError):
+    """No daemon answers on the control socket (the CLI exits 3)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"cannot reach the xchanged daemon at {path}: {why}")
+        self.path = path
+
+
+class RequestFailed(XchangedError):
+    """The daemon answered with an error (bad spec, unknown task, ...)."""
+
+
+def socket_path(config: str | os.PathLike | None = None, socket: str | os.PathLike | None = None) -> Path:
+    """The control socket to use: explicit, else from the config file, else the default."""
+    if socket:
+        return Path(socket)
+    path = Path(config) if config else default_config_path()
+    if config or path.exists():
+        return load_config(path, check_files=False).network.control
+    return DEFAULT_SOCKET
+
+
+def build_spec(argv: list[str], *, cpus: float = 1.0, mem: str | int = 0, gpus: int = 0,
+               gpu_mem: str | int = 0, labels: dict[str, str] | None = None,
+               prefer: dict[str, str] | None = None, priority: str = "normal", timeout: float | None = None,
+               retries: int = 3, deadline: str | datetime | None = None, env: dict[str, str] | None = None,
+               cwd: str | None = None, name: str = "", est_runtime: float | None = None) -> dict:
+    """A task spec as the daemon expects it; sizes accept '4G'-style strings. Raises ValueError."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}")
+    if not argv:
+        raise ValueError("a task needs a command")
+    deadline_ms = None
+    if deadline is not None:
+        when = deadline if isinstance(deadline, datetime) else datetime.fromisoformat(str(deadline))
+        if when.tzinfo is None:
+            when = when.astimezone()
+        deadline_ms = int(when.astimezone(timezone.utc).timestamp() * 1000)
+    return {
+        "argv": [str(a) for a in argv], "env": dict(env or {}), "cwd": cwd, "timeout": timeout,
+        "requirements": {"cpus": float(cpus), "mem": _size(mem), "gpus": int(gpus), "gpu_mem": _size(gpu_mem),
+                         "labels": dict(labels or {}), "prefer": dict(prefer or {})},
+        "priority": priority, "retries": int(retries), "deadline_ms": deadline_ms, "name": name,
+        "est_runtime": est_runtime,
+    }
+
+
+def _size(value: str | int) -> int:
+    return value if isinstance(value, int) else parse_size(value)
+
+
+class Client:
+    def __init__(self, config: str | os.PathLike | None = None, socket: str | os.PathLike | None = None,
+                 timeout: float = 60.0):
+        self.path = socket_path(config, socket)
+        self.timeout = timeout
+        self._sock = None
+        self._file = None
+        self._next_id = 0
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._file = None
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonUnreachable(self.path, "no such socket (is the daemon running?)") from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnreachable(self.path, exc.strerror or str(exc)) from None
+        self._sock, self._file = sock, sock.makefile("rb")
+
+    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        if self._sock is None:
+            self._connect()
+        self._next_id += 1
+        request = json.dumps({"id": self._next_id, "op": op, "args": args}).encode() + b"\n"
+        try:
+            self._sock.settimeout(timeout or self.timeout)
+            self._sock.sendall(request)
+            line = self._file.readline()
+        except OSError as exc:
+            self.close()
+            raise DaemonUnreachable(self.path, f"connection failed: {exc}") from None
+        if not line:
+            self.close()
+            raise DaemonUnreachable(self.path, "the daemon closed the connection")
+        response = json.loads(line)
+        if not response.get("ok"):
+            raise RequestFailed(response.get("error", "request failed"))
+        return response.get("result")
+
+    # -- the API --------------------------------------------------------------------------------
+
+    def ping(self) -> dict:
+        return self.call("ping", timeout=5.0)
+
+    def submit(self, argv: list[str], **options: Any) -> str:
+        """Submit one command task; returns its id once the daemon has stored it."""
+        return self.submit_specs([build_spec(list(argv), **options)])[0]["id"]
+
+    def submit_many(self, argvs: Iterable[list[str]], **options: Any) -> list[str]:
+        """Submit many command tasks with the same options in one round trip."""
+        return [doc["id"] for doc in self.submit_specs([build_spec(list(a), **options) for a in argvs])]
+
+    def submit_specs(self, specs: list[dict]) -> list[dict]:
+        return self.call("submit", specs=specs)
+
+    def status(self, task_id: str) -> dict:
+        return self.call("status", id=task_id)
+
+    def tasks(self, state: str | None = None) -> list[dict]:
+        return self.call("tasks", state=state)
+
+    def logs(self, task_id: str, attempt: int | None = None) -> dict:
+        return self.call("logs", id=task_id, attempt=attempt)
+
+    def cancel(self, task_id: str) -> dict:
+        return self.call("cancel", id=task_id)
+
+    def peers(self) -> list[dict]:
+        return self.call("peers")
+
+    def stats(self) -> dict:
+        return self.call("stats")
+
+    def wait(self, task_id: str, timeout: float | None = None,
+             on_update: Callable[[dict], None] | None = None, poll: float = 1.0) -> dict:
+        """Block until the task is terminal (or `timeout` passes); returns its status document."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
+            doc = self.call("wait", timeout=left + 30.0, id=task_id, timeout_s=left)
+            if on_update:
+                on_update(doc)
+            if doc["state"] in TERMINAL or (end is not None and time.monotonic() >= end):
+                return doc
+
+
+__all__ = ["Client", "DaemonUnreachable", "RequestFailed", "build_spec", "socket_path", "ConfigError"]

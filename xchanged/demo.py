@@ -1,0 +1,51 @@
+"""`xchanged demo`: a local cluster of real daemons doing real work, then a report of who did what."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from .localcluster import LocalCluster
+
+# Each task counts the primes below a bound: real CPU work whose length varies with the bound.
+PRIMES = ("import sys\nn=int(sys.argv[1])\nsieve=bytearray([1])*n\nsieve[:2]=b'\\0\\0'\n"
+          "for i in range(2,int(n**0.5)+1):\n    if sieve[i]: sieve[i*i::i]=bytearray(len(range(i*i,n,i)))\n"
+          "print(f'{sum(sieve)} primes below {n}')")
+
+
+def run_demo(nodes: int, n_tasks: int, console: Console) -> int:
+    rng = random.Random(7)
+    slots = [2 + (i % 3) for i in range(nodes)]
+    console.print(f"starting {nodes} daemons on loopback (slots {slots}) ...")
+    with LocalCluster(slots) as cluster:
+        console.print(f"cluster up in {cluster.base}; every node sees the others. submitting {n_tasks} tasks to node1")
+        bounds = [rng.choice([200_000, 500_000, 1_000_000, 2_000_000, 3_000_000]) for _ in range(n_tasks)]
+        started = time.monotonic()
+        with cluster.client(0) as client:
+            ids = client.submit_many([[sys.executable, "-c", PRIMES, str(b)] for b in bounds], retries=2)
+            docs = [client.wait(tid) for tid in ids]
+            elapsed = time.monotonic() - started
+            table = Table("task", "node", "state", "attempts", "runtime", "output")
+            for doc in docs:
+                last = doc["attempts"][-1] if doc["attempts"] else None
+                runtime = f"{(last['ended'] - last['started']) / 1000:.2f}s" if last and last["started"] and last["ended"] else "-"
+                out = client.logs(doc["id"])["stdout"].strip() if doc["state"] == "succeeded" else doc["reason"]
+                table.add_row(doc["id"], doc.get("node") or "-", doc["state"], str(len(doc["attempts"])), runtime, out)
+            console.print(table)
+            per_node = Counter(doc.get("node") for doc in docs if doc["state"] == "succeeded")
+            summary = Table("node", "slots", "tasks run", "share of tasks", "share of slots")
+            total_slots = sum(slots)
+            for node in cluster.nodes:
+                n = per_node.get(node.name, 0)
+                summary.add_row(node.name, str(node.slots), str(n), f"{n / max(1, len(docs)):.0%}",
+                                f"{node.slots / total_slots:.0%}")
+            console.print(summary)
+            ok = sum(1 for d in docs if d["state"] == "succeeded")
+            console.print(f"{ok}/{len(docs)} tasks succeeded in {elapsed:.1f}s on {len(per_node)} nodes")
+        console.print("stopping the daemons and removing the cluster directory")
+    return 0 if ok == len(docs) else 1

@@ -1,0 +1,349 @@
+"""The daemon: one asyncio loop that feeds inputs to the protocol Node and carries out its effects.
+
+    inputs (peer frames, control requests, process exits, resource readings, timers)
+        -> Node.handle(event, now) -> effects -> perform, in order -> re-arm the timer
+
+Durability rule: a store write or audit append staged by an effect is committed (fsynced) before
+the next effect that depends on it is carried out: a message to a peer, a reply to a client, or the
+start of a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import __version__
+from ..config import Config, parse_host_port
+from ..protocol import codec
+from ..protocol.effects import Audit, KillTask, Log, PersistTask, Relay, Reply, Send, StartTask, StoreOutput
+from ..protocol.events import (CancelRequested, FrameDropped, Instant, MessageReceived, ResourcesRead,
+                               SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.manager import TERMINAL
+from ..protocol.membership import GossipSettings
+from ..protocol.messages import TaskSpec, from_body
+from ..protocol.node import Node, NodeSettings
+from ..protocol.replay import ReplayGuard
+from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
+from . import views
+from .executor import Executor
+from .resources import ResourceReader
+from .store import Store
+from .transport import ControlError, ControlServer, PeerTransport
+
+log = logging.getLogger("xchanged")
+RESOURCE_INTERVAL = 1.0
+MAX_INPUTS = 100_000
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_task_id() -> str:
+    """Cluster-unique task id: 'T-' + 16 base32 characters of randomness (80 bits)."""
+    return "T-" + base64.b32encode(os.urandom(10)).decode()
+
+
+def advertised_address(config: Config, port: int) -> str:
+    if config.network.advertise:
+        return config.network.advertise
+    host, _ = parse_host_port(config.network.listen)
+    if host not in ("0.0.0.0", "::", ""):
+        return f"{host}:{port}"
+    for addrs in psutil.net_if_addrs().values():          # first non-loopback IPv4 address
+        for addr in addrs:
+            if addr.family == socket.AF_INET and not addr.address.startswith("127."):
+                return f"{addr.address}:{port}"
+    return f"127.0.0.1:{port}"
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.key = load_private_key(config.node.key_file.read_bytes())
+        self.public_key = public_bytes(self.key)
+        self.id = node_id(self.public_key)
+        trust = TrustStore.parse(config.trust.authorized_keys.read_text(), str(config.trust.authorized_keys))
+        trust.keys.setdefault(self.public_key, config.node.name)
+        self.trust = trust
+        config.node.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.node.state_dir / "xchanged.db")
+        previous = int(self.store.get_meta("incarnation") or 0)
+        self.incarnation = max(previous + 1, wall_ms())
+        self.store.set_meta("incarnation", str(self.incarnation))
+        self.encoder = codec.Encoder(self.key, self.public_key, self.incarnation)
+        self.guard = ReplayGuard()
+        self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
+        self.transport: PeerTransport | None = None
+        self.control: ControlServer | None = None
+        self.executor: Executor | None = None
+        self.node: Node | None = None
+        self.address = ""
+        self.started = time.monotonic()
+        self._requests: dict[int, asyncio.Future] = {}
+        self._request_ids = 0
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.audit = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _build_node(self) -> Node:
+        c = self.config
+        gossip = GossipSettings(c.gossip.interval, c.gossip.fanout, c.gossip.suspect_after, c.gossip.dead_after,
+                                c.gossip.probe_k)
+        settings = NodeSettings(
+            name=c.node.name, address=self.address, slots=c.node.slots, labels=dict(c.node.labels),
+            gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
+            max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
+            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat)
+        return Node(self.id, settings, random.Random(os.urandom(16)))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport = PeerTransport(self.config.network.listen)
+        self.address = advertised_address(self.config, self.transport.port)
+        self.node = self._build_node()
+        self.executor = Executor(self._put, self.config.executor.max_output, self.config.executor.kill_grace)
+        self.resources = ResourceReader()
+        self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
+        self._handle(StateRecovered(self.store.unfinished_tasks()))
+        for seed in self.config.network.seeds:
+            self._handle(SeedConfigured(seed))
+        self.control = ControlServer(self.config.network.control, self._control)
+        await self.control.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources())]
+        log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
+                 self.id, self.address, self.config.network.control)
+        _sd_notify("READY=1")
+        try:
+            await self._main_loop()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        _sd_notify("STOPPING=1")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.control:
+            await self.control.close()
+        if self.executor:
+            await self.executor.close()
+        if self.transport:
+            self.transport.close()
+        self.resources.close()
+        self.store.close()
+        if self.audit is not None:
+            self.audit.close()
+        log.info("stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _main_loop(self) -> None:
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                timeout = max(0.0, self.node.next_deadline() - time.monotonic())
+                get = asyncio.ensure_future(self.inputs.get())
+                done, _ = await asyncio.wait({get, stop_wait}, timeout=min(timeout, 3600.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    self._handle(get.result())
+                    while not self.inputs.empty():
+                        self._handle(self.inputs.get_nowait())
+                        if time.monotonic() >= self.node.next_deadline():
+                            self._handle(TimerFired())
+                else:
+                    get.cancel()
+                if time.monotonic() >= self.node.next_deadline():
+                    self._handle(TimerFired())
+        finally:
+            stop_wait.cancel()
+
+    def _put(self, event: Any) -> None:
+        try:
+            self.inputs.put_nowait(event)
+        except asyncio.QueueFull:
+            log.error("input queue full; dropping %s", type(event).__name__)
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    async def _receive_peers(self) -> None:
+        while True:
+            frame = await self.transport.receive()
+            self._accept_frame(frame)
+
+    def _accept_frame(self, frame: bytes) -> None:
+        try:
+            env = codec.decode(frame, self.trust)
+            if env.type == "load":
+                self.guard.check_fresh(env, wall_ms())
+            else:
+                self.guard.check(env, wall_ms())
+        except codec.DecodeError as exc:
+            self._put(FrameDropped(exc.reason))
+            log.debug("dropped frame: %s", exc)
+            return
+        self._put(MessageReceived(env))
+
+    async def _read_resources(self) -> None:
+        while True:
+            await asyncio.sleep(RESOURCE_INTERVAL)
+            self._put(ResourcesRead(await asyncio.to_thread(self.resources.read)))
+
+    # -- the core and its effects ---------------------------------------------------------------
+
+    def _handle(self, event: Any) -> None:
+        effects = self.node.handle(event, Instant(time.monotonic(), wall_ms()))
+        finished: list[dict] = []
+        for effect in effects:
+            if isinstance(effect, PersistTask):
+                self.store.put_task(effect.doc)
+                if effect.doc["state"] in TERMINAL:
+                    finished.append(effect.doc)
+                continue
+            if isinstance(effect, StoreOutput):
+                self.store.put_output(effect.task_id, effect.attempt, effect.stdout, effect.stderr)
+                continue
+            if isinstance(effect, Audit):
+                if self.audit is not None:
+                    self.audit.append(effect.entry)
+                continue
+            if isinstance(effect, Log):
+                log.log(logging.getLevelName(effect.level.upper()), "%s [%s]", effect.text, effect.stimulus_id)
+                continue
+            self._make_durable()
+            if isinstance(effect, Send):
+                frame = self.encoder.encode(effect.message, wall_ms())
+                for peer, address in effect.targets:
+                    self._send(peer, address, frame)
+            elif isinstance(effect, Relay):
+                for peer, address in effect.targets:
+                    for frame in effect.frames:
+                        self._send(peer, address, frame)
+            elif isinstance(effect, StartTask):
+                self.executor.start(effect.task_id, effect.attempt, effect.spec, effect.env)
+            elif isinstance(effect, KillTask):
+                self.executor.kill(effect.task_id, effect.attempt, effect.reason)
+            elif isinstance(effect, Reply):
+                future = self._requests.pop(effect.request_id, None)
+                if future is not None and not future.done():
+                    if effect.ok:
+                        future.set_result(effect.result)
+                    else:
+                        future.set_exception(ControlError(effect.error))
+        self._make_durable()
+        for doc in finished:
+            for future in self._waiters.pop(doc["id"], []):
+                if not future.done():
+                    future.set_result(doc)
+
+    def _make_durable(self) -> None:
+        if self.store.dirty:
+            self.store.commit()
+        if self.audit is not None:
+            self.audit.flush()
+
+    def _send(self, peer: str, address: str, frame: bytes) -> None:
+        if peer == self.id or address == self.address:
+            self._accept_frame(frame)          # our own contractor: same checks, no socket
+        elif address:
+            self.transport.send(address, frame)
+
+    # -- control requests -----------------------------------------------------------------------
+
+    def _request(self, make_event) -> asyncio.Future:
+        self._request_ids += 1
+        future = asyncio.get_running_loop().create_future()
+        self._requests[self._request_ids] = future
+        self._put(make_event(self._request_ids))
+        return future
+
+    async def _control(self, op: str, args: dict) -> Any:
+        node = self.node
+        if op == "ping":
+            return {"id": self.id, "name": self.config.node.name, "address": self.address, "version": __version__}
+        if op == "submit":
+            specs = args.get("specs")
+            if not isinstance(specs, list) or not specs:
+                raise ControlError("submit needs a non-empty list 'specs'")
+            parsed = []
+            for i, body in enumerate(specs):
+                try:
+                    parsed.append(from_body(TaskSpec, body))
+                except RemoteProtocolError as exc:
+                    raise ControlError(f"task spec {i}: {exc.detail}") from None
+            futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
+            return list(await asyncio.gather(*futures))
+        if op == "cancel":
+            return await self._request(lambda rid: CancelRequested(rid, str(args.get("id"))))
+        if op == "status":
+            return self._task_doc(str(args.get("id")))
+        if op == "wait":
+            doc = self._task_doc(str(args.get("id")))
+            if doc["state"] in TERMINAL:
+                return doc
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(doc["id"], []).append(future)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), float(args.get("timeout_s") or 30.0))
+            except asyncio.TimeoutError:
+                return self._task_doc(doc["id"])
+        if op == "tasks":
+            return views.tasks(node, args.get("state"))
+        if op == "logs":
+            doc = self._task_doc(str(args.get("id")))
+            out = self.store.output(doc["id"], args.get("attempt"))
+            if out is None:
+                raise ControlError(f"no output recorded for {doc['id']} yet (state {doc['state']})")
+            return {"id": doc["id"], "attempt": out[0], "stdout": out[1].decode(errors="replace"),
+                    "stderr": out[2].decode(errors="replace")}
+        if op == "peers":
+            return views.peers(node, time.monotonic())
+        if op == "stats":
+            return views.stats(node, time.monotonic() - self.started)
+        raise ControlError(f"unknown operation {op!r}")
+
+    def _task_doc(self, task_id: str) -> dict:
+        task = self.node.manager.tasks.get(task_id)
+        if task is not None:
+            return task.to_doc()
+        doc = self.store.task(task_id)
+        if doc is None:
+            raise ControlError(f"no such task: {task_id}")
+        return doc
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about our state, if it is listening."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), path)
+        except OSError:
+            pass
+
+
+def run_daemon(config: Config) -> None:
+    asyncio.run(Daemon(config).run())

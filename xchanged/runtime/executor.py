@@ -1,0 +1,142 @@
+"""Run awarded commands as subprocesses: own process group, timeout, kill, capped output capture.
+
+Each attempt runs in a new session (process group) so a timeout or a cancel kills the command and
+everything it started: SIGTERM to the group, SIGKILL after `kill_grace`. Output is captured per
+stream up to `max_output` bytes, keeping the tail (the end of a log says why it failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..protocol.events import TaskExited, TaskStarted
+from ..protocol.messages import TaskSpec
+
+
+class TailBuffer:
+    """Keeps the last `limit` bytes written to it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.dropped += excess
+
+    def value(self) -> bytes:
+        if self.dropped:
+            return f"[xchanged: {self.dropped} earlier bytes dropped]\n".encode() + bytes(self.data)
+        return bytes(self.data)
+
+
+@dataclass
+class _Run:
+    task: asyncio.Task
+    process: asyncio.subprocess.Process | None = None
+    kill_reason: str = ""
+    outcome: str = ""
+
+
+@dataclass
+class Executor:
+    emit: Callable[[object], None]      # feeds TaskStarted / TaskExited back to the daemon loop
+    max_output: int = 1 << 20
+    kill_grace: float = 2.0
+    runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
+
+    def start(self, task_id: str, attempt: int, spec: TaskSpec, extra_env: dict[str, str]) -> None:
+        key = (task_id, attempt)
+        if key in self.runs:
+            return
+        run = _Run(asyncio.get_running_loop().create_task(self._run(key, spec, extra_env)))
+        self.runs[key] = run
+
+    def kill(self, task_id: str, attempt: int, reason: str) -> None:
+        run = self.runs.get((task_id, attempt))
+        if run is None or run.outcome:
+            return
+        run.outcome, run.kill_reason = "cancelled", reason
+        if run.process is not None:
+            asyncio.get_running_loop().create_task(self._terminate(run.process))
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.kill_grace)
+        except asyncio.TimeoutError:
+            pass
+        _signal_group(proc.pid, signal.SIGKILL)   # also reaps stragglers that ignored SIGTERM
+
+    async def _run(self, key: tuple[str, int], spec: TaskSpec, extra_env: dict[str, str]) -> None:
+        task_id, attempt = key
+        run = self.runs[key]
+        env = {**os.environ, **spec.env, **extra_env}
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv, cwd=spec.cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except (OSError, ValueError) as exc:
+            self.runs.pop(key, None)
+            self.emit(TaskExited(task_id, attempt, "error", 127 if isinstance(exc, FileNotFoundError) else 126,
+                                 0, b"", str(exc).encode(), reason=f"could not start: {exc}"))
+            return
+        run.process = proc
+        self.emit(TaskStarted(task_id, attempt, proc.pid))
+        if run.outcome:                     # cancelled while starting
+            asyncio.get_running_loop().create_task(self._terminate(proc))
+        out, err = TailBuffer(self.max_output), TailBuffer(self.max_output)
+        readers = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
+        try:
+            await asyncio.wait_for(proc.wait(), spec.timeout)
+        except asyncio.TimeoutError:
+            run.outcome = "timeout"
+            run.kill_reason = f"timed out after {spec.timeout:g}s"
+            await self._terminate(proc)
+            await proc.wait()
+        try:
+            await asyncio.wait_for(readers, self.kill_grace)   # a grandchild may hold the pipes open
+        except asyncio.TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+        runtime_ms = int((time.monotonic() - started) * 1000)
+        self.runs.pop(key, None)
+        if run.outcome in ("timeout", "cancelled"):
+            self.emit(TaskExited(task_id, attempt, run.outcome, None, runtime_ms, out.value(), err.value(),
+                                 reason=run.kill_reason))
+        else:
+            code = proc.returncode
+            reason = f"killed by signal {-code}" if code < 0 else ("" if code == 0 else f"exit code {code}")
+            self.emit(TaskExited(task_id, attempt, "exited", code, runtime_ms, out.value(), err.value(),
+                                 reason=reason))
+
+    async def close(self) -> None:
+        for run in list(self.runs.values()):
+            if run.process is not None:
+                _signal_group(run.process.pid, signal.SIGKILL)
+            run.task.cancel()
+        await asyncio.gather(*(r.task for r in self.runs.values()), return_exceptions=True)
+        self.runs.clear()
+
+
+async def _pump(stream: asyncio.StreamReader | None, sink: TailBuffer) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        sink.write(chunk)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,81 @@
+"""Resource readings: psutil for CPU and memory, NVIDIA's NVML (`nvidia-ml-py`) for GPUs.
+
+No GPU, no driver or no NVML library means zero GPUs, never an error. Readings block (psutil's CPU
+percentage, NVML calls), so the daemon takes them in a worker thread and caches the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import psutil
+
+from ..protocol.events import Capacity
+from ..protocol.messages import GpuInfo
+
+log = logging.getLogger(__name__)
+
+
+class GpuReader:
+    """NVML, initialised once; `available` is False when there is nothing to read."""
+
+    def __init__(self) -> None:
+        self.available = False
+        self._nvml = None
+        try:
+            import pynvml  # provided by nvidia-ml-py
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self.available = True
+        except Exception as exc:  # no library, no driver, no device: all mean "no GPUs"
+            log.debug("NVML unavailable: %s", exc)
+
+    def read(self) -> tuple[GpuInfo, ...]:
+        if not self.available:
+            return ()
+        nvml = self._nvml
+        gpus = []
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                name = nvml.nvmlDeviceGetName(handle)
+                if isinstance(name, bytes):
+                    name = name.decode(errors="replace")
+                mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+                try:
+                    util = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                except nvml.NVMLError:
+                    util = 0.0
+                gpus.append(GpuInfo(index, name, int(mem.total), int(mem.free), util))
+        except Exception as exc:
+            log.warning("NVML reading failed: %s", exc)
+        return tuple(gpus)
+
+    def close(self) -> None:
+        if self.available:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self.available = False
+
+
+class ResourceReader:
+    def __init__(self) -> None:
+        self.gpus = GpuReader()
+        psutil.cpu_percent(interval=None)       # prime: the first non-blocking reading is meaningless
+
+    def read(self) -> Capacity:
+        mem = psutil.virtual_memory()
+        try:
+            load_avg = os.getloadavg()[0]
+        except OSError:
+            load_avg = 0.0
+        return Capacity(cpus=psutil.cpu_count() or 1, cpu_percent=float(psutil.cpu_percent(interval=None)),
+                        mem_total=int(mem.total), mem_available=int(mem.available), load_avg=load_avg,
+                        gpus=self.gpus.read())
+
+    def close(self) -> None:
+        self.gpus.close()

@@ -1,0 +1,104 @@
+"""SQLite store (WAL, synchronous=FULL): the manager's tasks and the outputs of their attempts.
+
+Task rows hold the task's JSON document as the protocol core last persisted it; a restarted daemon
+hands the unfinished ones back to the core (`StateRecovered`). Writes are grouped: `put_task` only
+stages, `commit` makes everything staged durable at once, and the daemon commits before it performs
+any effect that depends on the write (a reply to the client, a message to a peer).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    submitted INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state);
+CREATE TABLE IF NOT EXISTS outputs (
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    stdout BLOB NOT NULL,
+    stderr BLOB NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);
+"""
+UNFINISHED = ("queued", "assigned", "running")
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._in_tx = False
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def put_task(self, doc: dict) -> None:
+        self._begin()
+        self.db.execute("INSERT INTO tasks (id, state, submitted, doc) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET state=excluded.state, doc=excluded.doc",
+                        (doc["id"], doc["state"], doc["submitted"], json.dumps(doc, separators=(",", ":"))))
+
+    def put_output(self, task_id: str, attempt: int, stdout: bytes, stderr: bytes) -> None:
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", (task_id, attempt, stdout, stderr))
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    @property
+    def dirty(self) -> bool:
+        return self._in_tx
+
+    def unfinished_tasks(self) -> list[dict]:
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self.db.execute(f"SELECT doc FROM tasks WHERE state IN ({marks}) ORDER BY submitted", UNFINISHED)
+        return [json.loads(doc) for (doc,) in rows]
+
+    def finished_tasks(self, limit: int = 10_000) -> list[dict]:
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = self.db.execute(f"SELECT doc FROM tasks WHERE state NOT IN ({marks}) "
+                               "ORDER BY submitted DESC LIMIT ?", (*UNFINISHED, limit))
+        return [json.loads(doc) for (doc,) in rows]
+
+    def task(self, task_id: str) -> dict | None:
+        row = self.db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def output(self, task_id: str, attempt: int | None = None) -> tuple[int, bytes, bytes] | None:
+        if attempt is None:
+            row = self.db.execute("SELECT attempt, stdout, stderr FROM outputs WHERE task_id = ? "
+                                  "ORDER BY attempt DESC LIMIT 1", (task_id,)).fetchone()
+        else:
+            row = self.db.execute("SELECT attempt, stdout, stderr FROM outputs WHERE task_id = ? AND attempt = ?",
+                                  (task_id, attempt)).fetchone()
+        return (row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()

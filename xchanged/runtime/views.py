@@ -1,0 +1,67 @@
+"""JSON documents for the control socket's inspecting operations (stable keys; keys may be added)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..protocol.manager import QUEUED, RUNNING, ASSIGNED
+from ..protocol.messages import to_body
+from ..protocol.node import Node
+
+
+def tasks(node: Node, state: str | None = None) -> list[dict]:
+    docs = [t.to_doc() for t in node.manager.tasks.values() if state in (None, "", t.state)]
+    docs.sort(key=lambda d: d["order"])
+    return docs
+
+
+def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float | None, load, record) -> dict:
+    doc = {
+        "id": pid, "name": name, "address": address, "health": health,
+        "last_seen_s": None if last_seen is None else round(last_seen, 3),
+        "slots": load.slots if load else 0, "slots_free": load.slots_free if load else 0,
+        "running": load.running if load else 0, "queued": load.queued if load else 0,
+        "cpus": load.cpus if load else 0, "cpu_percent": load.cpu_percent if load else 0.0,
+        "mem_total": load.mem_total if load else 0, "mem_available": load.mem_available if load else 0,
+        "gpus": [to_body(g) for g in load.gpus] if load else [], "labels": dict(load.labels) if load else {},
+        "utilisation": round(1 - load.slots_free / load.slots, 3) if load and load.slots else 0.0,
+    }
+    if record is not None:
+        doc.update(success_rate=round(record.success_rate, 3), breaker=record.breaker,
+                   successes=record.successes, failures=record.failures)
+    return doc
+
+
+def peers(node: Node, now: float) -> list[dict]:
+    own = node.load_signal()
+    out = [dict(_peer_doc(node.id, own.name, own.address, "alive", 0.0, own, node.manager.records.get(node.id)),
+                self=True)]
+    for peer in sorted(node.membership.peers.values(), key=lambda p: p.name):
+        out.append(dict(_peer_doc(peer.id, peer.name, peer.address, peer.health, now - peer.last_heard,
+                                  peer.load, node.manager.records.get(peer.id)), self=False))
+    return out
+
+
+def stats(node: Node, uptime: float) -> dict:
+    states = Counter(t.state for t in node.manager.tasks.values())
+    peer_docs = peers(node, 0.0)
+    live = [p for p in peer_docs if p["health"] != "dead"]
+    slots = sum(p["slots"] for p in live)
+    busy = sum(p["slots"] - p["slots_free"] for p in live)
+    m = node.manager.stats
+    finished = m["succeeded"] + m["failed"]
+    return {
+        "node": node.settings.name, "uptime_s": round(uptime, 1),
+        "total_agents": len(peer_docs), "healthy_agents": sum(1 for p in peer_docs if p["health"] == "alive"),
+        "total_capacity": slots, "current_load": busy,
+        "utilization_percent": round(100 * busy / slots, 1) if slots else 0.0,
+        "queued_jobs": states[QUEUED], "assigned_jobs": states[ASSIGNED], "running_jobs": states[RUNNING],
+        "tasks_by_state": dict(states),
+        "submitted": m["submitted"], "succeeded": m["succeeded"], "failed": m["failed"], "retries": m["retries"],
+        "success_rate": round(m["succeeded"] / finished, 4) if finished else None,
+        "awards": m["awards"], "announcements": m["announcements"], "late_bids": m["late_bids"],
+        "frames_dropped": dict(node.drops),
+        "agents": [{k: p[k] for k in ("name", "health", "slots", "slots_free", "running", "queued", "cpu_percent",
+                                       "utilisation") if k in p} | {"success_rate": p.get("success_rate")}
+                   for p in peer_docs],
+    }
