@@ -315,10 +315,12 @@ def cancel(config, as_json, task_id) -> None:
 @main.command()
 @config_option
 @json_option
-def peers(config, as_json) -> None:
-    """Peers: health, free slots, CPU, memory, GPUs, labels."""
+@click.option("--all", "show_all", is_flag=True,
+              help="also list mDNS services whose keys are not trusted (health 'untrusted'; never used)")
+def peers(config, as_json, show_all) -> None:
+    """Peers: health, age of the last signal, free slots, CPU, memory, GPUs, labels."""
     with _client(config) as client:
-        docs = _call(client.peers)
+        docs = _call(lambda: client.peers(all=show_all))
     if as_json:
         _print_json(docs)
         return

@@ -158,8 +158,9 @@ class Client:
     def cancel(self, task_id: str) -> dict:
         return self.call("cancel", id=task_id)
 
-    def peers(self) -> list[dict]:
-        return self.call("peers")
+    def peers(self, all: bool = False) -> list[dict]:
+        """Peers with health and age of their last signal; `all`: also untrusted mDNS services."""
+        return self.call("peers", all=True) if all else self.call("peers")
 
     def stats(self) -> dict:
         return self.call("stats")

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xchanged.protocol import signing
 from xchanged.protocol.merkle import verify_consistency, verify_inclusion
 from xchanged.runtime.audit import (
     AuditCorrupted,
@@ -424,8 +425,15 @@ def test_an_explicit_missing_head_is_an_error_but_the_default_one_is_optional(lo
     assert not verify_log(log5, PUB, head_path=tmp_path / "nope", node_id=NODE).ok
     report = verify_log(log5, PUB, node_id=NODE)
     assert report.ok and "no signed head" in report.message
-    with pytest.raises(ValueError):
-        verify_log(log5, PUB)
+    # without a head or node_id, the id derived from the key is assumed; this log used another
+    check_bad(log5, 0, "signature does not verify for node 'N")
+
+
+def test_node_id_defaults_to_the_one_derived_from_the_key(tmp_path):
+    node = signing.node_id(signing.public_bytes(PUB))
+    with AuditLog(tmp_path / "a.log", KEY, node) as log:
+        log.append(award(0))
+    assert verify_log(tmp_path / "a.log", PUB).ok
 
 
 def test_torn_tail_fails_verify_until_reopened(log5):

@@ -11,6 +11,14 @@ Rules:
 - A running attempt sends `progress` every `heartbeat`. Its `result` is resent with backoff until the
   manager acknowledges it with `ack`.
 - `cancel` kills the attempt (or drops its reservation). The result then reports outcome `cancelled`.
+- Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") before the
+  `accept` is sent and the process started; its pid and start time are added once it runs; its result
+  replaces the record (state "result") before the result is first sent; the record is dropped
+  (`ForgetAttempt`) only on the manager's `ack`. After a restart (`recover`) an attempt that was
+  running is reported to its manager at once as a `result` with outcome `lost` (the driver has killed
+  what was left of its process), so the manager reassigns it without waiting for a timeout; kept
+  results are resent as they were. Resends back off up to `2 * heartbeat`, below the manager's
+  heartbeat deadline, so a result held while its manager was down is not mistaken for silence.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .codec import Envelope
-from .effects import Audit, KillTask, Outbox, Send, StartTask
+from .effects import Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .events import Capacity, TaskExited
-from .messages import Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award
+from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award,
+                       from_body, to_body)
 
 RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
 
@@ -52,6 +61,8 @@ class Claim:
     started: float = 0.0
     pid: int | None = None
     next_heartbeat: float = 0.0
+    manager_address: str = ""       # where the manager was when it awarded (used if we forget it)
+    pid_start: float = 0.0
 
 
 @dataclass(slots=True)
@@ -60,6 +71,7 @@ class PendingResult:
     result: Result
     next_send: float
     backoff: float
+    manager_address: str = ""
 
 
 class Contractor:
@@ -147,6 +159,11 @@ class Contractor:
         if running is not None and running.manager == env.sender:
             self._send(env.sender, Accept(award.task_id, award.attempt))
             return
+        done = self.pending.get(run_key)
+        if done is not None and done.manager == env.sender:     # already ran it: never run it twice
+            self._send(env.sender, Accept(award.task_id, award.attempt))
+            self._send(env.sender, done.result, done.manager_address)
+            return
         key = (env.sender, award.task_id)
         claim = self.reserved.pop(key, None)
         code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0])
@@ -155,13 +172,17 @@ class Contractor:
         if code:
             self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
             return
-        self.running[run_key] = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, gpus,
-                                      spec=award.spec, started=now, next_heartbeat=now + self.settings.heartbeat)
+        claim = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, gpus,
+                      spec=award.spec, started=now, next_heartbeat=now + self.settings.heartbeat,
+                      manager_address=self.lookup(env.sender)[0])
+        self.running[run_key] = claim
+        self._persist_running(claim)
         self.out.emit(Audit, entry={"event": "award", "task": award.task_id, "attempt": award.attempt,
                                     "manager": env.sender, "contractor": self.settings.self_id,
                                     "score": award.score, "time_ms": wall_ms, "message": env.raw})
         self._send(env.sender, Accept(award.task_id, award.attempt))
-        extra_env = {"XCHANGED_TASK_ID": award.task_id, "XCHANGED_ATTEMPT": str(award.attempt)}
+        extra_env = {"XCHANGED_TASK_ID": award.task_id, "XCHANGED_ATTEMPT": str(award.attempt),
+                     "XCHANGED_NODE": self.settings.self_id}
         if award.spec.requirements.gpus:
             extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         self.out.emit(StartTask, task_id=award.task_id, attempt=award.attempt, spec=award.spec, env=extra_env)
@@ -180,13 +201,15 @@ class Contractor:
         pending = self.pending.get(key)
         if pending is not None and pending.manager == env.sender:
             del self.pending[key]
+            self.out.emit(ForgetAttempt, task_id=key[0], attempt=key[1])
 
     # -- executor -------------------------------------------------------------------------------
 
-    def on_started(self, task_id: str, attempt: int, pid: int) -> None:
+    def on_started(self, task_id: str, attempt: int, pid: int, pid_start: float = 0.0) -> None:
         claim = self.running.get((task_id, attempt))
         if claim is not None:
-            claim.pid = pid
+            claim.pid, claim.pid_start = pid, pid_start
+            self._persist_running(claim)
 
     def on_exited(self, ev: TaskExited, now: float) -> None:
         claim = self.running.pop((ev.task_id, ev.attempt), None)
@@ -195,9 +218,32 @@ class Contractor:
         self.completed += 1
         result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
                         ev.stdout, ev.stderr, claim.pid)
-        self.pending[(ev.task_id, ev.attempt)] = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0],
-                                                               RESULT_BACKOFF[0])
-        self._send(claim.manager, result)
+        pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
+                                claim.manager_address)
+        self.pending[(ev.task_id, ev.attempt)] = pending
+        self._persist_result(pending)
+        self._send(claim.manager, result, claim.manager_address)
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def recover(self, docs: list[dict], now: float) -> None:
+        """Take back the attempts persisted before a restart: results are resent; attempts that were
+        running (their processes are gone: the driver killed any orphan) are reported as lost."""
+        for doc in docs:
+            key = (doc["task_id"], doc["attempt"])
+            if doc["state"] == "result":
+                result = from_body(Result, doc["result"])
+            else:
+                why = "contractor restarted while the attempt ran"
+                if doc.get("orphan"):
+                    why += f" ({doc['orphan']})"
+                result = Result(doc["task_id"], doc["attempt"], "lost", None, why, 0, b"", b"", doc.get("pid"))
+            pending = PendingResult(doc["manager"], result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
+                                    doc.get("manager_address", ""))
+            self.pending[key] = pending
+            if doc["state"] != "result":
+                self._persist_result(pending)
+            self._send(pending.manager, result, pending.manager_address)
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -210,11 +256,12 @@ class Contractor:
                 claim.next_heartbeat = now + self.settings.heartbeat
                 self._send(claim.manager, Progress(claim.task_id, claim.attempt,
                                                    int((now - claim.started) * 1000), claim.pid))
+        cap = min(RESULT_BACKOFF[1], 2 * self.settings.heartbeat)
         for pending in self.pending.values():
             if now >= pending.next_send:
-                pending.backoff = min(pending.backoff * 2, RESULT_BACKOFF[1])
+                pending.backoff = min(pending.backoff * 2, cap)
                 pending.next_send = now + pending.backoff
-                self._send(pending.manager, pending.result)
+                self._send(pending.manager, pending.result, pending.manager_address)
 
     def next_deadline(self) -> float:
         times = [c.expires for c in self.reserved.values()]
@@ -222,5 +269,18 @@ class Contractor:
         times += [p.next_send for p in self.pending.values()]
         return min(times, default=float("inf"))
 
-    def _send(self, peer: str, message) -> None:
-        self.out.emit(Send, targets=((peer, self.lookup(peer)[0]),), message=message)
+    def _send(self, peer: str, message, fallback_address: str = "") -> None:
+        self.out.emit(Send, targets=((peer, self.lookup(peer)[0] or fallback_address),), message=message)
+
+    def _persist_running(self, claim: Claim) -> None:
+        self.out.emit(PersistAttempt, doc={
+            "task_id": claim.task_id, "attempt": claim.attempt, "manager": claim.manager,
+            "manager_address": claim.manager_address, "state": "running", "pid": claim.pid,
+            "pid_start": claim.pid_start})
+
+    def _persist_result(self, pending: PendingResult) -> None:
+        res = pending.result
+        self.out.emit(PersistAttempt, doc={
+            "task_id": res.task_id, "attempt": res.attempt, "manager": pending.manager,
+            "manager_address": pending.manager_address, "state": "result", "pid": res.pid,
+            "result": to_body(res)})

@@ -56,6 +56,25 @@ class PersistTask:
 
 
 @dataclass(frozen=True, slots=True)
+class PersistAttempt:
+    """Contractor side: write the record of an accepted attempt, keyed by (task_id, attempt), and
+    commit it before anything that follows. `doc["state"]` is "running" (with pid and pid_start once
+    the process started) or "result" (with the unacknowledged `Result` body, resent until `ack`)."""
+
+    doc: dict
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetAttempt:
+    """Contractor side: the manager acknowledged this attempt's result; drop its record."""
+
+    task_id: str
+    attempt: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreOutput:
     """Keep an attempt's captured output for `xchanged logs`."""
 

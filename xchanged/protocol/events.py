@@ -72,6 +72,8 @@ class TaskStarted:
     task_id: str
     attempt: int
     pid: int
+    pid_start: float = 0.0          # the process's start time (epoch s, as the OS reports it), to tell
+                                    # it from a later process that reuses the pid
     stimulus_id: str = ""
 
 
@@ -116,7 +118,9 @@ class FrameDropped:
 
 @dataclass(frozen=True, slots=True)
 class StateRecovered:
-    """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`)."""
+    """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), and
+    the attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs)."""
 
     tasks: list[dict] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
     stimulus_id: str = ""

@@ -20,6 +20,11 @@ Rules:
   preferring other nodes. Failures count against `retries` and raise the priority one level; losses
   have their own, larger cap.
 - Every change of a task is persisted (`PersistTask`) before the message that depends on it is sent.
+- After a restart (`recover`) queued tasks are announced again; an assigned or running attempt is
+  re-attached when its contractor reports in (`progress` or `result`; a `progress` of an attempt whose
+  `accept` we never recorded counts as the accept) and is lost, and the task re-announced, when the
+  contractor stays silent past the heartbeat deadline. A restarted contractor reports the attempts it
+  had running as `result` outcome `lost`, which re-announces them at once.
 """
 
 from __future__ import annotations
@@ -213,6 +218,9 @@ class Manager:
             if task.state in (ASSIGNED, RUNNING):
                 task.last_heard = now
                 self._arm(task, now + self.settings.heartbeat_timeout)
+                if task.state == RUNNING and task.spec.timeout:     # conservative: the full timeout again
+                    task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
+                    self._arm(task, task.run_deadline)
 
     # -- messages from contractors --------------------------------------------------------------
 
@@ -276,7 +284,7 @@ class Manager:
                                     "time_ms": wall_ms, "message": env.raw})
         self._award_next(task, now, wall_ms)
 
-    def on_progress(self, env: Envelope, now: float) -> None:
+    def on_progress(self, env: Envelope, now: float, wall_ms: int = 0) -> None:
         prog: Progress = env.message
         task, att = self._attempt_of(env, prog.task_id, prog.attempt)
         if att is None:
@@ -284,6 +292,14 @@ class Manager:
             return
         task.last_heard = now
         self._arm(task, now + self.settings.heartbeat_timeout)
+        if att.state == "awarded":              # its accept was lost (say, we restarted): re-attach
+            att.state, att.started = "running", att.started or wall_ms
+            task.state, task.reason, task.award_deadline = RUNNING, "", None
+            if task.spec.timeout:
+                task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
+                self._arm(task, task.run_deadline)
+            self._release_standby(task, "another bid was accepted")
+            self._persist(task)
 
     def on_result(self, env: Envelope, now: float, wall_ms: int) -> None:
         res: Result = env.message
@@ -297,11 +313,14 @@ class Manager:
         if att is None:
             return
         if att is not task.current or task.state in TERMINAL:
-            if att.state not in ("superseded", "succeeded", "failed", "timeout", "cancelled"):
+            if res.outcome in ("exited", "timeout", "error") and \
+                    att.state not in ("superseded", "succeeded", "failed", "timeout", "cancelled"):
                 att.state, att.exit_code, att.ended = "superseded", res.exit_code, wall_ms
                 att.reason = f"late result ({res.outcome}) of a superseded attempt"
                 self._persist(task)
             return
+        if task.standby:                        # a result before the accept (we restarted): it ran
+            self._release_standby(task, "another bid was accepted")
         att.exit_code, att.ended = res.exit_code, wall_ms
         record = self._record(env.sender)
         self.out.emit(StoreOutput, task_id=task.id, attempt=att.attempt, stdout=res.stdout, stderr=res.stderr)

@@ -75,7 +75,7 @@ class Node:
         elif isinstance(event, CancelRequested):
             self.manager.cancel(event.request_id, event.task_id, mono, wall)
         elif isinstance(event, TaskStarted):
-            self.contractor.on_started(event.task_id, event.attempt, event.pid)
+            self.contractor.on_started(event.task_id, event.attempt, event.pid, event.pid_start)
         elif isinstance(event, TaskExited):
             self.contractor.on_exited(event, mono)
         elif isinstance(event, ResourcesRead):
@@ -86,6 +86,7 @@ class Node:
             self.drops[event.reason] += 1
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
+            self.contractor.recover(event.attempts, mono)
         else:
             raise TypeError(f"unknown event {event!r}")
         self.manager.pump(self.candidates(), mono, wall)
@@ -125,7 +126,7 @@ class Node:
         elif isinstance(msg, Reject):
             self.manager.on_reject(env, now, wall)
         elif isinstance(msg, Progress):
-            self.manager.on_progress(env, now)
+            self.manager.on_progress(env, now, wall)
         elif isinstance(msg, Result):
             self.manager.on_result(env, now, wall)
         elif isinstance(msg, Ping):

@@ -4,21 +4,9 @@ Why: an award, its acceptance and its result are evidence when two nodes disagre
 what. The log lets a node show what it agreed to, and lets anyone holding its public key check
 that nothing was altered, removed, reordered or inserted afterwards.
 
-File format of ``<path>``: frames back to back, nothing else::
-
-    frame   = length:u32 big-endian | crc32(payload):u32 big-endian | payload
-    payload = msgpack map with exactly these keys, in this order:
-        "i"      index of the record: 0, 1, 2, ...
-        "prev"   SHA-256 of the previous record's payload (32 zero bytes for record 0)
-        "entry"  the entry dict given to append()
-        "sig"    Ed25519 signature by the node over
-                 msgpack([b"xchanged-audit-v1", node_id, i, prev, entry])
-
-Payloads must be msgpack's canonical encoding of that map (re-encoding must give the same bytes),
-so no byte can change without changing what is signed. The leaves of the Merkle tree (RFC 9162,
-see xchanged.protocol.merkle) are the payloads. The signed tree head lives in ``<path>.head`` as
-JSON: {"version": 1, "node_id", "size", "root" (hex), "time_ms", "signature" (hex)}, the signature
-over msgpack([b"xchanged-sth-v1", node_id, size, root, time_ms]).
+The record format (frames, canonical msgpack payloads, signatures, Merkle leaves, signed tree
+heads) is defined in xchanged.protocol.audit_format, which is pure; this module does the I/O. The
+signed tree head of ``<path>`` lives in ``<path>.head``.
 
 What each layer catches:
 
@@ -46,22 +34,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
-import math
 import mmap
 import os
-import struct
 import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import msgpack
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from xchanged.protocol import signing
+from xchanged.protocol.audit_format import (
+    EVENTS, FRAME_HEADER, MAX_PAYLOAD_BYTES, ZERO_HASH, AuditRecord, Problem, Scan,
+    SignedTreeHead, decode_record, encode_frame, entry_problem, head_text, pack_payload, parse_head,
+    record_message,
+)
 from xchanged.protocol.merkle import MerkleAccumulator, leaf_hash
 
 __all__ = [
@@ -70,29 +58,8 @@ __all__ = [
     "read_records", "verify_log",
 ]
 
-EVENTS = frozenset({"award", "accept", "reject", "result", "reassign", "cancel"})
-"""The values an entry's "event" may take."""
-
-RECORD_DOMAIN = b"xchanged-audit-v1"
-"""First element of what a record signature covers, so it can't pass for another signature."""
-HEAD_DOMAIN = b"xchanged-sth-v1"
-"""First element of what a tree head signature covers."""
 HEAD_SUFFIX = ".head"
 """The signed head of ``<path>`` is ``<path>.head``."""
-HEAD_VERSION = 1
-
-MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
-"""Longer length fields are damage: an entry holds a task spec and a signed frame, not bulk data."""
-MAX_ENTRY_DEPTH = 32
-"""Nesting limit for entries, so a hostile log can't exhaust the stack of a verifier."""
-
-_FRAME_HEADER = struct.Struct(">II")
-_ZERO_HASH = bytes(32)
-_SIGNATURE_SIZE = 64
-_PAYLOAD_KEYS = ["i", "prev", "entry", "sig"]
-# Every canonical payload starts with fixmap(4), fixstr(1) "i": where to look for valid frames.
-_PAYLOAD_START = b"\x84\xa1i"
-_INT_RANGE = range(-(2**63), 2**64)
 
 
 class AuditError(Exception):
@@ -129,94 +96,6 @@ class AuditCorrupted(AuditError):
 
 
 @dataclass(frozen=True)
-class SignedTreeHead:
-    """The node's signed statement "my log's first `size` records have Merkle root `root`"."""
-
-    node_id: str
-    size: int
-    root: bytes
-    time_ms: int
-    signature: bytes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.node_id, str):
-            raise ValueError("node_id must be a str")
-        for name in ("size", "time_ms"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 0:
-                raise ValueError(f"{name} must be a non-negative int")
-        if not isinstance(self.root, bytes) or len(self.root) != 32:
-            raise ValueError("root must be 32 bytes")
-        if not isinstance(self.signature, bytes) or len(self.signature) != _SIGNATURE_SIZE:
-            raise ValueError(f"signature must be {_SIGNATURE_SIZE} bytes")
-
-    @classmethod
-    def sign(
-        cls, key: Ed25519PrivateKey, node_id: str, size: int, root: bytes, time_ms: int
-    ) -> SignedTreeHead:
-        """Sign (size, root, time_ms) as `node_id`."""
-        signature = key.sign(_head_message(node_id, size, root, time_ms))
-        return cls(node_id, size, root, time_ms, signature)
-
-    def verify(self, public_key: Ed25519PublicKey) -> bool:
-        """True if `public_key` signed this head."""
-        message = _head_message(self.node_id, self.size, self.root, self.time_ms)
-        return _signature_ok(public_key, self.signature, message)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, bytes as hex (the head file's content, and the gossiped audit head)."""
-        return {
-            "node_id": self.node_id,
-            "size": self.size,
-            "root": self.root.hex(),
-            "time_ms": self.time_ms,
-            "signature": self.signature.hex(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SignedTreeHead:
-        """Inverse of to_dict; ValueError on anything else (a "version" key of 1 is allowed)."""
-        if not isinstance(d, dict):
-            raise ValueError("a signed tree head is a JSON object")
-        fields = {"node_id", "size", "root", "time_ms", "signature"}
-        extra = set(d) - fields - {"version"}
-        if extra or fields - set(d):
-            raise ValueError(f"head keys must be {sorted(fields)}, got {sorted(d)}")
-        if d.get("version", HEAD_VERSION) != HEAD_VERSION:
-            raise ValueError(f"unknown head version {d['version']!r}")
-        try:
-            root = bytes.fromhex(d["root"])
-            signature = bytes.fromhex(d["signature"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"root and signature must be hex strings: {exc}") from None
-        return cls(d["node_id"], d["size"], root, d["time_ms"], signature)
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One record as read back from the log; `offset` is where its frame starts in the file."""
-
-    index: int
-    entry: dict
-    prev: bytes
-    signature: bytes
-    offset: int
-
-    def payload(self) -> bytes:
-        """The record's payload bytes (canonical, so identical to those in the file)."""
-        return _pack_payload(self.index, self.prev, self.entry, self.signature)
-
-    def leaf_hash(self) -> bytes:
-        """The record's Merkle leaf hash, for verifying an inclusion proof."""
-        return leaf_hash(self.payload())
-
-    def verify(self, public_key: Ed25519PublicKey, node_id: str) -> bool:
-        """True if `node_id`'s `public_key` signed this record."""
-        message = _record_message(node_id, self.index, self.prev, self.entry)
-        return _signature_ok(public_key, self.signature, message)
-
-
-@dataclass(frozen=True)
 class VerifyReport:
     """Outcome of verify_log. `size`: records that passed, in order, before any problem."""
 
@@ -247,7 +126,7 @@ class AuditLog:
         self._tree = MerkleAccumulator()
         self._offsets = array("Q")  # frame offset of each record, for records() and proofs
         self._end = 0  # file offset after the last whole record
-        self._last_digest = _ZERO_HASH  # SHA-256 of the last payload: the next record's "prev"
+        self._last_digest = ZERO_HASH  # SHA-256 of the last payload: the next record's "prev"
         self._durable_size = 0
         self._head: SignedTreeHead | None = None
         self._failure: AuditError | None = None  # set once an I/O error poisoned the log
@@ -294,18 +173,18 @@ class AuditLog:
     def append(self, entry: dict) -> int:
         """Sign and write one record (not yet durable: see flush); returns its index."""
         self._check_usable()
-        problem = _entry_problem(entry)
+        problem = entry_problem(entry)
         if problem:
             raise AuditEntryError(f"audit entry rejected: {problem}")
         index = self.size
         prev = self._last_digest
-        signature = self._key.sign(_record_message(self._node_id, index, prev, entry))
-        payload = _pack_payload(index, prev, entry, signature)
+        signature = self._key.sign(record_message(self._node_id, index, prev, entry))
+        payload = pack_payload(index, prev, entry, signature)
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise AuditEntryError(f"audit entry rejected: {len(payload)} bytes, over the limit")
-        self._write(_FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        self._write(encode_frame(payload))
         self._offsets.append(self._end)
-        self._end += _FRAME_HEADER.size + len(payload)
+        self._end += FRAME_HEADER.size + len(payload)
         self._tree.append(leaf_hash(payload))
         self._last_digest = hashlib.sha256(payload).digest()
         return index
@@ -323,7 +202,7 @@ class AuditLog:
         """Flush, then sign (size, root, time_ms) and replace the head file atomically."""
         self.flush()
         head = SignedTreeHead.sign(self._key, self._node_id, self.size, self.root, time_ms)
-        text = json.dumps({"version": HEAD_VERSION, **head.to_dict()}, indent=1) + "\n"
+        text = head_text(head)
         temp_path = self._head_path + ".tmp"
         try:
             fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -364,12 +243,12 @@ class AuditLog:
             raise AuditError("the audit log is closed")
         for index in range(max(start, 0), self.size):
             offset = self._offsets[index]
-            header = os.pread(self._fd, _FRAME_HEADER.size, offset)
-            length, crc = _FRAME_HEADER.unpack(header)
-            payload = os.pread(self._fd, length, offset + _FRAME_HEADER.size)
+            header = os.pread(self._fd, FRAME_HEADER.size, offset)
+            length, crc = FRAME_HEADER.unpack(header)
+            payload = os.pread(self._fd, length, offset + FRAME_HEADER.size)
             if len(payload) != length or zlib.crc32(payload) != crc:
                 raise AuditCorrupted(self._path, index, offset, "changed on disk while open")
-            yield _decode_record(payload, offset)
+            yield decode_record(payload, offset)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """Merkle audit path of record `index` in the tree of the first `size` records."""
@@ -388,7 +267,7 @@ class AuditLog:
         # opens in seconds, not minutes. verify_log still checks every signature.
         file_size = os.fstat(self._fd).st_size
         with _mapped(self._fd, file_size) as buf:
-            scan = _Scan(buf, self._public_key, self._node_id, head.size if head else 0)
+            scan = Scan(buf, self._public_key, self._node_id, head.size if head else 0)
             for record, payload in scan:
                 self._offsets.append(record.offset)
                 self._tree.append(leaf_hash(payload))
@@ -434,7 +313,7 @@ class AuditLog:
         return head
 
     def _check_head_covers_log(
-        self, head: SignedTreeHead, scan: _Scan, torn: _Problem | None
+        self, head: SignedTreeHead, scan: Scan, torn: Problem | None
     ) -> None:
         if head.size > scan.count:
             offset = torn.offset if torn else scan.end
@@ -493,7 +372,7 @@ def verify_log(
 
     head_path defaults to ``<path>.head`` (a missing default head is reported in the message but
     is not an error: then entries cut from the end can't be detected). node_id defaults to the
-    head's; without either the record signatures can't be checked: ValueError.
+    head's, and without a head to the id derived from the key (xchanged.protocol.signing.node_id).
     """
     path = os.fspath(path)
     explicit_head = head_path is not None
@@ -508,14 +387,12 @@ def verify_log(
     except ValueError as exc:
         problems.append(f"head file {head_path} is unreadable: {exc}")
     if node_id is None:
-        if head is None:
-            raise ValueError("verify_log needs node_id when there is no readable signed head")
-        node_id = head.node_id
+        node_id = head.node_id if head else signing.node_id(signing.public_bytes(public_key))
 
     tree = MerkleAccumulator()
     with open(path, "rb") as file:
         with _mapped(file.fileno(), os.fstat(file.fileno()).st_size) as buf:
-            scan = _Scan(buf, public_key, node_id)
+            scan = Scan(buf, public_key, node_id)
             for _record, payload in scan:
                 tree.append(leaf_hash(payload))
     first_bad = None
@@ -557,208 +434,12 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[AuditRecord]:
     path = os.fspath(path)
     with open(path, "rb") as file:
         with _mapped(file.fileno(), os.fstat(file.fileno()).st_size) as buf:
-            scan = _Scan(buf)
+            scan = Scan(buf)
             for record, _payload in scan:
                 yield record
     if scan.problem is not None and not scan.problem.torn:
         raise AuditCorrupted(path, scan.problem.index, scan.problem.offset, scan.problem.reason)
 
-
-# --- encoding ------------------------------------------------------------------------------------
-
-
-def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def _pack_payload(index: int, prev: bytes, entry: dict, signature: bytes) -> bytes:
-    return _pack({"i": index, "prev": prev, "entry": entry, "sig": signature})
-
-
-def _record_message(node_id: str, index: int, prev: bytes, entry: dict) -> bytes:
-    return _pack([RECORD_DOMAIN, node_id, index, prev, entry])
-
-
-def _head_message(node_id: str, size: int, root: bytes, time_ms: int) -> bytes:
-    return _pack([HEAD_DOMAIN, node_id, size, root, time_ms])
-
-
-def _signature_ok(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    try:
-        public_key.verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _entry_problem(entry: object) -> str | None:
-    """Why `entry` can't be logged, or None if it can."""
-    if not isinstance(entry, dict):
-        return f"an entry is a dict, not {type(entry).__name__}"
-    event = entry.get("event")
-    if not isinstance(event, str) or event not in EVENTS:
-        return f"entry['event'] is {event!r}, not one of {', '.join(sorted(EVENTS))}"
-    return _value_problem(entry, "entry", 0)
-
-
-def _value_problem(value: object, where: str, depth: int) -> str | None:
-    if depth > MAX_ENTRY_DEPTH:
-        return f"{where}: nested deeper than {MAX_ENTRY_DEPTH}"
-    if value is None or isinstance(value, (bool, str, bytes)):
-        return None
-    if isinstance(value, int):
-        return None if value in _INT_RANGE else f"{where}: int {value} does not fit in 64 bits"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{where}: float {value} is not finite"
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            problem = _value_problem(item, f"{where}[{i}]", depth + 1)
-            if problem:
-                return problem
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"{where}: key {key!r} is not a str"
-            problem = _value_problem(item, f"{where}[{key!r}]", depth + 1)
-            if problem:
-                return problem
-        return None
-    return (
-        f"{where}: {type(value).__name__} is not msgpack-able"
-        " (use str, int, float, bool, None, bytes, list or dict)"
-    )
-
-
-# --- reading and checking frames -------------------------------------------------------------
-
-
-class _BadRecord(Exception):
-    """Why a frame or record at some offset is not valid (internal)."""
-
-
-@dataclass(frozen=True)
-class _Problem:
-    index: int
-    offset: int
-    reason: str
-    torn: bool  # no valid record after it: may be a write cut short, not tampering
-
-    def describe(self) -> str:
-        text = f"record {self.index} at byte {self.offset}: {self.reason}"
-        if self.torn:
-            text += " (the final record is incomplete: a torn write, or the end was damaged)"
-        return text
-
-
-class _Scan:
-    """Walks a log's frames in order, checking each; stops at the first problem.
-
-    Iterating yields (record, payload) for each good record; afterwards `problem`, `count`,
-    `end` (offset after the last good record) and `last_digest` describe where it stopped.
-    """
-
-    def __init__(
-        self, buf: bytes | mmap.mmap, public_key: Ed25519PublicKey | None = None,
-        node_id: str | None = None, verify_from: int = 0,
-    ) -> None:
-        self._buf = buf
-        self._public_key = public_key
-        self._node_id = node_id
-        self._verify_from = verify_from  # signatures are checked from this index on
-        self.problem: _Problem | None = None
-        self.count = 0
-        self.end = 0
-        self.last_digest = _ZERO_HASH
-
-    def __iter__(self) -> Iterator[tuple[AuditRecord, bytes]]:
-        buf = self._buf
-        while self.end < len(buf):
-            offset, index = self.end, self.count
-            try:
-                payload = _frame_payload(buf, offset)
-            except _BadRecord as bad:
-                torn = not _valid_record_after(buf, offset + 1, index)
-                self.problem = _Problem(index, offset, str(bad), torn)
-                return
-            try:
-                record = _decode_record(payload, offset)
-                self._check(record, index)
-            except _BadRecord as bad:
-                self.problem = _Problem(index, offset, str(bad), torn=False)
-                return
-            yield record, payload
-            self.count = index + 1
-            self.end = offset + _FRAME_HEADER.size + len(payload)
-            self.last_digest = hashlib.sha256(payload).digest()
-
-    def _check(self, record: AuditRecord, index: int) -> None:
-        if record.index != index:
-            raise _BadRecord(
-                f"holds record {record.index} where {index} belongs (deleted, moved or inserted)"
-            )
-        if record.prev != self.last_digest:
-            raise _BadRecord("its link to the previous record is broken (prev hash mismatch)")
-        if (
-            self._public_key is not None
-            and index >= self._verify_from
-            and not record.verify(self._public_key, self._node_id)
-        ):
-            raise _BadRecord(f"signature does not verify for node {self._node_id!r}")
-
-
-def _frame_payload(buf: bytes | mmap.mmap, offset: int) -> bytes:
-    available = len(buf) - offset
-    if available < _FRAME_HEADER.size:
-        raise _BadRecord(f"short frame header ({available} of {_FRAME_HEADER.size} bytes)")
-    length, crc = _FRAME_HEADER.unpack_from(buf, offset)
-    if not 0 < length <= MAX_PAYLOAD_BYTES:
-        raise _BadRecord(f"implausible length {length}")
-    start = offset + _FRAME_HEADER.size
-    if start + length > len(buf):
-        raise _BadRecord(f"short payload ({len(buf) - start} of {length} bytes)")
-    payload = bytes(buf[start : start + length])
-    if zlib.crc32(payload) != crc:
-        raise _BadRecord("CRC mismatch")
-    return payload
-
-
-def _decode_record(payload: bytes, offset: int) -> AuditRecord:
-    """Decode a payload, insisting on the exact canonical layout."""
-    try:
-        obj = msgpack.unpackb(payload, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise _BadRecord(f"payload is not valid msgpack ({exc})") from None
-    if type(obj) is not dict or list(obj) != _PAYLOAD_KEYS:
-        raise _BadRecord("payload is not an audit record")
-    index, prev, entry, signature = obj["i"], obj["prev"], obj["entry"], obj["sig"]
-    if type(index) is not int or index < 0:
-        raise _BadRecord("record index is not a non-negative int")
-    if type(prev) is not bytes or len(prev) != 32:
-        raise _BadRecord("prev is not a 32-byte hash")
-    if type(signature) is not bytes or len(signature) != _SIGNATURE_SIZE:
-        raise _BadRecord("sig is not a 64-byte signature")
-    problem = _entry_problem(entry)
-    if problem:
-        raise _BadRecord(problem)
-    if _pack_payload(index, prev, entry, signature) != payload:
-        raise _BadRecord("payload is not canonically encoded")
-    return AuditRecord(index, entry, prev, signature, offset)
-
-
-def _valid_record_after(buf: bytes | mmap.mmap, start: int, min_index: int) -> bool:
-    """Is there a valid frame holding a record >= min_index anywhere from `start` on?"""
-    position = buf.find(_PAYLOAD_START, start + _FRAME_HEADER.size)
-    while position != -1:
-        try:
-            record = _decode_record(_frame_payload(buf, position - _FRAME_HEADER.size), 0)
-        except _BadRecord:
-            pass
-        else:
-            if record.index >= min_index:
-                return True
-        position = buf.find(_PAYLOAD_START, position + 1)
-    return False
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -806,10 +487,7 @@ def _read_head_file(head_path: str) -> SignedTreeHead:
     """Parse a head file; FileNotFoundError if absent, ValueError if unreadable."""
     with open(head_path, "rb") as file:
         data = file.read(64 * 1024)
-    try:
-        return SignedTreeHead.from_dict(json.loads(data))
-    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError included
-        raise ValueError(f"not a signed tree head ({exc})") from None
+    return parse_head(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

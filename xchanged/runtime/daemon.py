@@ -26,7 +26,8 @@ import psutil
 from .. import __version__
 from ..config import Config, parse_host_port
 from ..protocol import codec
-from ..protocol.effects import Audit, KillTask, Log, PersistTask, Relay, Reply, Send, StartTask, StoreOutput
+from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
+                                Send, StartTask, StoreOutput)
 from ..protocol.events import (CancelRequested, FrameDropped, Instant, MessageReceived, ResourcesRead,
                                SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
 from ..protocol.errors import RemoteProtocolError
@@ -37,7 +38,8 @@ from ..protocol.node import Node, NodeSettings
 from ..protocol.replay import ReplayGuard
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from . import views
-from .executor import Executor
+from .discovery import Discovery, interface_ip
+from .executor import Executor, kill_orphans
 from .resources import ResourceReader
 from .store import Store
 from .transport import ControlError, ControlServer, PeerTransport
@@ -98,6 +100,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.audit = None
+        self.discovery: Discovery | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -120,11 +123,13 @@ class Daemon:
         self.executor = Executor(self._put, self.config.executor.max_output, self.config.executor.kill_grace)
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
-        self._handle(StateRecovered(self.store.unfinished_tasks()))
+        self._handle(StateRecovered(self.store.unfinished_tasks(), self._recover_attempts()))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control = ControlServer(self.config.network.control, self._control)
         await self.control.start()
+        if self.config.network.mdns:
+            await self._start_discovery()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources())]
@@ -141,6 +146,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.discovery is not None:
+            await self.discovery.close()
         if self.control:
             await self.control.close()
         if self.executor:
@@ -219,6 +226,12 @@ class Daemon:
                 if effect.doc["state"] in TERMINAL:
                     finished.append(effect.doc)
                 continue
+            if isinstance(effect, PersistAttempt):
+                self.store.put_attempt(effect.doc)
+                continue
+            if isinstance(effect, ForgetAttempt):
+                self.store.delete_attempt(effect.task_id, effect.attempt)
+                continue
             if isinstance(effect, StoreOutput):
                 self.store.put_output(effect.task_id, effect.attempt, effect.stdout, effect.stderr)
                 continue
@@ -254,6 +267,19 @@ class Daemon:
             for future in self._waiters.pop(doc["id"], []):
                 if not future.done():
                     future.set_result(doc)
+
+    def _recover_attempts(self) -> list[dict]:
+        """The contractor's attempts from before a restart, after killing what is left of their
+        processes (so an attempt reported lost cannot still finish and cause a second side effect)."""
+        attempts = self.store.attempts()
+        killed = kill_orphans(self.id, attempts)
+        for doc in attempts:
+            note = killed.get((doc["task_id"], doc["attempt"]))
+            if note and doc["state"] == "running":
+                doc["orphan"] = note
+        for task_id, attempt in killed:
+            log.warning("killed an orphaned process of attempt %s/%s left by the previous run", task_id, attempt)
+        return attempts
 
     def _make_durable(self) -> None:
         if self.store.dirty:
@@ -316,10 +342,28 @@ class Daemon:
             return {"id": doc["id"], "attempt": out[0], "stdout": out[1].decode(errors="replace"),
                     "stderr": out[2].decode(errors="replace")}
         if op == "peers":
-            return views.peers(node, time.monotonic())
+            docs = views.peers(node, time.monotonic())
+            if args.get("all") and self.discovery is not None:
+                docs += self.discovery.untrusted_docs(time.monotonic())
+            return docs
         if op == "stats":
             return views.stats(node, time.monotonic() - self.started)
         raise ControlError(f"unknown operation {op!r}")
+
+    async def _start_discovery(self) -> None:
+        """mDNS: announce ourselves, turn trusted services into seeds (never fatal: logs and goes on)."""
+        def on_peer(address: str, public_key: bytes) -> None:
+            self._put(SeedConfigured(address, public_key, source="mdns"))
+
+        discovery = Discovery(self.id, self.public_key, self.config.node.name, self.address,
+                              interface_ip(self.config.network.listen), self.trust, on_peer)
+        try:
+            await discovery.start()
+        except (OSError, ValueError) as exc:
+            log.warning("mDNS discovery unavailable: %s", exc)
+            await discovery.close()
+            return
+        self.discovery = discovery
 
     def _task_doc(self, task_id: str) -> dict:
         task = self.node.manager.tasks.get(task_id)

@@ -3,6 +3,13 @@
 Each attempt runs in a new session (process group) so a timeout or a cancel kills the command and
 everything it started: SIGTERM to the group, SIGKILL after `kill_grace`. Output is captured per
 stream up to `max_output` bytes, keeping the tail (the end of a log says why it failed).
+
+Orphans: because each attempt has its own session, a daemon killed with SIGKILL would leave its
+commands running. On Linux each command is therefore started with PR_SET_PDEATHSIG=SIGKILL, so it
+dies with the daemon; what it started itself (in its process group) is killed at the next start of
+the daemon (`kill_orphans`: by the pid and start time recorded with the attempt, and by the
+XCHANGED_NODE variable every attempt's processes inherit). The restarted contractor then reports
+such attempts to their managers as lost.
 """
 
 from __future__ import annotations
@@ -14,8 +21,67 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import ctypes
+import ctypes.util
+import sys
+
+import psutil
+
 from ..protocol.events import TaskExited, TaskStarted
 from ..protocol.messages import TaskSpec
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn: SIGKILL this child when the daemon dies (Linux); exit if it already has."""
+    if _libc is None:
+        return None
+
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(137)
+    return preexec
+
+
+def process_start_time(pid: int) -> float:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
+
+
+def kill_orphans(node_id: str, attempts: list[dict]) -> dict[tuple[str, int], str]:
+    """Kill the processes a previous run of this daemon left behind: each recorded running attempt's
+    process group (if its pid still names the same process: same start time), then any process whose
+    environment carries XCHANGED_NODE=node_id. Returns (task_id, attempt) -> what was found."""
+    found: dict[tuple[str, int], str] = {}
+    for doc in attempts:
+        pid = doc.get("pid")
+        if doc.get("state") != "running" or not pid:
+            continue
+        start = process_start_time(pid)
+        if start and abs(start - (doc.get("pid_start") or 0.0)) < 0.05:
+            _signal_group(pid, signal.SIGKILL)
+            found[(doc["task_id"], doc["attempt"])] = f"orphaned process {pid} killed"
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("XCHANGED_NODE") == node_id:
+            key = (env.get("XCHANGED_TASK_ID", ""), int(env.get("XCHANGED_ATTEMPT", "0") or 0))
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+            found.setdefault(key, f"orphaned process {proc.pid} killed")
+    return found
 
 
 class TailBuffer:
@@ -85,14 +151,15 @@ class Executor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv, cwd=spec.cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()))
         except (OSError, ValueError) as exc:
             self.runs.pop(key, None)
             self.emit(TaskExited(task_id, attempt, "error", 127 if isinstance(exc, FileNotFoundError) else 126,
                                  0, b"", str(exc).encode(), reason=f"could not start: {exc}"))
             return
         run.process = proc
-        self.emit(TaskStarted(task_id, attempt, proc.pid))
+        self.emit(TaskStarted(task_id, attempt, proc.pid, process_start_time(proc.pid)))
         if run.outcome:                     # cancelled while starting
             asyncio.get_running_loop().create_task(self._terminate(proc))
         out, err = TailBuffer(self.max_output), TailBuffer(self.max_output)

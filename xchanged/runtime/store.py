@@ -1,9 +1,14 @@
-"""SQLite store (WAL, synchronous=FULL): the manager's tasks and the outputs of their attempts.
+"""SQLite store (WAL, synchronous=FULL): the manager's tasks and the outputs of their attempts, and
+the contractor's accepted attempts (running, or finished with a result not yet acknowledged).
 
 Task rows hold the task's JSON document as the protocol core last persisted it; a restarted daemon
 hands the unfinished ones back to the core (`StateRecovered`). Writes are grouped: `put_task` only
 stages, `commit` makes everything staged durable at once, and the daemon commits before it performs
 any effect that depends on the write (a reply to the client, a message to a peer).
+
+Contractor attempt records (`put_attempt`, msgpack documents since results carry raw output bytes)
+are handed back to the core at start-up (`StateRecovered.attempts`) and deleted on the manager's ack.
+Schema 2 added the `attempts` table; opening a version-1 file creates it (nothing else changed).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+import msgpack
+
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -29,6 +36,12 @@ CREATE TABLE IF NOT EXISTS outputs (
     stderr BLOB NOT NULL,
     PRIMARY KEY (task_id, attempt)
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);
 """
 UNFINISHED = ("queued", "assigned", "running")
 
@@ -41,7 +54,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._in_tx = False
 
     def _begin(self) -> None:
@@ -58,6 +71,19 @@ class Store:
     def put_output(self, task_id: str, attempt: int, stdout: bytes, stderr: bytes) -> None:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", (task_id, attempt, stdout, stderr))
+
+    def put_attempt(self, doc: dict) -> None:
+        self._begin()
+        self.db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)",
+                        (doc["task_id"], doc["attempt"], msgpack.packb(doc, use_bin_type=True)))
+
+    def delete_attempt(self, task_id: str, attempt: int) -> None:
+        self._begin()
+        self.db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
+
+    def attempts(self) -> list[dict]:
+        rows = self.db.execute("SELECT doc FROM attempts ORDER BY task_id, attempt")
+        return [msgpack.unpackb(doc, raw=False) for (doc,) in rows]
 
     def commit(self) -> None:
         if self._in_tx:

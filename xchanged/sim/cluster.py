@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..protocol import codec
-from ..protocol.effects import Audit, KillTask, Log, PersistTask, Relay, Reply, Send, StartTask, StoreOutput
+from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
+                                Send, StartTask, StoreOutput)
 from ..protocol.events import (Capacity, Instant, MessageReceived, ResourcesRead, SeedConfigured, TaskExited,
-                               TaskStarted, TaskSubmitted, TimerFired, CancelRequested, FrameDropped)
+                               TaskStarted, TaskSubmitted, TimerFired, CancelRequested, FrameDropped,
+                               StateRecovered)
 from ..protocol.messages import TaskSpec
 from ..protocol.node import Node, NodeSettings
 from ..protocol.replay import ReplayGuard
@@ -40,6 +42,8 @@ class SimNode:
     logs: list[str] = field(default_factory=list)
     outputs: dict[tuple[str, int], tuple[bytes, bytes]] = field(default_factory=dict)
     timer_at: float = float("inf")
+    attempts: dict[tuple[str, int], dict] = field(default_factory=dict)   # the contractor's durable records
+    key: Any = None
 
 
 class SimCluster:
@@ -71,7 +75,7 @@ class SimCluster:
         settings = NodeSettings(name=name, address=address, slots=slots, labels=labels or {},
                                 **{**self.settings, **overrides})
         node = Node(nid, settings, random.Random(self.rng.random()))
-        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), ReplayGuard(), address)
+        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), ReplayGuard(), address, key=key)
         self.nodes[nid] = sim
         self.by_address[address] = nid
         cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
@@ -148,7 +152,28 @@ class SimCluster:
     # -- failures -------------------------------------------------------------------------------
 
     def crash(self, name: str) -> None:
-        self.node(name).up = False
+        """The node stops at once, its processes with it (what it persisted stays)."""
+        sim = self.node(name)
+        sim.up = False
+        sim.started.clear()
+
+    def restart(self, name: str) -> None:
+        """Start a crashed node again from what it persisted: same key, a new incarnation, a fresh
+        Node fed `StateRecovered` (its unfinished tasks and its contractor's attempt records)."""
+        sim = self.node(name)
+        old = sim.node
+        sim.up, sim.timer_at = True, float("inf")
+        sim.started.clear()
+        sim.node = Node(old.id, old.settings, random.Random(self.rng.random()))
+        sim.encoder = codec.Encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
+        sim.guard = ReplayGuard()
+        self.deliver(old.id, ResourcesRead(old.contractor.capacity))
+        unfinished = [d for d in sim.store.values() if d["state"] in ("queued", "assigned", "running")]
+        self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
+                                            list(sim.attempts.values())))
+        for other in self.nodes.values():
+            if other.address != sim.address:
+                self.deliver(old.id, SeedConfigured(other.address))
 
     def cut_link(self, a: str, b: str) -> None:
         self.cut.add(frozenset((self.id_of(a), self.id_of(b))))
@@ -177,6 +202,10 @@ class SimCluster:
                     effect.task_id, effect.attempt, "cancelled", None, 0, reason=effect.reason)))
         elif isinstance(effect, PersistTask):
             sim.store[effect.doc["id"]] = effect.doc
+        elif isinstance(effect, PersistAttempt):
+            sim.attempts[(effect.doc["task_id"], effect.doc["attempt"])] = effect.doc
+        elif isinstance(effect, ForgetAttempt):
+            sim.attempts.pop((effect.task_id, effect.attempt), None)
         elif isinstance(effect, StoreOutput):
             sim.outputs[(effect.task_id, effect.attempt)] = (effect.stdout, effect.stderr)
         elif isinstance(effect, Audit):
