@@ -59,3 +59,10 @@ def test_unknown_command_fails_with_a_reason(cluster):
     doc = json.loads(proc.stdout)
     assert proc.returncode != 0 and doc["state"] == "failed"
     assert len(doc["attempts"]) == 2 and "could not start" in doc["attempts"][0]["reason"]
+
+
+def test_stats_and_top_render(cluster):
+    stats = json.loads(cli(cluster, "stats", "--json").stdout)
+    assert stats["total_agents"] == 3 and stats["total_capacity"] == 6
+    proc = cli(cluster, "top", "--once")
+    assert proc.returncode == 0 and "node2" in proc.stdout and "utilisation" in proc.stdout

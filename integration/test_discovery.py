@@ -151,18 +151,12 @@ def cluster(lab):
 
 
 @pytest.fixture
-def report(request, record_property):
+def report(request, record_property, capsys):
     """report(what, seconds): a measured time, shown in the test output and the junit properties."""
-    terminal = request.config.pluginmanager.getplugin("terminalreporter")
-
     def emit(what: str, seconds: float) -> None:
         record_property(what, round(seconds, 3))
-        line = f"[measured] {request.node.name}: {what} = {seconds:.2f} s"
-        if terminal is not None:
-            terminal.ensure_newline()
-            terminal.write_line(line)
-        else:
-            print(line)
+        with capsys.disabled():                                   # visible with or without -s
+            print(f"\n[measured] {request.node.name}: {what} = {seconds:.2f} s", flush=True)
     return emit
 
 

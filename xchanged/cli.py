@@ -355,6 +355,46 @@ def stats(config, as_json) -> None:
 
 
 @main.command()
+@config_option
+@click.option("--interval", type=float, default=1.0, show_default=True, help="seconds between refreshes")
+@click.option("--once", is_flag=True, help="draw one frame and exit")
+def top(config, interval, once) -> None:
+    """Live view of peers and tasks (Ctrl-C to quit)."""
+    from rich.console import Group
+    from rich.live import Live
+
+    def frame(client: Client):
+        doc = client.stats()
+        peers_table = Table("agent", "health", "slots", "free", "running", "queued", "cpu %", "success rate",
+                            title=f"{doc['node']}: {doc['healthy_agents']}/{doc['total_agents']} agents healthy, "
+                                  f"utilisation {doc['utilization_percent']}%")
+        for a in doc["agents"]:
+            peers_table.add_row(a["name"], a["health"], str(a["slots"]), str(a["slots_free"]), str(a["running"]),
+                                str(a["queued"]), f"{a['cpu_percent']:.0f}",
+                                "-" if a.get("success_rate") is None else f"{a['success_rate']:.2f}")
+        active = [t for t in client.tasks() if t["state"] in ("queued", "assigned", "running")][:20]
+        tasks_table = Table("task", "state", "priority", "node", "attempts", "reason",
+                            title=f"queued {doc['queued_jobs']}, running {doc['running_jobs']}, "
+                                  f"succeeded {doc['succeeded']}, failed {doc['failed']}, retries {doc['retries']}")
+        for t in active:
+            tasks_table.add_row(t["id"], t["state"], t["priority"], t.get("node") or "-", str(len(t["attempts"])),
+                                (t.get("reason") or "")[:60])
+        return Group(peers_table, tasks_table)
+
+    with _client(config) as client:
+        if once:
+            console.print(_call(lambda: frame(client)))
+            return
+        try:
+            with Live(_call(lambda: frame(client)), console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(_call(lambda: frame(client)))
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
 @click.option("--nodes", type=int, default=3, show_default=True, help="daemons to start")
 @click.option("--tasks", "n_tasks", type=int, default=30, show_default=True, help="tasks to run")
 def demo(nodes: int, n_tasks: int) -> None:

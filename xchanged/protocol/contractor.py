@@ -34,6 +34,8 @@ from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements,
                        from_body, to_body)
 
 RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
+LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
+RUNTIME_HISTORY = 256           # commands whose mean run time a contractor remembers (for bid estimates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,29 @@ class Contractor:
         self.running: dict[tuple[str, int], Claim] = {}       # (task_id, attempt) -> running attempt
         self.pending: dict[tuple[str, int], PendingResult] = {}
         self.completed = 0
+        self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
 
     # -- state ----------------------------------------------------------------------------------
 
     @property
     def slots_free(self) -> int:
         return max(0, self.settings.slots - len(self.running) - len(self.reserved))
+
+    @property
+    def overloaded(self) -> bool:
+        return self.capacity.cpu_percent > self.settings.overload_cpu_percent
+
+    @property
+    def offer_slots(self) -> int:
+        """Slots this node offers to managers now: none while it is overloaded."""
+        return 0 if self.overloaded else self.slots_free
+
+    def estimate_ms(self, cfp: Cfp) -> int | None:
+        """How long we expect the task to run here: the submitter's estimate, else our history."""
+        if cfp.est_runtime_ms is not None:
+            return cfp.est_runtime_ms
+        mean = self.runtime_ewma.get(cfp.command)
+        return None if mean is None else int(mean)
 
     def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
@@ -106,12 +125,14 @@ class Contractor:
         claims = self._claims(exclude)
         if len(claims) >= s.slots:
             return "no_slots", f"all {s.slots} slots busy", ()
-        if cap.cpu_percent > s.overload_cpu_percent:
+        if self.overloaded:
             return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
         cpus = max(cap.cpus, s.slots)
         used_cpus = sum(c.req.cpus for c in claims)
         if used_cpus + req.cpus > cpus:
             return "cpus", f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
+        if cap.mem_total and cap.mem_available < cap.mem_total * LOW_MEMORY_FRACTION:
+            return "mem", f"memory short: {cap.mem_available >> 20} MiB available", ()
         if req.mem:
             reserved_mem = sum(c.req.mem for c in claims if c.spec is None)
             committed_mem = sum(c.req.mem for c in claims)
@@ -144,7 +165,8 @@ class Contractor:
                                    slots_free=self.slots_free, cpu_percent=cap.cpu_percent,
                                    mem_available=cap.mem_available, queue_len=len(self.running),
                                    affinity=sum(1 for k, v in cfp.requirements.prefer.items()
-                                                if self.settings.labels.get(k) == v)))
+                                                if self.settings.labels.get(k) == v),
+                                   est_runtime_ms=self.estimate_ms(cfp)))
 
     def on_reject_bid(self, env: Envelope) -> None:
         key = (env.sender, env.message.task_id)
@@ -216,6 +238,12 @@ class Contractor:
         if claim is None:
             return
         self.completed += 1
+        if ev.outcome == "exited" and claim.spec is not None:
+            command = claim.spec.argv[0]
+            if command not in self.runtime_ewma and len(self.runtime_ewma) >= RUNTIME_HISTORY:
+                self.runtime_ewma.pop(next(iter(self.runtime_ewma)))
+            old = self.runtime_ewma.get(command, float(ev.runtime_ms))
+            self.runtime_ewma[command] = 0.8 * old + 0.2 * ev.runtime_ms
         result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
                         ev.stdout, ev.stderr, claim.pid)
         pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],

@@ -94,6 +94,20 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
+class ProveAudit:
+    """Answer a peer's `audit_proof_req`: send it an `AuditProof` built from our audit log.
+
+    The core cannot build the proof (the Merkle tree lives with the log, in the driver); the
+    driver sends AuditProof(old_size, new_size, proof) to `target`, or with `error` set when it
+    cannot prove that range (new_size beyond its log, no log)."""
+
+    target: tuple[str, str]        # (node id, address)
+    old_size: int
+    new_size: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """Answer a control-socket request."""
 

@@ -242,6 +242,7 @@ class Bid:
     est_start_ms: int = 0
     affinity: int = 0                 # how many `prefer` labels match
     speed: float = 1.0                # relative speed (1.0 = reference machine)
+    est_runtime_ms: int | None = None # the bidder's estimate of the run time (checked against the result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,11 +358,41 @@ class Pong:
     for_node: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuditProofReq:
+    """Ask a node to prove its signed audit head of `new_size` extends the one of `old_size`."""
+
+    TYPE: ClassVar[str] = "audit_proof_req"
+    old_size: int
+    new_size: int
+
+    def __post_init__(self):
+        if not 0 <= self.old_size <= self.new_size:
+            raise ValueError("need 0 <= old_size <= new_size")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditProof:
+    """RFC 9162 consistency proof between two of the sender's audit heads; `error` if it has none."""
+
+    TYPE: ClassVar[str] = "audit_proof"
+    old_size: int
+    new_size: int
+    proof: list[bytes] = field(default_factory=list)
+    error: str = ""
+
+    def __post_init__(self):
+        if not 0 <= self.old_size <= self.new_size:
+            raise ValueError("need 0 <= old_size <= new_size")
+        if len(self.proof) > 128 or any(len(h) != 32 for h in self.proof):
+            raise ValueError("a proof is at most 128 hashes of 32 bytes")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result, Ack,
-                Cancel, Ping, PingReq, Pong)
+                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof)
 }
 
 Message = typing.Union[Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result,
-                       Ack, Cancel, Ping, PingReq, Pong]
+                       Ack, Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof]

@@ -14,14 +14,15 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
-from .effects import Log, Outbox, Relay, Reply, Send
+from .effects import Log, Outbox, ProveAudit, Relay, Reply, Send
 from .events import (CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
                      SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired)
 from .manager import QUEUED, Candidate, Manager, ManagerSettings
 from .membership import DEAD, GossipSettings, Membership
-from .messages import (Accept, Ack, Award, Bid, Cancel, Cfp, Load, Ping, PingReq, Pong, Progress, Refuse,
+from .messages import (Accept, Ack, AuditProof, AuditProofReq, Award, Bid, Cancel, Cfp, Load, Ping, PingReq, Pong, Progress, Refuse,
                        Reject, RejectBid, Result)
 
 
@@ -57,7 +58,8 @@ class Node:
                                reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0),
             self.out, self.lookup)
         self.drops: Counter[str] = Counter()
-        self.audit_head: dict | None = None
+        self.audit_head: dict | None = None       # our latest signed audit head, set by the driver
+        self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
         self._stimulus = 0
 
     # -- the one entry point --------------------------------------------------------------------
@@ -77,7 +79,10 @@ class Node:
         elif isinstance(event, TaskStarted):
             self.contractor.on_started(event.task_id, event.attempt, event.pid, event.pid_start)
         elif isinstance(event, TaskExited):
+            claim = self.contractor.running.get((event.task_id, event.attempt))
             self.contractor.on_exited(event, mono)
+            if claim is not None:
+                self._offer_freed_slot(skip=claim.manager)
         elif isinstance(event, ResourcesRead):
             self.contractor.capacity = event.capacity
         elif isinstance(event, SeedConfigured):
@@ -105,6 +110,8 @@ class Node:
             if is_new:
                 self.manager.free_hint[env.sender] = msg.slots_free
             self._apply(transitions, now, wall)
+            if is_new and msg.audit_head is not None:
+                self._on_audit_head(env, msg, now, wall)
             return
         self._apply(self.membership.on_direct(env, now), now, wall)
         if isinstance(msg, Cfp):
@@ -137,6 +144,13 @@ class Node:
             probe = self.membership.on_ping_req(env)
             if probe:
                 self.out.emit(Send, targets=(probe[0],), message=probe[1])
+        elif isinstance(msg, AuditProofReq):
+            address = self.lookup(env.sender)[0]
+            if address:
+                self.out.emit(ProveAudit, target=(env.sender, address), old_size=msg.old_size,
+                              new_size=msg.new_size)
+        elif isinstance(msg, AuditProof):
+            self._audit_fork(env.sender, self.audit_watch.on_proof(env.sender, msg, wall))
         elif isinstance(msg, Pong):
             transitions, forward_to = self.membership.on_pong(env, now)
             self._apply(transitions, now, wall)
@@ -159,12 +173,38 @@ class Node:
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
 
+    def _on_audit_head(self, env: Envelope, load: Load, now: float, wall: int) -> None:
+        request, fork = self.audit_watch.on_head(env.sender, env.sender_key, load.audit_head, now, wall)
+        if request is not None and load.address:
+            self.out.emit(Send, targets=((env.sender, load.address),), message=request)
+        self._audit_fork(env.sender, fork)
+
+    def _audit_fork(self, peer_id: str, evidence: dict | None) -> None:
+        if evidence is None:
+            return
+        name = self.lookup(peer_id)[1] or peer_id
+        self.out.emit(Log, level="error",
+                      text=f"audit: node {name} ({peer_id}) forked its audit log: {evidence['reason']}; "
+                           f"evidence: xchanged audit evidence {peer_id}")
+
     def _apply(self, transitions, now: float, wall: int) -> None:
         for t in transitions:
             self.out.emit(Log, level="warning" if t.health != "alive" else "info",
                           text=f"peer {t.peer.name or t.peer.id} ({t.peer.id}) is {t.health}")
             if t.health == DEAD:
                 self.manager.peer_died(t.peer.id, now, wall)
+
+    def _offer_freed_slot(self, skip: str) -> None:
+        """Pull-based work stealing: a freed slot is told at once (a direct load signal) to the
+        managers whose last signal showed queued work; the manager of the finished attempt learns
+        it from the result. At most `max_candidates` of them, so the cost stays bounded."""
+        if self.contractor.offer_slots <= 0:
+            return
+        waiting = [p for p in self.membership.healthy() if p.load.queued > 0 and p.id != skip and p.address]
+        if len(waiting) > self.settings.max_candidates:
+            waiting = self.membership.rng.sample(waiting, self.settings.max_candidates)
+        if waiting:
+            self.out.emit(Send, targets=tuple((p.id, p.address) for p in waiting), message=self.load_signal())
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -180,7 +220,7 @@ class Node:
         stats = {k: int(v) for k, v in self.manager.stats.items()}
         stats["completed"] = self.contractor.completed
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
-                    slots_free=self.contractor.slots_free, running=len(self.contractor.running),
+                    slots_free=self.contractor.offer_slots, running=len(self.contractor.running),
                     queued=sum(1 for t in self.manager.tasks.values() if t.state == QUEUED),
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
@@ -188,7 +228,7 @@ class Node:
 
     def candidates(self) -> list[Candidate]:
         own = self.load_signal()
-        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.slots_free, own.labels, own)]
+        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own)]
         for peer in self.membership.healthy():
             load = peer.load
             free = self.manager.free_hint.get(peer.id, load.slots_free)

@@ -40,6 +40,7 @@ from ..protocol.signing import TrustStore, load_private_key, node_id, public_byt
 from . import views
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
+from .metrics import serve_metrics
 from .resources import ResourceReader
 from .store import Store
 from .transport import ControlError, ControlServer, PeerTransport
@@ -100,6 +101,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.audit = None
+        self.metrics = None
         self.discovery: Discovery | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class Daemon:
             self._handle(SeedConfigured(seed))
         self.control = ControlServer(self.config.network.control, self._control)
         await self.control.start()
+        self.metrics = serve_metrics(self.config.metrics.listen, lambda: self.node)
         if self.config.network.mdns:
             await self._start_discovery()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +153,8 @@ class Daemon:
             await self.discovery.close()
         if self.control:
             await self.control.close()
+        if self.metrics is not None:
+            self.metrics.shutdown()
         if self.executor:
             await self.executor.close()
         if self.transport:
