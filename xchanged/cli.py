@@ -104,7 +104,7 @@ def init(directory: Path, name: str | None, force: bool) -> None:
 def run(config: str | None, verbose: bool) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
     from .config import default_config_path
-    from .runtime.daemon import run_daemon
+    from .runtime.daemon import DaemonError, run_daemon
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,6 +116,8 @@ def run(config: str | None, verbose: bool) -> None:
         run_daemon(cfg)
     except KeyboardInterrupt:
         pass
+    except DaemonError as exc:
+        raise Exit(str(exc), 1) from None
 
 
 @main.group("config")
@@ -402,6 +404,11 @@ def demo(nodes: int, n_tasks: int) -> None:
     from .demo import run_demo
 
     sys.exit(run_demo(nodes, n_tasks, console))
+
+
+from .cli_audit import audit as _audit_group  # noqa: E402  (the `xchanged audit ...` commands)
+
+main.add_command(_audit_group)
 
 
 if __name__ == "__main__":

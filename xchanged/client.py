@@ -165,6 +165,11 @@ class Client:
     def stats(self) -> dict:
         return self.call("stats")
 
+    def audit_evidence(self, node: str = "") -> list[dict]:
+        """What this daemon knows of other nodes' audit heads (one node by id or name, or all),
+        with the evidence of any fork it found."""
+        return self.call("audit_evidence", node=node)
+
     def wait(self, task_id: str, timeout: float | None = None,
              on_update: Callable[[dict], None] | None = None, poll: float = 1.0) -> dict:
         """Block until the task is terminal (or `timeout` passes); returns its status document."""

@@ -99,9 +99,14 @@ class Contractor:
         return self.capacity.cpu_percent > self.settings.overload_cpu_percent
 
     @property
+    def memory_short(self) -> bool:
+        cap = self.capacity
+        return bool(cap.mem_total) and cap.mem_available < cap.mem_total * LOW_MEMORY_FRACTION
+
+    @property
     def offer_slots(self) -> int:
-        """Slots this node offers to managers now: none while it is overloaded."""
-        return 0 if self.overloaded else self.slots_free
+        """Slots this node offers to managers now: none while its CPU or memory is overloaded."""
+        return 0 if self.overloaded or self.memory_short else self.slots_free
 
     def estimate_ms(self, cfp: Cfp) -> int | None:
         """How long we expect the task to run here: the submitter's estimate, else our history."""
@@ -131,7 +136,7 @@ class Contractor:
         used_cpus = sum(c.req.cpus for c in claims)
         if used_cpus + req.cpus > cpus:
             return "cpus", f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
-        if cap.mem_total and cap.mem_available < cap.mem_total * LOW_MEMORY_FRACTION:
+        if self.memory_short:
             return "mem", f"memory short: {cap.mem_available >> 20} MiB available", ()
         if req.mem:
             reserved_mem = sum(c.req.mem for c in claims if c.spec is None)

@@ -49,6 +49,7 @@ AGING_STEP = 30.0               # seconds of waiting that raise a task's priorit
 MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
+CAPACITY_CODES = ("no_slots", "overloaded")   # refusals that mean "busy now", not "cannot run it"
 
 
 @dataclass(slots=True)
@@ -84,16 +85,20 @@ class Attempt:
     reason: str = ""
     started: int | None = None  # wall ms
     ended: int | None = None
+    awarded: int | None = None  # wall ms of the award
+    estimate_ms: int | None = None  # the winning bid's run-time estimate
 
     def to_doc(self) -> dict:
         return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
                 "state": self.state, "score": round(self.score, 4), "exit_code": self.exit_code,
-                "reason": self.reason, "started": self.started, "ended": self.ended}
+                "reason": self.reason, "started": self.started, "ended": self.ended,
+                "awarded": self.awarded, "estimate_ms": self.estimate_ms}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Attempt":
         return cls(doc["attempt"], doc["node_id"], doc["node"], doc["state"], doc.get("score", 0.0),
-                   doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"))
+                   doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
+                   doc.get("awarded"), doc.get("estimate_ms"))
 
 
 @dataclass(slots=True)
@@ -175,6 +180,7 @@ class Manager:
         self.tasks: dict[str, Task] = {}
         self.records: dict[str, policy.ContractorRecord] = {}
         self.free_hint: dict[str, int] = {}           # peer -> slots we believe free
+        self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._order = 0
@@ -330,6 +336,8 @@ class Manager:
         if res.outcome == "exited" and res.exit_code == 0:
             att.state = "succeeded"
             record.succeeded()
+            if att.estimate_ms is not None:
+                record.observe_runtime(att.estimate_ms, res.runtime_ms)
             self._finish(task, SUCCEEDED, 0, "", wall_ms)
             self.stats["succeeded"] += 1
         elif res.outcome == "cancelled":
@@ -393,6 +401,7 @@ class Manager:
 
     def pump(self, candidates: list[Candidate], now: float, wall_ms: int) -> None:
         """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot."""
+        self.known = {c.id: c for c in candidates}
         units = {c.id: c.free for c in candidates}
         for task in self.tasks.values():
             if task.round is not None:
@@ -418,9 +427,15 @@ class Manager:
                 if not fitting:
                     task.reason = "no peer can run it: " + "; ".join(f"{n} {why}" for why, n in reasons.items()) \
                         if reasons else "no peers known yet"
+                elif not task.reason.startswith("no bids"):
+                    withheld = sum(1 for c in fitting if c.load.slots_free == 0 and c.load.running < c.slots)
+                    parts = [f"{len(fitting) - withheld} busy"] if len(fitting) > withheld else []
+                    if withheld:
+                        parts.append(f"{withheld} not taking work (cpu or memory overloaded)")
+                    parts += [f"{n} {why}" for why, n in reasons.items()]
+                    task.reason = f"waiting for a free slot: {len(fitting)} peers can run it; " + "; ".join(parts)
                 continue
-            preferred = [c for c in free if c.id not in task.avoid] or free
-            chosen = self.rng.sample(preferred, min(self.settings.max_candidates, len(preferred)))
+            chosen = policy.sample_candidates(free, units, task.avoid, self.settings.max_candidates, self.rng)
             for c in chosen:
                 units[c.id] -= 1
             self._announce(task, chosen, now, wall_ms)
@@ -449,14 +464,39 @@ class Manager:
         scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid)
                   for peer, env in rnd.bids.items()}
         order = policy.rank(scored)
-        task.standby = [(peer, scored[peer], rnd.bids[peer]) for peer in order]
         if not order:
             task.reason = self._why_no_bids(rnd)
+            busy = len(rnd.refusals) == len(rnd.candidates) and all(
+                r.code in CAPACITY_CODES for r in rnd.refusals.values())
+            if busy:                    # they are full, not unable: wait for the next free slot
+                task.not_before = now
+                return
             task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])
             task.not_before = now + task.backoff
             self._arm(task, task.not_before)
             return
+        if self._outranked(task, order[0], now):
+            # A more urgent task arrived while this round was open: it gets the room instead.
+            for peer, env in rnd.bids.items():
+                self._send(peer, RejectBid(task.id, rnd.attempt, "a higher-priority task came first"))
+            task.not_before = now
+            self.stats["outranked"] += 1
+            return
+        task.standby = [(peer, scored[peer], rnd.bids[peer]) for peer in order]
         self._award_next(task, now, wall_ms, attempt=rnd.attempt)
+
+    def _outranked(self, task: Task, best: str, now: float) -> bool:
+        """Is a waiting task of a higher level able to use the best bidder's room?"""
+        level = task.level(now)
+        cand = self.known.get(best)
+        if cand is None or cand.load is None:
+            return False
+        for other in self.tasks.values():
+            if other is task or other.state != QUEUED or other.round is not None or other.not_before > now:
+                continue
+            if other.level(now) > level and policy.unfit_reason(cand.load, other.spec.requirements) is None:
+                return True
+        return False
 
     def _award_next(self, task: Task, now: float, wall_ms: int, attempt: int | None = None) -> None:
         task.award_deadline = None
@@ -469,7 +509,8 @@ class Manager:
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
         self.free_hint[peer] = max(0, self.free_hint.get(peer, 1) - 1)
-        task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score))
+        task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score, awarded=wall_ms,
+                                     estimate_ms=bid_env.message.est_runtime_ms))
         task.state, task.reason, task.backoff = ASSIGNED, "", 0.0
         task.award_deadline = now + self.settings.award_timeout
         self._record(peer).awarded(now)

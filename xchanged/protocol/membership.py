@@ -5,7 +5,8 @@ Rules:
 - Any verified frame from a peer, or a newer load relayed by others, counts as hearing from it.
 - Load signals are ordered by (incarnation, seq); an older or equal one is a duplicate, dropped.
 - Not heard for `suspect_after`: SUSPECT. We probe it directly (`ping`) and through `probe_k` other
-  peers (`ping_req`), so one lossy link alone cannot get a healthy node declared dead.
+  peers (`ping_req`), so one lossy link alone cannot get a healthy node declared dead; the probes are
+  repeated every `interval` while it stays suspect, so one lost probe does not either.
 - Not heard for `dead_after`: DEAD. A dead peer that is heard from again (a newer load, a higher
   incarnation after a restart, a healed partition) is ALIVE again.
 - Gossip: every `interval` we send our own fresh load to `fanout` random peers, forward each new
@@ -48,6 +49,7 @@ class Peer:
     relay_left: int = 0
     incarnation: int = -1
     probe_nonce: int | None = None
+    probe_sent: float = 0.0
 
     @property
     def name(self) -> str:
@@ -147,18 +149,20 @@ class Membership:
         s = self.settings
         transitions, probes = [], []
         for peer in self.peers.values():
-            silent = now - peer.last_heard
             if peer.health == DEAD:
                 continue
-            if silent >= s.dead_after:
+            # compare as next_deadline() computes (last_heard + x), or float rounding can leave a
+            # deadline that has passed but changes nothing: a busy loop
+            if now >= peer.last_heard + s.dead_after:
                 peer.health = DEAD
                 transitions.append(Transition(peer, DEAD))
-            elif silent >= s.suspect_after and peer.health == ALIVE:
+            elif now >= peer.last_heard + s.suspect_after and peer.health == ALIVE:
                 peer.health = SUSPECT
                 transitions.append(Transition(peer, SUSPECT))
-            if peer.health == SUSPECT and peer.probe_nonce is None and peer.address:
+            if peer.health == SUSPECT and peer.address and (
+                    peer.probe_nonce is None or now - peer.probe_sent >= s.interval):
                 self._nonce += 1
-                peer.probe_nonce = self._nonce
+                peer.probe_nonce, peer.probe_sent = self._nonce, now
                 probes.append(((peer.id, peer.address), Ping(nonce=self._nonce)))
                 helpers = [p for p in self.live_peers() if p.id != peer.id]
                 for helper in self.rng.sample(helpers, min(s.probe_k, len(helpers))):
@@ -172,6 +176,8 @@ class Membership:
                 deadline = min(deadline, peer.last_heard + self.settings.suspect_after)
             elif peer.health == SUSPECT:
                 deadline = min(deadline, peer.last_heard + self.settings.dead_after)
+                if peer.probe_nonce is not None:
+                    deadline = min(deadline, peer.probe_sent + self.settings.interval)
         return deadline
 
     def gossip_targets(self) -> list[tuple[str, str]]:

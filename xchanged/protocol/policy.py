@@ -4,12 +4,19 @@ Score of a bid (seed 003's weights, then adjustments), higher is better:
 
     0.5 * availability   free share of the bidder's slots after this task, and idle CPU
   + 0.3 * success rate   this manager's own record of the bidder: (successes+1) / (attempts+2)
-  + 0.2 * speed          the bidder's relative speed, discounted by when it expects to start
+  + 0.2 * speed          the bidder's relative speed, discounted by when it expects to start and by
+                         its bid accuracy (reputation: how its run-time estimates compared with the
+                         run times measured; a node that overpromises loses this term)
   + 0.1 * affinity       share of the task's `prefer` labels the bidder carries
   + 0.05 * fairness      grows with how long the bidder has gone without an award from us
   - 0.2 * avoid          the task already failed on this bidder (prefer another node)
 
 Ties break on node id, so every manager ranks the same bids the same way.
+
+Candidates (power of d choices): of the peers whose gossiped capacity fits and that have an unclaimed
+free slot, `max_candidates` are asked, drawn at random with the ones that have more free room first
+in line (half the draw by free share, half uniformly), so the messages per task stay bounded however
+large the cluster is, and load still flows to the emptiest nodes.
 
 Circuit breaker per contractor: after `BREAKER_FAILURES` consecutive failed attempts it is open (no
 awards) for a cool-down that doubles on each re-opening; then half-open: one award is let through,
@@ -28,6 +35,7 @@ BREAKER_FAILURES = 3
 BREAKER_COOLDOWN = 10.0
 BREAKER_MAX_COOLDOWN = 300.0
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+ACCURACY_WEIGHT = 0.2            # weight of the newest sample in the bid-accuracy average
 
 
 @dataclass(slots=True)
@@ -42,6 +50,16 @@ class ContractorRecord:
     open_until: float = 0.0
     cooldown: float = BREAKER_COOLDOWN
     half_open_trial: bool = False
+    accuracy: float = 1.0       # EWMA of min(1, estimated / actual run time) over its successes
+    estimates: int = 0
+
+    def observe_runtime(self, estimate_ms: int, actual_ms: int) -> None:
+        """Reputation: compare a winning bid's run-time estimate with the measured run time."""
+        if estimate_ms <= 0 or actual_ms <= 0:
+            return
+        sample = min(1.0, estimate_ms / actual_ms)
+        self.accuracy = (1 - ACCURACY_WEIGHT) * self.accuracy + ACCURACY_WEIGHT * sample
+        self.estimates += 1
 
     @property
     def success_rate(self) -> float:
@@ -99,12 +117,28 @@ def affinity(labels: dict[str, str], req: Requirements) -> int:
 
 def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avoid: bool) -> float:
     availability = 0.5 * bid.slots_free / max(1, bid.slots) + 0.5 * (1 - min(100.0, bid.cpu_percent) / 100)
-    speed = min(1.0, bid.speed) / (1 + bid.est_start_ms / 1000)
+    speed = min(1.0, bid.speed) * record.accuracy / (1 + bid.est_start_ms / 1000)
     affinity_share = bid.affinity / len(req.prefer) if req.prefer else 0.0
     idle = now - record.last_award if record.last_award is not None else FAIRNESS_HORIZON
     fairness = min(1.0, idle / FAIRNESS_HORIZON)
     return (W_AVAILABILITY * availability + W_SUCCESS * record.success_rate + W_SPEED * speed
             + W_AFFINITY * affinity_share + W_FAIRNESS * fairness - (W_AVOID if avoid else 0.0))
+
+
+def sample_candidates(free: list, units: dict[str, int], avoid: set[str], d: int, rng) -> list:
+    """Power of d choices: at most `d` of the `free` candidates, preferring ones not in `avoid`.
+
+    Half of the picks go to the candidates with the largest share of unclaimed slots (ties broken at
+    random), the rest are drawn uniformly from the others, so a manager does not always ask the same
+    few nodes and the cost per task is O(d), not O(peers).
+    """
+    pool = [c for c in free if c.id not in avoid] or list(free)
+    if len(pool) <= d:
+        return pool
+    keyed = sorted(pool, key=lambda c: (-units.get(c.id, 0) / max(1, c.slots), rng.random()))
+    best = keyed[: (d + 1) // 2]
+    rest = keyed[(d + 1) // 2:]
+    return best + rng.sample(rest, d - len(best))
 
 
 def rank(scored: dict[str, float]) -> list[str]:

@@ -28,16 +28,18 @@ from ..config import Config, parse_host_port
 from ..protocol import codec
 from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
                                 Send, StartTask, StoreOutput)
+from ..protocol.effects import ProveAudit
 from ..protocol.events import (CancelRequested, FrameDropped, Instant, MessageReceived, ResourcesRead,
                                SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
-from ..protocol.messages import TaskSpec, from_body
+from ..protocol.messages import AuditProof, TaskSpec, from_body
 from ..protocol.node import Node, NodeSettings
 from ..protocol.replay import ReplayGuard
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from . import views
+from .audit import AuditCorrupted, AuditError, AuditLog
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import serve_metrics
@@ -48,6 +50,10 @@ from .transport import ControlError, ControlServer, PeerTransport
 log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0
 MAX_INPUTS = 100_000
+
+
+class DaemonError(Exception):
+    """The daemon cannot start, or had to stop (the message says why; `xchanged run` exits 1)."""
 
 
 def wall_ms() -> int:
@@ -100,11 +106,47 @@ class Daemon:
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self.audit = None
+        self.audit: AuditLog = self._open_audit()
+        self.failure: Exception | None = None     # why the daemon stopped itself (a failed audit fsync)
         self.metrics = None
         self.discovery: Discovery | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def _open_audit(self) -> AuditLog:
+        path = self.config.audit.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return AuditLog(path, self.key, self.id, logger=log)
+        except AuditCorrupted as exc:
+            self.store.close()
+            raise DaemonError(
+                f"refusing to start: {exc}. Nothing was changed; inspect it with `xchanged audit verify "
+                f"{exc.path}`, and keep the file as evidence (move it aside to start a new log).") from None
+        except (AuditError, OSError) as exc:
+            self.store.close()
+            raise DaemonError(f"refusing to start: cannot open the audit log {path}: {exc}") from None
+
+    def _sign_head(self) -> None:
+        """Sign a new tree head if the log grew since the last one; gossip the latest."""
+        head = self.audit.head
+        if head is None or head.size != self.audit.size:
+            head = self.audit.sign_head(wall_ms())
+        self.node.audit_head = head.to_dict()
+
+    async def _sign_heads(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.config.gossip.interval, 0.05))
+            try:
+                self._sign_head()
+            except AuditError as exc:
+                self._fail(exc)
+                return
+
+    def _fail(self, exc: Exception) -> None:
+        log.critical("stopping: the audit log failed: %s", exc)
+        self.failure = exc
+        self._stopping.set()
 
     def _build_node(self) -> Node:
         c = self.config
@@ -122,6 +164,7 @@ class Daemon:
         self.transport = PeerTransport(self.config.network.listen)
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
+        self._sign_head()
         self.executor = Executor(self._put, self.config.executor.max_output, self.config.executor.kill_grace)
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
@@ -135,7 +178,8 @@ class Daemon:
             await self._start_discovery()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources())]
+        self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
+                       loop.create_task(self._sign_heads())]
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
@@ -260,6 +304,8 @@ class Daemon:
                 self.executor.start(effect.task_id, effect.attempt, effect.spec, effect.env)
             elif isinstance(effect, KillTask):
                 self.executor.kill(effect.task_id, effect.attempt, effect.reason)
+            elif isinstance(effect, ProveAudit):
+                self._send(*effect.target, self.encoder.encode(self._audit_proof(effect), wall_ms()))
             elif isinstance(effect, Reply):
                 future = self._requests.pop(effect.request_id, None)
                 if future is not None and not future.done():
@@ -291,6 +337,12 @@ class Daemon:
             self.store.commit()
         if self.audit is not None:
             self.audit.flush()
+
+    def _audit_proof(self, req: ProveAudit) -> AuditProof:
+        if req.new_size > self.audit.size:
+            return AuditProof(req.old_size, req.new_size, [],
+                              error=f"new_size {req.new_size} is beyond the log ({self.audit.size} records)")
+        return AuditProof(req.old_size, req.new_size, self.audit.consistency_proof(req.old_size, req.new_size))
 
     def _send(self, peer: str, address: str, frame: bytes) -> None:
         if peer == self.id or address == self.address:
@@ -351,6 +403,11 @@ class Daemon:
             if args.get("all") and self.discovery is not None:
                 docs += self.discovery.untrusted_docs(time.monotonic())
             return docs
+        if op == "audit_evidence":
+            wanted = str(args.get("node") or "")
+            found = [w for w in node.audit_watch.nodes.values()
+                     if wanted in ("", w.node_id) or node.lookup(w.node_id)[1] == wanted]
+            return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
         if op == "stats":
             return views.stats(node, time.monotonic() - self.started)
         raise ControlError(f"unknown operation {op!r}")
@@ -395,4 +452,12 @@ def _sd_notify(state: str) -> None:
 
 
 def run_daemon(config: Config) -> None:
-    asyncio.run(Daemon(config).run())
+    """Run until stopped; DaemonError when it cannot start or had to stop (a failed audit fsync)."""
+    daemon = Daemon(config)
+    try:
+        asyncio.run(daemon.run())
+    except AuditError as exc:           # raised while carrying out effects: nothing after it was done
+        log.critical("stopped: the audit log failed: %s", exc)
+        raise DaemonError(f"stopped: the audit log failed: {exc}") from None
+    if daemon.failure is not None:
+        raise DaemonError(f"stopped: the audit log failed: {daemon.failure}")

@@ -50,6 +50,8 @@ class NodeCollector:
         yield GaugeMetricFamily("xchanged_running", "Attempts running on this node", value=len(c.running))
         yield CounterMetricFamily("xchanged_attempts_completed", "Attempts this node ran to an end",
                                   value=c.completed)
+        yield CounterMetricFamily("xchanged_audit_forks", "Peers whose audit log was found rewritten (forked)",
+                                  value=node.audit_watch.forks)
 
 
 def serve_metrics(listen: str, get_node: Callable[[], Node | None]):

@@ -35,11 +35,19 @@ def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float |
 def peers(node: Node, now: float) -> list[dict]:
     own = node.load_signal()
     out = [dict(_peer_doc(node.id, own.name, own.address, "alive", 0.0, own, node.manager.records.get(node.id)),
-                self=True)]
+                self=True, audit="self", audit_size=(node.audit_head or {}).get("size"))]
     for peer in sorted(node.membership.peers.values(), key=lambda p: p.name):
         out.append(dict(_peer_doc(peer.id, peer.name, peer.address, peer.health, now - peer.last_heard,
-                                  peer.load, node.manager.records.get(peer.id)), self=False))
+                                  peer.load, node.manager.records.get(peer.id)), self=False,
+                        **_audit_doc(node, peer.id)))
     return out
+
+
+def _audit_doc(node: Node, peer_id: str) -> dict:
+    """`audit`: unknown | ok | checking | forked (its log was rewritten); `audit_size`: last checked head."""
+    watched = node.audit_watch.nodes.get(peer_id)
+    return {"audit": node.audit_watch.status(peer_id),
+            "audit_size": watched.head.size if watched is not None and watched.head is not None else None}
 
 
 def stats(node: Node, uptime: float) -> dict:
@@ -61,6 +69,7 @@ def stats(node: Node, uptime: float) -> dict:
         "success_rate": round(m["succeeded"] / finished, 4) if finished else None,
         "awards": m["awards"], "announcements": m["announcements"], "late_bids": m["late_bids"],
         "frames_dropped": dict(node.drops),
+        "audit_forks": node.audit_watch.forks, "audit_forked_nodes": node.audit_watch.forked(),
         "agents": [{k: p[k] for k in ("name", "health", "slots", "slots_free", "running", "queued", "cpu_percent",
                                        "utilisation") if k in p} | {"success_rate": p.get("success_rate")}
                    for p in peer_docs],
