@@ -69,7 +69,7 @@ def test_two_contractors_killed_one_restarted_every_task_succeeds_once(tmp_path)
     done.touch()
     with LocalCluster([2, 2, 2, 2], settings=FAST) as cluster:
         with cluster.client(0) as c:
-            ids = c.submit_many([marking_task(done, rng.uniform(0.1, 0.5)) for _ in range(200)], retries=3)
+            ids = c.submit_many([marking_task(done, rng.uniform(0.1, 1.5)) for _ in range(200)], retries=3)
         n3, n4 = cluster.nodes[2], cluster.nodes[3]
         cluster.wait_for(lambda: count_done(cluster, 0, ids) >= rng.randint(20, 50), 60, "some tasks to finish")
         cluster.kill9(n3)

@@ -346,13 +346,15 @@ def stats(config, as_json) -> None:
         _print_json(doc)
         return
     for key in ("total_agents", "healthy_agents", "total_capacity", "current_load", "utilization_percent",
-                "queued_jobs", "running_jobs", "submitted", "succeeded", "failed", "retries", "success_rate"):
+                "free_slots", "queued_total", "queued_jobs", "running_jobs", "submitted", "succeeded", "failed",
+                "retries", "success_rate"):
         console.print(f"{key:22} {doc.get(key)}")
-    table = Table("agent", "health", "slots", "free", "running", "queued", "cpu %", "success rate")
+    table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "success rate", "score")
     for a in doc["agents"]:
         table.add_row(a["name"], a["health"], str(a["slots"]), str(a["slots_free"]), str(a["running"]),
-                      str(a["queued"]), f"{a['cpu_percent']:.0f}",
-                      "-" if a.get("success_rate") is None else f"{a['success_rate']:.2f}")
+                      f"{a.get('load_percent', 0):.0f}", str(a["queued"]), f"{a['cpu_percent']:.0f}",
+                      "-" if a.get("success_rate") is None else f"{a['success_rate']:.2f}",
+                      "-" if a.get("score") is None else f"{a['score']:.2f}")
     console.print(table)
 
 

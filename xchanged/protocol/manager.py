@@ -59,6 +59,7 @@ class ManagerSettings:
     award_timeout: float = 2.0
     heartbeat_timeout: float = 5.0
     max_candidates: int = 16
+    direct_award: bool = True       # one candidate only: award without a cfp/bid round (see _award_direct)
 
 
 @dataclass(slots=True)
@@ -403,10 +404,12 @@ class Manager:
         """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot."""
         self.known = {c.id: c for c in candidates}
         units = {c.id: c.free for c in candidates}
-        for task in self.tasks.values():
+        for task in self.tasks.values():          # room held by our open rounds and standby bids
             if task.round is not None:
                 for peer in task.round.candidates:
                     units[peer] = units.get(peer, 0) - 1
+            for peer, _, _ in task.standby:
+                units[peer] = units.get(peer, 0) - 1
         if sum(u for u in units.values() if u > 0) <= 0:
             return
         waiting = [t for t in self.tasks.values()
@@ -438,7 +441,10 @@ class Manager:
             chosen = policy.sample_candidates(free, units, task.avoid, self.settings.max_candidates, self.rng)
             for c in chosen:
                 units[c.id] -= 1
-            self._announce(task, chosen, now, wall_ms)
+            if len(chosen) == 1 and self.settings.direct_award:
+                self._award_direct(task, chosen[0], now, wall_ms)
+            else:
+                self._announce(task, chosen, now, wall_ms)
             if sum(u for u in units.values() if u > 0) <= 0:
                 break
 
@@ -455,6 +461,21 @@ class Manager:
         self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
         self._arm(task, task.round.deadline)
         self.stats["announcements"] += 1
+
+    def _award_direct(self, task: Task, cand: Candidate, now: float, wall_ms: int) -> None:
+        """Only one peer can take the task now, so there is nothing to compare: skip the cfp/bid
+        round trip and award at once. The award is the offer and its accept the bid; the
+        contractor checks admission on the award as it would on a cfp and rejects what does not fit.
+        This halves the hops between a freed slot and its next start (pull-based work stealing)."""
+        req = task.spec.requirements
+        load = cand.load
+        offer = Bid(task.id, 0, slots=cand.slots, slots_free=max(0, cand.free - 1),
+                    cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
+                    affinity=policy.affinity(cand.labels, req))
+        score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid)
+        task.standby = [(cand.id, score, None)]
+        self.stats["direct_awards"] += 1
+        self._award_next(task, now, wall_ms)
 
     def _close_round(self, task: Task, now: float, wall_ms: int) -> None:
         rnd, task.round = task.round, None
@@ -502,29 +523,36 @@ class Manager:
         task.award_deadline = None
         if not task.standby:
             task.state = QUEUED
-            task.reason = "every bidder rejected the award"
+            last = task.attempts[-1] if task.attempts else None
+            task.reason = "every bidder rejected the award" + (f" (last: {last.reason})" if last and last.reason else "")
             task.not_before = now
+            if last is not None and last.state == "rejected" and not last.reason.startswith(CAPACITY_CODES):
+                task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])
+                task.not_before = now + task.backoff      # it cannot run there: don't hammer it
+                self._arm(task, task.not_before)
             self._persist(task)
             return
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
         self.free_hint[peer] = max(0, self.free_hint.get(peer, 1) - 1)
         task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score, awarded=wall_ms,
-                                     estimate_ms=bid_env.message.est_runtime_ms))
+                                     estimate_ms=bid_env.message.est_runtime_ms if bid_env else None))
         task.state, task.reason, task.backoff = ASSIGNED, "", 0.0
         task.award_deadline = now + self.settings.award_timeout
         self._record(peer).awarded(now)
         self._arm(task, task.award_deadline)
-        self.out.emit(Audit, entry={"event": "award", "task": task.id, "attempt": attempt,
-                                    "manager": self.settings.self_id, "contractor": peer, "score": round(score, 4),
-                                    "time_ms": wall_ms, "message": bid_env.raw})
+        entry = {"event": "award", "task": task.id, "attempt": attempt, "manager": self.settings.self_id,
+                 "contractor": peer, "score": round(score, 4), "time_ms": wall_ms}
+        entry.update({"message": bid_env.raw} if bid_env is not None else {"direct": True})
+        self.out.emit(Audit, entry=entry)
         self._persist(task)
         self._send(peer, Award(task.id, attempt, task.spec, score))
         self.stats["awards"] += 1
 
     def _release_standby(self, task: Task, reason: str) -> None:
         for peer, _, env in task.standby:
-            self._send(peer, RejectBid(task.id, env.message.attempt, reason))
+            if env is not None:                           # a direct award holds no reservation
+                self._send(peer, RejectBid(task.id, env.message.attempt, reason))
         task.standby = []
 
     def _stop_current(self, task: Task, state: str, reason: str, wall_ms: int) -> None:

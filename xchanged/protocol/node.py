@@ -215,19 +215,19 @@ class Node:
         peer = self.membership.peers.get(peer_id)
         return (peer.address, peer.name) if peer else ("", "")
 
-    def load_signal(self) -> Load:
+    def load_signal(self, count_queued: bool = True) -> Load:
         cap: Capacity = self.contractor.capacity
         stats = {k: int(v) for k, v in self.manager.stats.items()}
         stats["completed"] = self.contractor.completed
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
                     slots_free=self.contractor.offer_slots, running=len(self.contractor.running),
-                    queued=sum(1 for t in self.manager.tasks.values() if t.state == QUEUED),
+                    queued=sum(1 for t in self.manager.tasks.values() if t.state == QUEUED) if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)
 
     def candidates(self) -> list[Candidate]:
-        own = self.load_signal()
+        own = self.load_signal(count_queued=False)        # called on every event: skip the O(tasks) count
         out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own)]
         for peer in self.membership.healthy():
             load = peer.load

@@ -390,7 +390,13 @@ class Daemon:
             except asyncio.TimeoutError:
                 return self._task_doc(doc["id"])
         if op == "tasks":
-            return views.tasks(node, args.get("state"))
+            docs = views.tasks(node, args.get("state"))
+            if args.get("state") in (None, "", *TERMINAL):     # finished before a restart: only in the store
+                known = {d["id"] for d in docs}
+                docs += [d for d in self.store.finished_tasks()
+                         if d["id"] not in known and args.get("state") in (None, "", d["state"])]
+                docs.sort(key=lambda d: (d["submitted"], d["order"]))
+            return docs
         if op == "logs":
             doc = self._task_doc(str(args.get("id")))
             out = self.store.output(doc["id"], args.get("attempt"))

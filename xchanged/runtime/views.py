@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..protocol import policy
 from ..protocol.manager import QUEUED, RUNNING, ASSIGNED
-from ..protocol.messages import to_body
+from ..protocol.messages import Bid, Requirements, to_body
 from ..protocol.node import Node
 
 
@@ -15,7 +16,19 @@ def tasks(node: Node, state: str | None = None) -> list[dict]:
     return docs
 
 
-def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float | None, load, record) -> dict:
+def peer_score(load, record, now: float | None) -> float | None:
+    """The score a bid matching this peer's last load signal would get from us now (policy.score)."""
+    if load is None:
+        return None
+    bid = Bid("", 0, slots=load.slots, slots_free=load.slots_free, cpu_percent=load.cpu_percent,
+              mem_available=load.mem_available)
+    record = record or policy.ContractorRecord()
+    at = now if now is not None else (record.last_award or 0.0) + policy.FAIRNESS_HORIZON
+    return round(policy.score(bid, record, Requirements(), at, False), 4)
+
+
+def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float | None, load, record,
+              now: float | None = None) -> dict:
     doc = {
         "id": pid, "name": name, "address": address, "health": health,
         "last_seen_s": None if last_seen is None else round(last_seen, 3),
@@ -24,21 +37,26 @@ def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float |
         "cpus": load.cpus if load else 0, "cpu_percent": load.cpu_percent if load else 0.0,
         "mem_total": load.mem_total if load else 0, "mem_available": load.mem_available if load else 0,
         "gpus": [to_body(g) for g in load.gpus] if load else [], "labels": dict(load.labels) if load else {},
-        "utilisation": round(1 - load.slots_free / load.slots, 3) if load and load.slots else 0.0,
+        "utilisation": round(min(1.0, load.running / load.slots), 3) if load and load.slots else 0.0,
+        "completed": int(load.stats.get("completed", 0)) if load else 0,
+        "score": peer_score(load, record, now),
+        "success_rate": None, "breaker": policy.CLOSED, "successes": 0, "failures": 0, "bid_accuracy": None,
     }
     if record is not None:
         doc.update(success_rate=round(record.success_rate, 3), breaker=record.breaker,
-                   successes=record.successes, failures=record.failures)
+                   successes=record.successes, failures=record.failures,
+                   bid_accuracy=round(record.accuracy, 3) if record.estimates else None)
     return doc
 
 
 def peers(node: Node, now: float) -> list[dict]:
     own = node.load_signal()
-    out = [dict(_peer_doc(node.id, own.name, own.address, "alive", 0.0, own, node.manager.records.get(node.id)),
+    out = [dict(_peer_doc(node.id, own.name, own.address, "alive", 0.0, own, node.manager.records.get(node.id),
+                          now),
                 self=True, audit="self", audit_size=(node.audit_head or {}).get("size"))]
     for peer in sorted(node.membership.peers.values(), key=lambda p: p.name):
         out.append(dict(_peer_doc(peer.id, peer.name, peer.address, peer.health, now - peer.last_heard,
-                                  peer.load, node.manager.records.get(peer.id)), self=False,
+                                  peer.load, node.manager.records.get(peer.id), now), self=False,
                         **_audit_doc(node, peer.id)))
     return out
 
@@ -55,7 +73,7 @@ def stats(node: Node, uptime: float) -> dict:
     peer_docs = peers(node, 0.0)
     live = [p for p in peer_docs if p["health"] != "dead"]
     slots = sum(p["slots"] for p in live)
-    busy = sum(p["slots"] - p["slots_free"] for p in live)
+    busy = sum(min(p["slots"], p["running"]) for p in live)
     m = node.manager.stats
     finished = m["succeeded"] + m["failed"]
     return {
@@ -70,7 +88,14 @@ def stats(node: Node, uptime: float) -> dict:
         "awards": m["awards"], "announcements": m["announcements"], "late_bids": m["late_bids"],
         "frames_dropped": dict(node.drops),
         "audit_forks": node.audit_watch.forks, "audit_forked_nodes": node.audit_watch.forked(),
+        "free_slots": sum(p["slots_free"] for p in live),
+        "queued_total": sum(p["queued"] for p in live),      # every live manager's queue, from its load signal
+        "outranked_rounds": m["outranked"],
         "agents": [{k: p[k] for k in ("name", "health", "slots", "slots_free", "running", "queued", "cpu_percent",
-                                       "utilisation") if k in p} | {"success_rate": p.get("success_rate")}
+                                       "utilisation", "completed", "success_rate", "score", "breaker",
+                                       "bid_accuracy") if k in p}
+                   | {"agent_id": p["id"], "current_jobs": p["running"], "max_jobs": p["slots"],
+                      "load_percent": round(100 * p["utilisation"], 1), "total_completed": p["completed"],
+                      "total_failed": p["failures"], "is_healthy": p["health"] == "alive"}
                    for p in peer_docs],
     }
