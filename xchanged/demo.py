@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -18,7 +19,12 @@ PRIMES = ("import sys\nn=int(sys.argv[1])\nsieve=bytearray([1])*n\nsieve[:2]=b'\
           "print(f'{sum(sieve)} primes below {n}')")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt       # unwinds the `with LocalCluster`, which stops the daemons
+
+
 def run_demo(nodes: int, n_tasks: int, console: Console) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     rng = random.Random(7)
     slots = [2 + (i % 3) for i in range(nodes)]
     console.print(f"starting {nodes} daemons on loopback (slots {slots}) ...")

@@ -87,6 +87,8 @@ class LocalCluster:
             "network": {"listen": f"127.0.0.1:{node.port}", "control": str(node.socket), "mdns": False,
                         "seeds": seeds},
             "metrics": {"listen": ""},
+            # every node reads the same host's CPU: one node's busy tasks must not make all refuse
+            "bidding": {"overload_cpu_percent": 100},
         }
         for section, values in self.settings.items():
             sections.setdefault(section, {}).update(values)
@@ -184,7 +186,11 @@ class LocalCluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.cleanup()

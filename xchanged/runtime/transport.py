@@ -37,6 +37,9 @@ def zmq_endpoint(host_port: str) -> str:
 class PeerTransport:
     def __init__(self, listen: str):
         self.ctx = zmq.asyncio.Context()
+        # Sends never block and never await: plain sockets with NOBLOCK report a full or unconnected
+        # peer at once (zmq.Again), where an asyncio socket would hide it in a future.
+        self.send_ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME + 1024)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -46,12 +49,13 @@ class PeerTransport:
         self.router.bind(zmq_endpoint(listen))
         endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.port = int(endpoint.rsplit(":", 1)[1])
-        self.dealers: dict[str, zmq.asyncio.Socket] = {}
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.dropped = 0
 
-    def _dealer(self, address: str) -> zmq.asyncio.Socket:
+    def _dealer(self, address: str) -> zmq.Socket:
         sock = self.dealers.get(address)
         if sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
+            sock = self.send_ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, SEND_HWM)
             sock.setsockopt(zmq.IMMEDIATE, 1)       # don't queue for a peer we are not connected to
@@ -67,6 +71,7 @@ class PeerTransport:
             self._dealer(address).send(frame, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
+            self.dropped += 1
             return False
         except zmq.ZMQError as exc:
             log.debug("send to %s failed: %s", address, exc)
@@ -84,6 +89,7 @@ class PeerTransport:
         for sock in self.dealers.values():
             sock.close(linger=0)
         self.router.close(linger=0)
+        self.send_ctx.term()
         self.ctx.term()
 
 
