@@ -160,7 +160,7 @@ class Membership:
                 peer.health = SUSPECT
                 transitions.append(Transition(peer, SUSPECT))
             if peer.health == SUSPECT and peer.address and (
-                    peer.probe_nonce is None or now - peer.probe_sent >= s.interval):
+                    peer.probe_nonce is None or now >= peer.probe_sent + s.interval):
                 self._nonce += 1
                 peer.probe_nonce, peer.probe_sent = self._nonce, now
                 probes.append(((peer.id, peer.address), Ping(nonce=self._nonce)))
