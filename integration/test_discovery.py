@@ -181,6 +181,12 @@ def test_five_hosts_discover_each_other_by_mdns_alone(lab, cluster, report):
     report("mdns_discovery_5_hosts", took)
     assert took < 10.0
 
+    d = cluster.daemons["h1"]                                     # mDNS shuts down cleanly on SIGTERM
+    began = time.monotonic()
+    lab.stop(d.proc, timeout=8)
+    report("sigterm_shutdown", time.monotonic() - began)
+    assert d.proc.returncode == 0 and "Traceback" not in cluster.log("h1", 200), cluster.log("h1")
+
 
 def test_two_subnets_joined_by_one_seed_form_one_cluster(lab, cluster, report):
     lab.add_subnet("a", "10.201.1.0/24")
