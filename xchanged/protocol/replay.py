@@ -11,6 +11,7 @@ membership table accepts a load only when it is newer than the last one held for
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from .codec import REPLAYED, STALE, DecodeError, Envelope
@@ -58,3 +59,24 @@ class ReplayGuard:
         if win.seen >> offset & 1:
             raise DecodeError(REPLAYED, f"seq {env.seq} already seen")
         win.seen |= 1 << offset
+
+
+class DuplicateFilter:
+    """Recognises byte-identical frames seen recently, before the costly signature check.
+
+    Gossip delivers the same relayed load signal by several paths; every copy after the first would
+    be dropped anyway (as not newer, or as a replay), so a cheap hash of the bytes saves verifying it.
+    """
+
+    def __init__(self, capacity: int = 8192):
+        self.capacity = capacity
+        self._seen: dict[bytes, None] = {}
+
+    def seen_before(self, frame: bytes) -> bool:
+        digest = hashlib.blake2b(frame, digest_size=16).digest()
+        if digest in self._seen:
+            return True
+        self._seen[digest] = None
+        if len(self._seen) > self.capacity:
+            self._seen.pop(next(iter(self._seen)))
+        return False

@@ -36,7 +36,7 @@ from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof, TaskSpec, from_body
 from ..protocol.node import Node, NodeSettings
-from ..protocol.replay import ReplayGuard
+from ..protocol.replay import DuplicateFilter, ReplayGuard
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
@@ -94,6 +94,8 @@ class Daemon:
         self.store.set_meta("incarnation", str(self.incarnation))
         self.encoder = codec.Encoder(self.key, self.public_key, self.incarnation)
         self.guard = ReplayGuard()
+        self.duplicates = DuplicateFilter()
+        self.duplicate_frames = 0                 # gossip redundancy, not an error: not a drop
         self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
         self.transport: PeerTransport | None = None
         self.control: ControlServer | None = None
@@ -247,6 +249,9 @@ class Daemon:
             self._accept_frame(frame)
 
     def _accept_frame(self, frame: bytes) -> None:
+        if self.duplicates.seen_before(frame):
+            self.duplicate_frames += 1
+            return
         try:
             env = codec.decode(frame, self.trust)
             if env.type == "load":
@@ -415,7 +420,8 @@ class Daemon:
                      if wanted in ("", w.node_id) or node.lookup(w.node_id)[1] == wanted]
             return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
         if op == "stats":
-            return views.stats(node, time.monotonic() - self.started)
+            return dict(views.stats(node, time.monotonic() - self.started),
+                        duplicate_frames=self.duplicate_frames, send_drops=self.transport.dropped)
         raise ControlError(f"unknown operation {op!r}")
 
     async def _start_discovery(self) -> None:

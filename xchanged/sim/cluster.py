@@ -22,7 +22,7 @@ from ..protocol.events import (Capacity, Instant, MessageReceived, ResourcesRead
                                StateRecovered)
 from ..protocol.messages import TaskSpec
 from ..protocol.node import Node, NodeSettings
-from ..protocol.replay import ReplayGuard
+from ..protocol.replay import DuplicateFilter, ReplayGuard
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 
 WALL_EPOCH_MS = 1_790_000_000_000
@@ -35,6 +35,7 @@ class SimNode:
     guard: ReplayGuard
     address: str
     up: bool = True
+    duplicates: DuplicateFilter = field(default_factory=DuplicateFilter)
     replies: dict[int, Any] = field(default_factory=dict)
     started: dict[tuple[str, int], float] = field(default_factory=dict)
     store: dict[str, dict] = field(default_factory=dict)
@@ -167,6 +168,7 @@ class SimCluster:
         sim.node = Node(old.id, old.settings, random.Random(self.rng.random()))
         sim.encoder = codec.Encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
         sim.guard = ReplayGuard()
+        sim.duplicates = DuplicateFilter()
         self.deliver(old.id, ResourcesRead(old.contractor.capacity))
         unfinished = [d for d in sim.store.values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
@@ -224,7 +226,7 @@ class SimCluster:
 
     def _receive(self, dst: str, frame: bytes) -> None:
         sim = self.nodes[dst]
-        if not sim.up:
+        if not sim.up or sim.duplicates.seen_before(frame):
             return
         try:
             env = codec.decode(frame, self.trust)
