@@ -167,3 +167,14 @@ def test_any_flipped_byte_is_rejected(data):
     frame[i] ^= data.draw(st.integers(1, 255))
     with pytest.raises(DecodeError):
         decode(bytes(frame), trust)
+
+
+def test_duplicate_filter_recognises_only_identical_recent_frames(alice):
+    from xchanged.protocol.replay import DuplicateFilter
+
+    dup = DuplicateFilter(capacity=2)
+    enc = encoder(alice)
+    a, b, c = (enc.encode(Ack("T", i), NOW_MS) for i in range(3))
+    assert not dup.seen_before(a) and dup.seen_before(a)
+    assert not dup.seen_before(b) and not dup.seen_before(c)
+    assert not dup.seen_before(a)            # evicted: capacity bounds memory
