@@ -160,7 +160,7 @@ def test_earliest_deadline_first_among_equal_priorities():
 
 
 def test_a_more_urgent_task_takes_the_room_of_an_open_round():
-    sim = cluster({"a": 1}, latency=0.01)
+    sim = cluster({"a": 1}, latency=0.01, direct_award=False)   # every award after a bid round
     blocker = sim.submit("mgr", spec("sleep", 1))
     lows = [sim.submit("mgr", spec("sleep", 1, priority="low")) for _ in range(3)]
     mgr = sim.node("mgr").node.manager
@@ -200,7 +200,7 @@ def test_circuit_breaker_stops_awards_then_lets_one_trial_through():
 
 
 def test_bid_estimates_are_checked_against_measured_run_times():
-    sim = cluster({"a": 2})
+    sim = cluster({"a": 2}, direct_award=False)
     record_of = lambda: sim.node("mgr").node.manager.records[sim.id_of("a")]   # noqa: E731
     for _ in range(3):                                  # the submitter (and so the bid) says 1 s; it runs 4 s
         doc = done(sim, sim.submit("mgr", spec("sleep", 4, est_runtime=1.0)))
@@ -241,6 +241,35 @@ def test_announcements_are_capped_by_max_candidates():
     assert sizes and max(sizes) <= 3
     for t in tids:
         assert done(sim, t)["state"] == "succeeded"
+
+
+def test_a_lone_known_candidate_gets_a_direct_award_without_a_bid_round():
+    sim = cluster({"a": 1})
+    mgr = sim.node("mgr").node.manager
+    first = done(sim, sim.submit("mgr", spec("sleep", 1)))
+    assert mgr.stats["direct_awards"] == 0 and mgr.stats["announcements"] == 1   # a stranger: cfp and bid
+    second = done(sim, sim.submit("mgr", spec("sleep", 1)))
+    assert mgr.stats["direct_awards"] == 1 and mgr.stats["announcements"] == 1
+    assert node_of(sim, first) == node_of(sim, second) == "a"
+    audit = [e for e in sim.node("mgr").audit if e["event"] == "award"]
+    assert "message" in audit[0] and audit[1]["direct"] is True
+
+
+def test_a_rejected_direct_award_backs_off_when_the_node_cannot_run_it():
+    sim = cluster({"a": 1})
+    mgr = sim.node("mgr").node.manager
+    done(sim, sim.submit("mgr", spec("sleep", 1)))
+    contractor = sim.node("a").node.contractor
+    contractor.settings = type(contractor.settings)(**{**{f: getattr(contractor.settings, f) for f in
+                                                          contractor.settings.__dataclass_fields__}, "allow": ("true",)})
+    tid = sim.submit("mgr", spec("sleep", 1))
+    sim.run_for(1.0)
+    doc = sim.task("mgr", tid).to_doc()
+    assert doc["state"] == "queued" and "not allowed" in doc["reason"]
+    assert doc["attempts"][0]["state"] == "rejected" and "not_allowed" in doc["attempts"][0]["reason"]
+    sim.run_for(10.0)
+    doc = sim.task("mgr", tid).to_doc()
+    assert len(doc["attempts"]) == 1 and "not allowed" in doc["reason"]   # then cfp rounds: refusals, no attempts
 
 
 def test_queued_task_without_a_free_slot_is_announced_when_one_frees():

@@ -14,7 +14,11 @@ Rules:
   then submission order; waiting raises priority by one level per `AGING_STEP`).
 - The round closes when every candidate answered or the bid window ends; the best bid wins, the
   others stay on standby until the winner accepts (a `reject` or no answer within the award timeout
-  awards the next standby bid).
+  awards the next standby bid). If a waiting task of a higher level fits the best bidder by then, the
+  bids are released and that task is announced instead (priority beats an open round).
+- A lone free candidate that has succeeded for us before (breaker closed) gets a direct award, with no
+  cfp/bid round: the contractor's admission check on the award stands in for its bid. Refusals and
+  rejects for lack of room ("busy") put a task back without back-off; other ones back off.
 - An attempt is lost when its contractor is declared dead or stays silent past the heartbeat
   deadline, and timed out past its timeout plus a margin: either way the task is re-announced,
   preferring other nodes. Failures count against `retries` and raise the priority one level; losses
@@ -182,6 +186,7 @@ class Manager:
         self.records: dict[str, policy.ContractorRecord] = {}
         self.free_hint: dict[str, int] = {}           # peer -> slots we believe free
         self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
+        self.bid_first: set[str] = set()               # tasks whose direct award was rejected: cfp from now on
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._order = 0
@@ -403,6 +408,7 @@ class Manager:
     def pump(self, candidates: list[Candidate], now: float, wall_ms: int) -> None:
         """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot."""
         self.known = {c.id: c for c in candidates}
+        self_id = self.settings.self_id
         units = {c.id: c.free for c in candidates}
         for task in self.tasks.values():          # room held by our open rounds and standby bids
             if task.round is not None:
@@ -410,6 +416,9 @@ class Manager:
                     units[peer] = units.get(peer, 0) - 1
             for peer, _, _ in task.standby:
                 units[peer] = units.get(peer, 0) - 1
+            if task.state == ASSIGNED and task.award_deadline is not None and task.attempts \
+                    and task.attempts[-1].node == self_id:
+                units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
         if sum(u for u in units.values() if u > 0) <= 0:
             return
         waiting = [t for t in self.tasks.values()
@@ -441,7 +450,8 @@ class Manager:
             chosen = policy.sample_candidates(free, units, task.avoid, self.settings.max_candidates, self.rng)
             for c in chosen:
                 units[c.id] -= 1
-            if len(chosen) == 1 and self.settings.direct_award:
+            if len(chosen) == 1 and self.settings.direct_award and self._trusted(chosen[0].id) \
+                    and task.id not in self.bid_first:
                 self._award_direct(task, chosen[0], now, wall_ms)
             else:
                 self._announce(task, chosen, now, wall_ms)
@@ -462,8 +472,13 @@ class Manager:
         self._arm(task, task.round.deadline)
         self.stats["announcements"] += 1
 
+    def _trusted(self, peer: str) -> bool:
+        """A peer we may award to without a bid: it has run tasks for us and its breaker is closed."""
+        record = self.records.get(peer)
+        return record is not None and record.successes > 0 and record.breaker == policy.CLOSED
+
     def _award_direct(self, task: Task, cand: Candidate, now: float, wall_ms: int) -> None:
-        """Only one peer can take the task now, so there is nothing to compare: skip the cfp/bid
+        """Only one peer (one we know) can take the task now, so there is nothing to compare: skip the cfp/bid
         round trip and award at once. The award is the offer and its accept the bid; the
         contractor checks admission on the award as it would on a cfp and rejects what does not fit.
         This halves the hops between a freed slot and its next start (pull-based work stealing)."""
@@ -529,6 +544,7 @@ class Manager:
             if last is not None and last.state == "rejected" and not last.reason.startswith(CAPACITY_CODES):
                 task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])
                 task.not_before = now + task.backoff      # it cannot run there: don't hammer it
+                self.bid_first.add(task.id)               # and ask with a cfp next time (a refusal adds no attempt)
                 self._arm(task, task.not_before)
             self._persist(task)
             return

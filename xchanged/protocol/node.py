@@ -36,6 +36,7 @@ class NodeSettings:
     bid_window: float = 0.05
     award_timeout: float = 2.0
     max_candidates: int = 16
+    direct_award: bool = True             # award a lone free candidate we know without a bid round
     overload_cpu_percent: float = 90.0
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
@@ -50,7 +51,7 @@ class Node:
         self.manager = Manager(
             ManagerSettings(node_id, settings.bid_window, settings.award_timeout,
                             heartbeat_timeout=max(3 * settings.heartbeat, settings.gossip.dead_after) + 1.0,
-                            max_candidates=settings.max_candidates),
+                            max_candidates=settings.max_candidates, direct_award=settings.direct_award),
             self.out, rng, self.lookup)
         self.contractor = Contractor(
             ContractorSettings(node_id, settings.slots, dict(settings.labels), settings.overload_cpu_percent,
