@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from xchanged.localcluster import LocalCluster
 from xchanged.protocol import codec
-from xchanged.protocol.messages import Accept, Award
+from xchanged.protocol.messages import Accept, Award, Bid, Reject
 from xchanged.protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from xchanged.runtime.audit import AuditLog, read_records, verify_log
 
@@ -70,15 +70,26 @@ def test_awards_in_both_logs_and_a_rewritten_log_is_flagged(cluster):
 
     awards = 0
     for manager, records in logs.items():
-        accepts = {(r.entry["task"], r.entry["attempt"]): r for r in records
-                   if r.entry["event"] == "accept" and r.entry["manager"] == manager}
+        answers = {(r.entry["task"], r.entry["attempt"]): r for r in records
+                   if r.entry["event"] in ("accept", "reject") and r.entry["manager"] == manager}
         for r in records:
             e = r.entry
-            # manager side: embeds the winning bid; contractor side: embeds the manager's award
+            # manager side: embeds the winning bid (or says the award was direct, made without a bid
+            # round); contractor side: embeds the manager's award
             if e["event"] != "award" or e["manager"] != manager or _embedded(e, trust) is Award:
                 continue
+            assert _embedded(e, trust) is Bid or e.get("direct") is True
             awards += 1
             contractor = e["contractor"]
+            # the manager's log holds the contractor's signed answer: accept, or reject
+            answer = answers.get((e["task"], e["attempt"]))
+            assert answer is not None and answer.entry["contractor"] == contractor, (e["task"], e["attempt"])
+            env = codec.decode(answer.entry["message"], trust)
+            assert env.sender == contractor and (env.message.task_id, env.message.attempt) == (e["task"], e["attempt"])
+            if answer.entry["event"] == "reject":
+                assert isinstance(env.message, Reject)
+                continue
+            assert isinstance(env.message, Accept)
             # the contractor's log holds the manager's signed award frame
             theirs = [c for c in logs[contractor] if c.entry["event"] == "award" and c.entry["task"] == e["task"]
                       and c.entry["attempt"] == e["attempt"] and c.entry["manager"] == manager
@@ -86,12 +97,6 @@ def test_awards_in_both_logs_and_a_rewritten_log_is_flagged(cluster):
             assert len(theirs) == 1, (e["task"], e["attempt"])
             env = codec.decode(theirs[0].entry["message"], trust)
             assert env.sender == manager and isinstance(env.message, Award)
-            assert (env.message.task_id, env.message.attempt) == (e["task"], e["attempt"])
-            # the manager's log holds the contractor's signed accept frame
-            acc = accepts.get((e["task"], e["attempt"]))
-            assert acc is not None and acc.entry["contractor"] == contractor
-            env = codec.decode(acc.entry["message"], trust)
-            assert env.sender == contractor and isinstance(env.message, Accept)
             assert (env.message.task_id, env.message.attempt) == (e["task"], e["attempt"])
     assert awards >= TASKS
     assert len({r.entry["contractor"] for rs in logs.values() for r in rs if r.entry["event"] == "award"}) > 1
@@ -147,4 +152,6 @@ def _head_size(node):
 
 
 def _embedded(entry, trust):
+    if "message" not in entry:
+        return None
     return type(codec.decode(entry["message"], trust).message)
