@@ -318,8 +318,8 @@ def rounds_to_reach_all(n: int, seed: int) -> int:
         if all(t.peers[origin.id].load_version >= version for t in tables[1:]):
             return rounds
         assert rounds < 10 * math.log2(n), "the load stopped spreading"
-        inbox = [(by_address[address], frame) for t in tables for targets, frame in t.relays()
-                 for _, address in targets]
+        inbox = [(by_address[address], frame) for t in tables for targets, frames in t.relays()
+                 for frame in frames for _, address in targets]
 
 
 @pytest.mark.parametrize("n", [16, 64])

@@ -24,6 +24,10 @@ Rules:
   preferring other nodes. Failures count against `retries` and raise the priority one level; losses
   have their own, larger cap.
 - Every change of a task is persisted (`PersistTask`) before the message that depends on it is sent.
+- Memory is bounded: per-event work walks only the unfinished tasks, and only the most recent
+  `finished_retention` finished tasks stay in memory (`tasks.TaskIndex`); a late result for an evicted
+  task is acknowledged and ignored. What a peer's load says about its free slots is corrected for the
+  awards it had not seen when it signed it (`free_slots.FreeSlotLedger`).
 - After a restart (`recover`) queued tasks are announced again; an assigned or running attempt is
   re-attached when its contractor reports in (`progress` or `result`; a `progress` of an attempt whose
   `accept` we never recorded counts as the accept) and is lost, and the task re-announced, when the
@@ -37,19 +41,21 @@ import heapq
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .codec import Envelope
-from .effects import Audit, Log, Outbox, PersistTask, Reply, Send, StoreOutput
-from .messages import (PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Progress, Refuse, Reject, RejectBid,
-                       Result, TaskSpec, from_body, priority_level, to_body)
+from .effects import Audit, Outbox, PersistTask, Reply, Send, StoreOutput
+from .free_slots import FreeSlotLedger
+from .messages import (PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Load, Progress, Refuse, Reject, RejectBid,
+                       Result, TaskSpec)
+from .tasks import (AGING_STEP, ASSIGNED, CANCELLED, FAILED, FINISHED_RETENTION, QUEUED, RUNNING, SUCCEEDED,
+                    TERMINAL, Attempt, Round, Task, TaskIndex)
 from . import policy
 
-QUEUED, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "assigned", "running", "succeeded", "failed", "cancelled")
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
+__all__ = ["AGING_STEP", "ASSIGNED", "CANCELLED", "FAILED", "QUEUED", "RUNNING", "SUCCEEDED", "TERMINAL",
+           "Attempt", "Candidate", "Manager", "ManagerSettings", "Round", "Task"]
+
 MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
@@ -64,6 +70,7 @@ class ManagerSettings:
     heartbeat_timeout: float = 5.0
     max_candidates: int = 16
     direct_award: bool = True       # one candidate only: award without a cfp/bid round (see _award_direct)
+    finished_retention: int = FINISHED_RETENTION   # finished tasks kept in memory (see tasks.TaskIndex)
 
 
 @dataclass(slots=True)
@@ -79,102 +86,6 @@ class Candidate:
     load: Any                   # the Load message (for fit checks)
 
 
-@dataclass(slots=True)
-class Attempt:
-    attempt: int
-    node: str
-    node_name: str
-    state: str                  # awarded | running | succeeded | failed | timeout | lost | rejected | cancelled | superseded
-    score: float = 0.0
-    exit_code: int | None = None
-    reason: str = ""
-    started: int | None = None  # wall ms
-    ended: int | None = None
-    awarded: int | None = None  # wall ms of the award
-    estimate_ms: int | None = None  # the winning bid's run-time estimate
-
-    def to_doc(self) -> dict:
-        return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
-                "state": self.state, "score": round(self.score, 4), "exit_code": self.exit_code,
-                "reason": self.reason, "started": self.started, "ended": self.ended,
-                "awarded": self.awarded, "estimate_ms": self.estimate_ms}
-
-    @classmethod
-    def from_doc(cls, doc: dict) -> "Attempt":
-        return cls(doc["attempt"], doc["node_id"], doc["node"], doc["state"], doc.get("score", 0.0),
-                   doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
-                   doc.get("awarded"), doc.get("estimate_ms"))
-
-
-@dataclass(slots=True)
-class Round:
-    attempt: int
-    candidates: set[str]
-    deadline: float
-    bids: dict[str, Envelope] = field(default_factory=dict)
-    refusals: dict[str, Refuse] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Task:
-    id: str
-    spec: TaskSpec
-    submitted: int              # wall ms
-    order: int                  # submission order, for FIFO among equals
-    state: str = QUEUED
-    attempts: list[Attempt] = field(default_factory=list)
-    exit_code: int | None = None
-    reason: str = ""
-    finished: int | None = None
-    boost: int = 0              # priority levels gained by failures
-    failures: int = 0
-    losses: int = 0
-    avoid: set[str] = field(default_factory=set)
-    counter: int = 0            # last attempt number handed out
-    # transient, rebuilt after a restart
-    queued_since: float = 0.0
-    not_before: float = 0.0
-    backoff: float = 0.0
-    round: Round | None = None
-    standby: list[tuple[str, float, Envelope]] = field(default_factory=list)
-    award_deadline: float | None = None
-    last_heard: float = 0.0
-    run_deadline: float | None = None
-
-    @property
-    def current(self) -> Attempt | None:
-        return self.attempts[-1] if self.attempts and self.attempts[-1].state in ("awarded", "running") else None
-
-    def new_attempt(self) -> int:
-        """A fresh conversation number for a round or an award, never reused (fencing)."""
-        self.counter += 1
-        return self.counter
-
-    def level(self, now: float) -> int:
-        waited = max(0.0, now - self.queued_since)
-        return priority_level(self.spec.priority) + self.boost + int(waited // AGING_STEP)
-
-    def to_doc(self) -> dict:
-        last = self.attempts[-1] if self.attempts else None
-        return {
-            "id": self.id, "state": self.state, "priority": self.spec.priority,
-            "node": last.node_name if last and last.state != "rejected" else None,
-            "attempts": [a.to_doc() for a in self.attempts], "exit_code": self.exit_code,
-            "reason": self.reason, "submitted": self.submitted, "finished": self.finished,
-            "command": list(self.spec.argv), "name": self.spec.name, "spec": to_body(self.spec),
-            "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
-            "avoid": sorted(self.avoid), "counter": self.counter,
-        }
-
-    @classmethod
-    def from_doc(cls, doc: dict) -> "Task":
-        task = cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"], doc["state"],
-                   [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"), doc.get("reason", ""),
-                   doc.get("finished"), doc.get("boost", 0), doc.get("failures", 0), doc.get("losses", 0),
-                   set(doc.get("avoid", ())), doc.get("counter", 0))
-        return task
-
-
 class Manager:
     def __init__(self, settings: ManagerSettings, outbox: Outbox, rng: random.Random,
                  lookup: Callable[[str], tuple[str, str]]):
@@ -182,7 +93,8 @@ class Manager:
         self.lookup = lookup                           # peer id -> (address, name)
         self.out = outbox
         self.rng = rng
-        self.tasks: dict[str, Task] = {}
+        self.index = TaskIndex(settings.finished_retention)
+        self.ledger = FreeSlotLedger()                 # our awards, to judge how stale a load is
         self.records: dict[str, policy.ContractorRecord] = {}
         self.free_hint: dict[str, int] = {}           # peer -> slots we believe free
         self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
@@ -192,6 +104,14 @@ class Manager:
         self._order = 0
         self.stats = Counter()
 
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """Every task in memory: the unfinished ones and the most recently finished (read-only use)."""
+        return self.index.tasks
+
+    def queued(self) -> int:
+        return self.index.queued()
+
     # -- client requests ------------------------------------------------------------------------
 
     def submit(self, request_id: int, task_id: str, spec: TaskSpec, now: float, wall_ms: int) -> None:
@@ -200,7 +120,7 @@ class Manager:
             return
         self._order += 1
         task = Task(task_id, spec, wall_ms, self._order, queued_since=now)
-        self.tasks[task_id] = task
+        self.index.add(task)
         self.stats["submitted"] += 1
         self._persist(task)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
@@ -226,7 +146,7 @@ class Manager:
             task = Task.from_doc(doc)
             self._order = max(self._order, task.order)
             task.queued_since = now
-            self.tasks[task.id] = task
+            self.index.add(task)
             if task.state in (ASSIGNED, RUNNING):
                 task.last_heard = now
                 self._arm(task, now + self.settings.heartbeat_timeout)
@@ -267,6 +187,7 @@ class Manager:
         if att is None:
             self._send(env.sender, Cancel(acc.task_id, acc.attempt, "attempt superseded"))
             return
+        self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
         if att.state != "awarded":
             return
         att.state, att.started = "running", wall_ms
@@ -303,6 +224,7 @@ class Manager:
             self._send(env.sender, Cancel(prog.task_id, prog.attempt, "attempt superseded"))
             return
         task.last_heard = now
+        self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
         self._arm(task, now + self.settings.heartbeat_timeout)
         if att.state == "awarded":              # its accept was lost (say, we restarted): re-attach
             att.state, att.started = "running", att.started or wall_ms
@@ -316,8 +238,9 @@ class Manager:
     def on_result(self, env: Envelope, now: float, wall_ms: int) -> None:
         res: Result = env.message
         self._send(env.sender, Ack(res.task_id, res.attempt))
+        self.ledger.ended(env.sender, res.task_id, res.attempt, (env.incarnation, env.seq))
         task = self.tasks.get(res.task_id)
-        if task is None:
+        if task is None:                        # unknown, or finished and evicted: acked, nothing else
             return
         hint = self.free_hint.get(env.sender, 0)
         self.free_hint[env.sender] = hint + 1
@@ -361,9 +284,21 @@ class Manager:
 
     # -- membership and time --------------------------------------------------------------------
 
+    def on_load(self, env: Envelope) -> None:
+        """A newer load signal of a peer: its free slots, less our awards it could not show yet."""
+        load: Load = env.message
+        self.free_hint[env.sender] = self.ledger.free_from_load(
+            env.sender, load.slots_free, (env.incarnation, env.seq), self._is_live)
+
+    def _is_live(self, task_id: str, attempt: int) -> bool:
+        task = self.index.active.get(task_id)
+        att = task.current if task is not None else None
+        return att is not None and att.attempt == attempt
+
     def peer_died(self, peer_id: str, now: float, wall_ms: int) -> None:
         self.free_hint[peer_id] = 0
-        for task in self.tasks.values():
+        self.ledger.forget(peer_id)
+        for task in list(self.index.active.values()):
             att = task.current
             if att is not None and att.node == peer_id:
                 att.state, att.reason, att.ended = "lost", "contractor declared dead", wall_ms
@@ -410,7 +345,7 @@ class Manager:
         self.known = {c.id: c for c in candidates}
         self_id = self.settings.self_id
         units = {c.id: c.free for c in candidates}
-        for task in self.tasks.values():          # room held by our open rounds and standby bids
+        for task in self.index.active.values():   # room held by our open rounds and standby bids
             if task.round is not None:
                 for peer in task.round.candidates:
                     units[peer] = units.get(peer, 0) - 1
@@ -421,7 +356,7 @@ class Manager:
                 units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
         if sum(u for u in units.values() if u > 0) <= 0:
             return
-        waiting = [t for t in self.tasks.values()
+        waiting = [t for t in self.index.active.values()
                    if t.state == QUEUED and t.round is None and t.not_before <= now]
         waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
         for task in waiting:
@@ -527,7 +462,7 @@ class Manager:
         cand = self.known.get(best)
         if cand is None or cand.load is None:
             return False
-        for other in self.tasks.values():
+        for other in self.index.active.values():
             if other is task or other.state != QUEUED or other.round is not None or other.not_before > now:
                 continue
             if other.level(now) > level and policy.unfit_reason(cand.load, other.spec.requirements) is None:
@@ -551,6 +486,7 @@ class Manager:
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
         self.free_hint[peer] = max(0, self.free_hint.get(peer, 1) - 1)
+        self.ledger.awarded(peer, task.id, attempt, (bid_env.incarnation, bid_env.seq) if bid_env else None)
         task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score, awarded=wall_ms,
                                      estimate_ms=bid_env.message.est_runtime_ms if bid_env else None))
         task.state, task.reason, task.backoff = ASSIGNED, "", 0.0
@@ -604,6 +540,8 @@ class Manager:
     def _finish(self, task: Task, state: str, exit_code: int | None, reason: str, wall_ms: int) -> None:
         task.state, task.exit_code, task.reason, task.finished = state, exit_code, reason, wall_ms
         task.round, task.award_deadline, task.run_deadline = None, None, None
+        self.bid_first.discard(task.id)
+        self.index.finished(task)
 
     def _why_no_bids(self, rnd: Round) -> str:
         silent = len(rnd.candidates) - len(rnd.refusals)

@@ -9,9 +9,17 @@ Rules:
   repeated every `interval` while it stays suspect, so one lost probe does not either.
 - Not heard for `dead_after`: DEAD. A dead peer that is heard from again (a newer load, a higher
   incarnation after a restart, a healed partition) is ALIVE again.
-- Gossip: every `interval` we send our own fresh load to `fanout` random peers, forward each new
-  load we received to `fanout` peers for `relay_rounds` rounds (original signed bytes), and send our
-  load to every seed address and to one dead peer, so partitions heal and seeds join us.
+- Gossip: every `interval` we forward the new loads we received to `fanout` random peers, all in one
+  `gossip` batch (original signed bytes, at most `max_batch`, fewest-forwarded first); each new load
+  is forwarded in `relay_rounds` rounds. We sign a fresh load of our own only when it changed
+  materially or every `refresh_rounds()` rounds (a heartbeat), and send it to `fanout` peers. Seeds
+  not yet known as live peers and one dead peer get our load every round, so partitions heal and
+  seeds join us.
+- Scaling: the refresh period grows with N so that the loads due for forwarding fit one batch
+  (N * relay_rounds / refresh <= max_batch), so a node sends O(fanout) frames per round whatever N;
+  suspect_after and dead_after grow by the extra heartbeat period and the extra dissemination
+  rounds beyond log2(16), so they stay sound when we hear of a peer only every few rounds. Up to
+  16 nodes nothing changes: a fresh load every round, the configured timeouts.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class GossipSettings:
     suspect_after: float = 1.5
     dead_after: float = 4.0
     probe_k: int = 3
+    max_batch: int = 128          # relayed frames per gossip message (messages.MAX_GOSSIP_FRAMES at most)
 
 
 @dataclass(slots=True)
@@ -71,6 +80,9 @@ class Membership:
     seeds: dict[str, str] = field(default_factory=dict)        # address -> source
     next_round: float = 0.0
     _nonce: int = 0
+    _round: int = 0
+    _own_round: int = -(1 << 30)                               # round our last load was signed
+    _own_load: Load | None = None
     pending_probes: dict[int, tuple[str, str]] = field(default_factory=dict)  # nonce -> (target, asker)
 
     # -- input ----------------------------------------------------------------------------------
@@ -147,16 +159,17 @@ class Membership:
     def check_health(self, now: float) -> tuple[list[Transition], list[tuple[tuple[str, str], object]]]:
         """Suspect and kill silent peers. Returns transitions and probe messages to send."""
         s = self.settings
+        suspect_after, dead_after = self.suspect_after, self.dead_after
         transitions, probes = [], []
         for peer in self.peers.values():
             if peer.health == DEAD:
                 continue
             # compare as next_deadline() computes (last_heard + x), or float rounding can leave a
             # deadline that has passed but changes nothing: a busy loop
-            if now >= peer.last_heard + s.dead_after:
+            if now >= peer.last_heard + dead_after:
                 peer.health = DEAD
                 transitions.append(Transition(peer, DEAD))
-            elif now >= peer.last_heard + s.suspect_after and peer.health == ALIVE:
+            elif now >= peer.last_heard + suspect_after and peer.health == ALIVE:
                 peer.health = SUSPECT
                 transitions.append(Transition(peer, SUSPECT))
             if peer.health == SUSPECT and peer.address and (
@@ -171,20 +184,33 @@ class Membership:
 
     def next_deadline(self, now: float) -> float:
         deadline = self.next_round
+        suspect_after, dead_after = self.suspect_after, self.dead_after
         for peer in self.peers.values():
             if peer.health == ALIVE:
-                deadline = min(deadline, peer.last_heard + self.settings.suspect_after)
+                deadline = min(deadline, peer.last_heard + suspect_after)
             elif peer.health == SUSPECT:
-                deadline = min(deadline, peer.last_heard + self.settings.dead_after)
+                deadline = min(deadline, peer.last_heard + dead_after)
                 if peer.probe_nonce is not None:
                     deadline = min(deadline, peer.probe_sent + self.settings.interval)
         return deadline
 
-    def gossip_targets(self) -> list[tuple[str, str]]:
-        """Who gets our own load this round: `fanout` random live peers, every seed, one dead peer."""
-        live = [p for p in self.live_peers() if p.address]
-        chosen = self.rng.sample(live, min(self.settings.fanout, len(live)))
-        targets = {p.address: (p.id, p.address) for p in chosen}
+    def own_load_due(self, load: Load) -> bool:
+        """Called once per gossip round with our current load: should live peers get a fresh one?
+        Yes when it changed materially since the last one we sent, or every `refresh_rounds()`."""
+        self._round += 1
+        if material_change(self._own_load, load) or self._round - self._own_round >= self.refresh_rounds():
+            self._own_load, self._own_round = load, self._round
+            return True
+        return False
+
+    def gossip_targets(self, live_too: bool = True) -> list[tuple[str, str]]:
+        """Who gets our own load this round: `fanout` random live peers (when `live_too`), every seed
+        not known as a live peer, one dead peer."""
+        targets = {}
+        if live_too:
+            live = [p for p in self.live_peers() if p.address]
+            chosen = self.rng.sample(live, min(self.settings.fanout, len(live)))
+            targets = {p.address: (p.id, p.address) for p in chosen}
         known = {p.address for p in self.peers.values() if p.health != DEAD}
         for address in self.seeds:
             if address not in known:
@@ -195,19 +221,23 @@ class Membership:
             targets.setdefault(p.address, (p.id, p.address))
         return list(targets.values())
 
-    def relays(self) -> list[tuple[list[tuple[str, str]], bytes]]:
-        """Loads to forward this round, each to `fanout` random live peers other than its origin."""
-        out = []
+    def relays(self) -> list[tuple[list[tuple[str, str]], list[bytes]]]:
+        """Loads to forward this round: one batch of at most `max_batch` frames (those forwarded the
+        fewest times first; the rest wait, or are superseded by a newer load of their origin) for
+        `fanout` random live peers. Returns [(targets, frames)], empty when nothing is due."""
+        due = [p for p in self.peers.values() if p.relay_left > 0 and p.load_frame]
+        if not due:
+            return []
+        if len(due) > self.settings.max_batch:
+            due.sort(key=lambda p: (-p.relay_left, -p.load_received))
+            due = due[:self.settings.max_batch]
         live = [p for p in self.live_peers() if p.address]
-        for peer in self.peers.values():
-            if peer.relay_left <= 0 or not peer.load_frame:
-                continue
+        chosen = self.rng.sample(live, min(self.settings.fanout, len(live)))
+        if not chosen:
+            return []
+        for peer in due:
             peer.relay_left -= 1
-            others = [p for p in live if p.id != peer.id]
-            chosen = self.rng.sample(others, min(self.settings.fanout, len(others)))
-            if chosen:
-                out.append(([(p.id, p.address) for p in chosen], peer.load_frame))
-        return out
+        return [([(p.id, p.address) for p in chosen], [p.load_frame for p in due])]
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -223,3 +253,38 @@ class Membership:
 
     def _relay_rounds(self) -> int:
         return max(1, math.ceil(math.log2(len(self.peers) + 2)) // 2 + 1)
+
+    def refresh_rounds(self) -> int:
+        """Rounds between our unchanged loads: every node's load is forwarded by every node in
+        `relay_rounds` rounds, so N * relay_rounds / refresh loads are due per round; keep that
+        within one batch."""
+        return max(1, math.ceil((len(self.peers) + 1) * self._relay_rounds() / max(1, self.settings.max_batch)))
+
+    def slack(self) -> float:
+        """What suspect_after and dead_after grow by: the heartbeat period beyond one round, and the
+        dissemination rounds beyond log2(16) = 4."""
+        extra_hops = max(0, math.ceil(math.log2(len(self.peers) + 1)) - 4)
+        return (self.refresh_rounds() - 1 + extra_hops) * self.settings.interval
+
+    @property
+    def suspect_after(self) -> float:
+        return self.settings.suspect_after + self.slack()
+
+    @property
+    def dead_after(self) -> float:
+        return self.settings.dead_after + self.slack()
+
+
+def material_change(old: Load | None, new: Load) -> bool:
+    """Worth a fresh signed load before the next heartbeat: slots, queue, labels, address, audit
+    head or GPUs changed, cpu moved 10 points, available memory 10% of the total."""
+    if old is None:
+        return True
+    if (old.slots, old.slots_free, old.running, old.queued, old.name, old.address, old.labels, old.audit_head,
+            len(old.gpus)) != (new.slots, new.slots_free, new.running, new.queued, new.name, new.address,
+                               new.labels, new.audit_head, len(new.gpus)):
+        return True
+    if abs(new.cpu_percent - old.cpu_percent) >= 10 or abs(new.mem_available - old.mem_available) > new.mem_total / 10:
+        return True
+    return any(abs(a.mem_free - b.mem_free) > b.mem_total / 10 or abs(a.util_percent - b.util_percent) >= 10
+               for a, b in zip(old.gpus, new.gpus))

@@ -388,11 +388,31 @@ class AuditProof:
             raise ValueError("a proof is at most 128 hashes of 32 bytes")
 
 
+MAX_GOSSIP_FRAMES = 256        # relayed frames in one gossip batch
+MAX_GOSSIP_BYTES = 1 << 20     # their total size
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """A batch of relayed load signals: each entry is another node's original signed `load` frame.
+
+    The batch's own signature proves only who relayed it (and that the relayer is alive); the
+    receiver's driver verifies every entry on its own, against its origin's key, as if it had
+    arrived alone (and drops any entry that is not a `load`)."""
+
+    TYPE: ClassVar[str] = "gossip"
+    frames: list[bytes]
+
+    def __post_init__(self):
+        if len(self.frames) > MAX_GOSSIP_FRAMES or sum(len(f) for f in self.frames) > MAX_GOSSIP_BYTES:
+            raise ValueError(f"a gossip batch is at most {MAX_GOSSIP_FRAMES} frames of {MAX_GOSSIP_BYTES} bytes")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result, Ack,
-                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof)
+                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip)
 }
 
 Message = typing.Union[Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result,
-                       Ack, Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof]
+                       Ack, Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip]

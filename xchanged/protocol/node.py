@@ -20,10 +20,11 @@ from .contractor import Contractor, ContractorSettings
 from .effects import Log, Outbox, ProveAudit, Relay, Reply, Send
 from .events import (CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
                      SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired)
-from .manager import QUEUED, Candidate, Manager, ManagerSettings
+from .manager import Candidate, Manager, ManagerSettings
+from .tasks import FINISHED_RETENTION
 from .membership import DEAD, GossipSettings, Membership
 from .messages import (Accept, Ack, AuditProof, AuditProofReq, Award, Bid, Cancel, Cfp, Load, Ping, PingReq, Pong, Progress, Refuse,
-                       Reject, RejectBid, Result)
+                       Reject, RejectBid, Result, Gossip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class NodeSettings:
     award_timeout: float = 2.0
     max_candidates: int = 16
     direct_award: bool = True             # award a lone free candidate we know without a bid round
+    finished_retention: int = FINISHED_RETENTION   # finished tasks the manager keeps in memory (older: the store)
     overload_cpu_percent: float = 90.0
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
@@ -51,7 +53,8 @@ class Node:
         self.manager = Manager(
             ManagerSettings(node_id, settings.bid_window, settings.award_timeout,
                             heartbeat_timeout=max(3 * settings.heartbeat, settings.gossip.dead_after) + 1.0,
-                            max_candidates=settings.max_candidates, direct_award=settings.direct_award),
+                            max_candidates=settings.max_candidates, direct_award=settings.direct_award,
+                            finished_retention=settings.finished_retention),
             self.out, rng, self.lookup)
         self.contractor = Contractor(
             ContractorSettings(node_id, settings.slots, dict(settings.labels), settings.overload_cpu_percent,
@@ -109,7 +112,7 @@ class Node:
         if isinstance(msg, Load):
             is_new, transitions = self.membership.on_load(env, now)
             if is_new:
-                self.manager.free_hint[env.sender] = msg.slots_free
+                self.manager.on_load(env)
             self._apply(transitions, now, wall)
             if is_new and msg.audit_head is not None:
                 self._on_audit_head(env, msg, now, wall)
@@ -166,11 +169,12 @@ class Node:
             self.out.emit(Send, targets=(target,), message=message)
         if now >= m.next_round:
             m.next_round = now + self.settings.gossip.interval
-            targets = m.gossip_targets()
+            load = self.load_signal()
+            targets = m.gossip_targets(live_too=m.own_load_due(load))
             if targets:
-                self.out.emit(Send, targets=tuple(targets), message=self.load_signal())
-            for relay_targets, frame in m.relays():
-                self.out.emit(Relay, targets=tuple(relay_targets), frames=(frame,))
+                self.out.emit(Send, targets=tuple(targets), message=load)
+            for relay_targets, frames in m.relays():        # one batch of original signed frames
+                self.out.emit(Send, targets=tuple(relay_targets), message=Gossip(frames=frames))
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
 
@@ -222,7 +226,7 @@ class Node:
         stats["completed"] = self.contractor.completed
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
                     slots_free=self.contractor.offer_slots, running=len(self.contractor.running),
-                    queued=sum(1 for t in self.manager.tasks.values() if t.state == QUEUED) if count_queued else 0,
+                    queued=self.manager.queued() if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)

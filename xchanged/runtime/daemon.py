@@ -50,6 +50,7 @@ from .transport import ControlError, ControlServer, PeerTransport
 log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0
 MAX_INPUTS = 100_000
+MAX_BATCH = 256          # inputs handled per group commit
 
 
 class DaemonError(Exception):
@@ -222,16 +223,14 @@ class Daemon:
                 get = asyncio.ensure_future(self.inputs.get())
                 done, _ = await asyncio.wait({get, stop_wait}, timeout=min(timeout, 3600.0),
                                              return_when=asyncio.FIRST_COMPLETED)
+                batch = []
                 if get in done:
-                    self._handle(get.result())
-                    while not self.inputs.empty():
-                        self._handle(self.inputs.get_nowait())
-                        if time.monotonic() >= self.node.next_deadline():
-                            self._handle(TimerFired())
+                    batch.append(get.result())
+                    while len(batch) < MAX_BATCH and not self.inputs.empty():
+                        batch.append(self.inputs.get_nowait())
                 else:
                     get.cancel()
-                if time.monotonic() >= self.node.next_deadline():
-                    self._handle(TimerFired())
+                self._handle_batch(batch)
         finally:
             stop_wait.cancel()
 
@@ -248,7 +247,9 @@ class Daemon:
             frame = await self.transport.receive()
             self._accept_frame(frame)
 
-    def _accept_frame(self, frame: bytes) -> None:
+    def _accept_frame(self, frame: bytes, batched: bool = False) -> None:
+        """Check one peer frame. A `gossip` batch proves its relayer alive; then each frame in it
+        (another node's signed load) is checked on its own, exactly as if it had come alone."""
         if self.duplicates.seen_before(frame):
             self.duplicate_frames += 1
             return
@@ -256,6 +257,8 @@ class Daemon:
             env = codec.decode(frame, self.trust)
             if env.type == "load":
                 self.guard.check_fresh(env, wall_ms())
+            elif batched:
+                raise codec.DecodeError(codec.INVALID_BODY, f"{env.type} in a gossip batch")
             else:
                 self.guard.check(env, wall_ms())
         except codec.DecodeError as exc:
@@ -263,6 +266,9 @@ class Daemon:
             log.debug("dropped frame: %s", exc)
             return
         self._put(MessageReceived(env))
+        if env.type == "gossip":
+            for inner in env.message.frames:
+                self._accept_frame(inner, batched=True)
 
     async def _read_resources(self) -> None:
         while True:
@@ -272,57 +278,70 @@ class Daemon:
     # -- the core and its effects ---------------------------------------------------------------
 
     def _handle(self, event: Any) -> None:
-        effects = self.node.handle(event, Instant(time.monotonic(), wall_ms()))
-        finished: list[dict] = []
-        for effect in effects:
+        self._handle_batch([event])
+
+    def _handle_batch(self, events: list) -> None:
+        """Feed a batch of inputs to the core, then make every write durable with one commit and one
+        audit fsync (group commit), and only then carry out what depends on them: messages, replies,
+        process starts. Nothing outside this process sees a decision before it is on disk."""
+        staged_finished: list[dict] = []
+        deferred: list = []
+        for event in events:
+            self._feed(event, deferred, staged_finished)
+            if time.monotonic() >= self.node.next_deadline():
+                self._feed(TimerFired(), deferred, staged_finished)
+        if not events and time.monotonic() >= self.node.next_deadline():
+            self._feed(TimerFired(), deferred, staged_finished)
+        self._make_durable()
+        for effect in deferred:
+            self._carry_out(effect)
+        for doc in staged_finished:
+            for future in self._waiters.pop(doc["id"], []):
+                if not future.done():
+                    future.set_result(doc)
+
+    def _feed(self, event: Any, deferred: list, finished: list[dict]) -> None:
+        for effect in self.node.handle(event, Instant(time.monotonic(), wall_ms())):
             if isinstance(effect, PersistTask):
                 self.store.put_task(effect.doc)
                 if effect.doc["state"] in TERMINAL:
                     finished.append(effect.doc)
-                continue
-            if isinstance(effect, PersistAttempt):
+            elif isinstance(effect, PersistAttempt):
                 self.store.put_attempt(effect.doc)
-                continue
-            if isinstance(effect, ForgetAttempt):
+            elif isinstance(effect, ForgetAttempt):
                 self.store.delete_attempt(effect.task_id, effect.attempt)
-                continue
-            if isinstance(effect, StoreOutput):
+            elif isinstance(effect, StoreOutput):
                 self.store.put_output(effect.task_id, effect.attempt, effect.stdout, effect.stderr)
-                continue
-            if isinstance(effect, Audit):
+            elif isinstance(effect, Audit):
                 if self.audit is not None:
                     self.audit.append(effect.entry)
-                continue
-            if isinstance(effect, Log):
+            elif isinstance(effect, Log):
                 log.log(logging.getLevelName(effect.level.upper()), "%s [%s]", effect.text, effect.stimulus_id)
-                continue
-            self._make_durable()
-            if isinstance(effect, Send):
-                frame = self.encoder.encode(effect.message, wall_ms())
-                for peer, address in effect.targets:
+            else:
+                deferred.append(effect)
+
+    def _carry_out(self, effect: Any) -> None:
+        if isinstance(effect, Send):
+            frame = self.encoder.encode(effect.message, wall_ms())
+            for peer, address in effect.targets:
+                self._send(peer, address, frame)
+        elif isinstance(effect, Relay):
+            for peer, address in effect.targets:
+                for frame in effect.frames:
                     self._send(peer, address, frame)
-            elif isinstance(effect, Relay):
-                for peer, address in effect.targets:
-                    for frame in effect.frames:
-                        self._send(peer, address, frame)
-            elif isinstance(effect, StartTask):
-                self.executor.start(effect.task_id, effect.attempt, effect.spec, effect.env)
-            elif isinstance(effect, KillTask):
-                self.executor.kill(effect.task_id, effect.attempt, effect.reason)
-            elif isinstance(effect, ProveAudit):
-                self._send(*effect.target, self.encoder.encode(self._audit_proof(effect), wall_ms()))
-            elif isinstance(effect, Reply):
-                future = self._requests.pop(effect.request_id, None)
-                if future is not None and not future.done():
-                    if effect.ok:
-                        future.set_result(effect.result)
-                    else:
-                        future.set_exception(ControlError(effect.error))
-        self._make_durable()
-        for doc in finished:
-            for future in self._waiters.pop(doc["id"], []):
-                if not future.done():
-                    future.set_result(doc)
+        elif isinstance(effect, StartTask):
+            self.executor.start(effect.task_id, effect.attempt, effect.spec, effect.env)
+        elif isinstance(effect, KillTask):
+            self.executor.kill(effect.task_id, effect.attempt, effect.reason)
+        elif isinstance(effect, ProveAudit):
+            self._send(*effect.target, self.encoder.encode(self._audit_proof(effect), wall_ms()))
+        elif isinstance(effect, Reply):
+            future = self._requests.pop(effect.request_id, None)
+            if future is not None and not future.done():
+                if effect.ok:
+                    future.set_result(effect.result)
+                else:
+                    future.set_exception(ControlError(effect.error))
 
     def _recover_attempts(self) -> list[dict]:
         """The contractor's attempts from before a restart, after killing what is left of their
@@ -381,7 +400,12 @@ class Daemon:
             futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
             return list(await asyncio.gather(*futures))
         if op == "cancel":
-            return await self._request(lambda rid: CancelRequested(rid, str(args.get("id"))))
+            task_id = str(args.get("id"))
+            if task_id not in node.manager.tasks:       # finished long ago, evicted from memory: a no-op
+                doc = self.store.task(task_id)
+                if doc is not None and doc["state"] in TERMINAL:
+                    return doc
+            return await self._request(lambda rid: CancelRequested(rid, task_id))
         if op == "status":
             return self._task_doc(str(args.get("id")))
         if op == "wait":

@@ -22,10 +22,12 @@ from ..protocol.events import (Capacity, Instant, MessageReceived, ResourcesRead
                                StateRecovered)
 from ..protocol.messages import TaskSpec
 from ..protocol.node import Node, NodeSettings
+from ..protocol.tasks import Task
 from ..protocol.replay import DuplicateFilter, ReplayGuard
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 
 WALL_EPOCH_MS = 1_790_000_000_000
+SEEDS = 3                      # a new node is seeded with the first few nodes, as a real cluster is
 
 
 @dataclass
@@ -62,6 +64,7 @@ class SimCluster:
         self._seq = itertools.count()
         self._request = itertools.count(1)
         self.frames_sent = 0
+        self.bytes_sent = 0
         self.completions: list[tuple[str, str, int]] = []     # (node, task, attempt) per exited process
 
     # -- building -------------------------------------------------------------------------------
@@ -82,10 +85,13 @@ class SimCluster:
         cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
                        mem_available=60 << 30, gpus=gpus)
         self.deliver(nid, ResourcesRead(cap))
-        for other in self.nodes.values():
-            if other.address != address:
-                self.deliver(nid, SeedConfigured(other.address))
+        for address in self.seed_addresses(nid):
+            self.deliver(nid, SeedConfigured(address))
         return nid
+
+    def seed_addresses(self, nid: str) -> list[str]:
+        """The first SEEDS nodes other than `nid`: gossip tells it of everyone else."""
+        return [s.address for other, s in self.nodes.items() if other != nid][:SEEDS]
 
     def node(self, name: str) -> SimNode:
         return next(s for s in self.nodes.values() if s.node.settings.name == name)
@@ -148,7 +154,10 @@ class SimCluster:
         self.deliver(self.id_of(name), CancelRequested(next(self._request), task_id))
 
     def task(self, name: str, task_id: str):
-        return self.node(name).node.manager.tasks[task_id]
+        """The manager's task; a finished one it has evicted from memory is read back from its store."""
+        sim = self.node(name)
+        task = sim.node.manager.tasks.get(task_id)
+        return task if task is not None else Task.from_doc(sim.store[task_id])
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -173,9 +182,8 @@ class SimCluster:
         unfinished = [d for d in sim.store.values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
                                             list(sim.attempts.values())))
-        for other in self.nodes.values():
-            if other.address != sim.address:
-                self.deliver(old.id, SeedConfigured(other.address))
+        for address in self.seed_addresses(old.id):
+            self.deliver(old.id, SeedConfigured(address))
 
     def cut_link(self, a: str, b: str) -> None:
         self.cut.add(frozenset((self.id_of(a), self.id_of(b))))
@@ -222,9 +230,12 @@ class SimCluster:
         if dst is None or frozenset((src, dst)) in self.cut:
             return
         self.frames_sent += 1
+        self.bytes_sent += len(frame)
         self._at(self.now + self.latency, lambda: self._receive(dst, frame))
 
-    def _receive(self, dst: str, frame: bytes) -> None:
+    def _receive(self, dst: str, frame: bytes, batched: bool = False) -> None:
+        """As the daemon's _accept_frame: a `gossip` batch proves its relayer alive, then each
+        frame in it is checked on its own (and must be a load)."""
         sim = self.nodes[dst]
         if not sim.up or sim.duplicates.seen_before(frame):
             return
@@ -232,12 +243,17 @@ class SimCluster:
             env = codec.decode(frame, self.trust)
             if env.type == "load":
                 sim.guard.check_fresh(env, self.wall_ms())
+            elif batched:
+                raise codec.DecodeError(codec.INVALID_BODY, f"{env.type} in a gossip batch")
             else:
                 sim.guard.check(env, self.wall_ms())
         except codec.DecodeError as exc:
             self.deliver(dst, FrameDropped(exc.reason))
             return
         self.deliver(dst, MessageReceived(env))
+        if env.type == "gossip":
+            for inner in env.message.frames:
+                self._receive(dst, inner, batched=True)
 
     def _start(self, nid: str, effect: StartTask) -> None:
         sim = self.nodes[nid]
