@@ -228,6 +228,7 @@ class NodeConfig:
     state_dir: Path = DEFAULT_STATE_DIR  #: SQLite store, audit log and task outputs live here
     key_file: Path = DEFAULT_CONFIG_DIR / "node.key"  #: this node's Ed25519 private key
     slots: int = field(default_factory=_cpu_count)  #: how many tasks may run here at once
+    prefetch: int = 1  #: accepted tasks that may wait here for a slot, so a freed slot restarts at once
     labels: dict[str, str] = field(default_factory=dict)  #: capabilities tasks can require (--label K=V)
 
 
@@ -314,7 +315,7 @@ class Config:
 # Validation.  _KEYS is the schema: sections and their keys, in the order they are checked.
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "node": ("name", "state_dir", "key_file", "slots", "labels"),
+    "node": ("name", "state_dir", "key_file", "slots", "prefetch", "labels"),
     "network": ("listen", "advertise", "control", "mdns", "seeds"),
     "trust": ("authorized_keys",),
     "gossip": ("interval", "fanout", "suspect_after", "dead_after", "probe_k"),
@@ -441,6 +442,7 @@ def _node(s: _Section, default_key_file: Path) -> NodeConfig:
     state_dir = s.path("state_dir", DEFAULT_STATE_DIR)
     key_file = s.path("key_file", default_key_file)
     slots = s.integer("slots", _cpu_count(), minimum=1)
+    prefetch = s.integer("prefetch", 1, minimum=0)
     table = s.raw("labels", "a table like { zone = \"lab-2\" }", (dict,))
     labels: dict[str, str] = {}
     if table is not _MISSING:
@@ -459,7 +461,8 @@ def _node(s: _Section, default_key_file: Path) -> NodeConfig:
             if not _LABEL_RE.fullmatch(v):
                 raise s.error(where, f"label values use 1 to {MAX_LABEL_LEN} of A-Z a-z 0-9 _ . -")
             labels[k] = v
-    return NodeConfig(name=name, state_dir=state_dir, key_file=key_file, slots=slots, labels=labels)
+    return NodeConfig(name=name, state_dir=state_dir, key_file=key_file, slots=slots, prefetch=prefetch,
+                      labels=labels)
 
 
 def _network(s: _Section) -> NetworkConfig:
@@ -660,6 +663,7 @@ name = {q(name)}
 state_dir = {q(str(DEFAULT_STATE_DIR))}   # SQLite store, audit log, task outputs
 key_file = {q(str(directory / "node.key"))}   # this node's private key (mode 0600)
 # slots = {_cpu_count()}   # concurrent tasks; default: the CPU count of the host
+prefetch = 1             # accepted tasks that may wait for a slot here (0: none), hiding award latency
 labels = {{}}   # capabilities tasks can require, e.g. {{ zone = "lab-2", cuda = "12" }}
 
 [network]

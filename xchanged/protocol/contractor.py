@@ -3,6 +3,12 @@
 Rules:
 - A `cfp` is answered with a `bid` only if the task fits now, counting running attempts AND bids
   still outstanding (each bid reserves its room until the award, a `reject_bid`, or `reservation_ttl`).
+- Prefetch: when every slot is taken, a node may still accept up to `prefetch` tasks into a local FIFO
+  queue, but only for a manager that says its own queue is deep (`queue_ok` on the cfp or award).
+  A queued attempt is accepted (`accept.queued` = its position) and started the moment a slot frees
+  and its resources fit, hiding the award round trip from the slot's idle time. Resources (CPUs,
+  memory, GPUs) of a queued task are checked against the node's total at admission and against what
+  is free when it starts; its GPUs are chosen then. At start a `progress` with the pid is sent at once.
   Otherwise a `refuse` says why, with a stable code: not_allowed, label, no_slots, overloaded, cpus,
   mem, gpus, gpu_mem.
 - An `award` consumes the reservation (or re-checks admission when it expired) and is answered with
@@ -35,6 +41,7 @@ from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements,
 
 RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
 LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
+UNKNOWN_RUNTIME_MS = 1000.0     # run time assumed for a command never seen here
 RUNTIME_HISTORY = 256           # commands whose mean run time a contractor remembers (for bid estimates)
 
 
@@ -47,6 +54,7 @@ class ContractorSettings:
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
     reservation_ttl: float = 5.0
+    prefetch: int = 0
 
 
 @dataclass(slots=True)
@@ -65,6 +73,7 @@ class Claim:
     next_heartbeat: float = 0.0
     manager_address: str = ""       # where the manager was when it awarded (used if we forget it)
     pid_start: float = 0.0
+    queued: bool = False            # accepted, waiting in the local queue for a slot
 
 
 @dataclass(slots=True)
@@ -83,7 +92,8 @@ class Contractor:
         self.lookup = lookup                          # peer id -> (address, name)
         self.capacity = Capacity(cpus=settings.slots, cpu_percent=0.0, mem_total=0, mem_available=0)
         self.reserved: dict[tuple[str, str], Claim] = {}      # (manager, task_id) -> reservation
-        self.running: dict[tuple[str, int], Claim] = {}       # (task_id, attempt) -> running attempt
+        self.running: dict[tuple[str, int], Claim] = {}       # (task_id, attempt) -> accepted attempt
+        self.waiting: list[tuple[str, int]] = []              # accepted attempts queued for a slot, FIFO
         self.pending: dict[tuple[str, int], PendingResult] = {}
         self.completed = 0
         self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
@@ -93,6 +103,16 @@ class Contractor:
     @property
     def slots_free(self) -> int:
         return max(0, self.settings.slots - len(self.running) - len(self.reserved))
+
+    @property
+    def queue_free(self) -> int:
+        """Room left in the local queue (beyond the free slots)."""
+        s = self.settings
+        return max(0, s.slots + s.prefetch - len(self.running) - len(self.reserved)) - self.slots_free
+
+    @property
+    def started(self) -> int:
+        return len(self.running) - len(self.waiting)
 
     @property
     def overloaded(self) -> bool:
@@ -108,6 +128,10 @@ class Contractor:
         """Slots this node offers to managers now: none while its CPU or memory is overloaded."""
         return 0 if self.overloaded or self.memory_short else self.slots_free
 
+    @property
+    def offer_queue(self) -> int:
+        return 0 if self.overloaded or self.memory_short else self.queue_free
+
     def estimate_ms(self, cfp: Cfp) -> int | None:
         """How long we expect the task to run here: the submitter's estimate, else our history."""
         if cfp.est_runtime_ms is not None:
@@ -118,8 +142,8 @@ class Contractor:
     def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
 
-    def refusal(self, req: Requirements, command: str, exclude: tuple[str, str] | None = None
-                ) -> tuple[str, str, tuple[int, ...]]:
+    def refusal(self, req: Requirements, command: str, exclude: tuple[str, str] | None = None,
+                queue_ok: bool = False) -> tuple[str, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s, cap = self.settings, self.capacity
         if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
@@ -129,7 +153,14 @@ class Contractor:
                 return "label", f"label {key}={value} missing", ()
         claims = self._claims(exclude)
         if len(claims) >= s.slots:
-            return "no_slots", f"all {s.slots} slots busy", ()
+            if not queue_ok or len(claims) >= s.slots + s.prefetch:
+                return "no_slots", f"all {s.slots} slots busy", ()
+            return self._queue_refusal(req)
+        return self._fits_now(req, [c for c in claims if not c.queued])
+
+    def _fits_now(self, req: Requirements, claims: list[Claim]) -> tuple[str, str, tuple[int, ...]]:
+        """Resource admission against what `claims` (started attempts and slot reservations) hold."""
+        s, cap = self.settings, self.capacity
         if self.overloaded:
             return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
         cpus = max(cap.cpus, s.slots)
@@ -154,24 +185,59 @@ class Contractor:
             gpus = tuple(usable[: req.gpus])
         return "", "", gpus
 
+    def _queue_refusal(self, req: Requirements) -> tuple[str, str, tuple[int, ...]]:
+        """Admission to the local queue: the task must fit the node as a whole; GPUs are chosen at start."""
+        s, cap = self.settings, self.capacity
+        if self.overloaded:
+            return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
+        if req.cpus > max(cap.cpus, s.slots):
+            return "cpus", f"has {max(cap.cpus, s.slots)} CPUs, task needs {req.cpus:g}", ()
+        if req.mem > cap.mem_total:
+            return "mem", "not enough memory in total", ()
+        if req.gpus > sum(1 for g in cap.gpus if g.mem_total >= req.gpu_mem):
+            return "gpus", f"has too few GPUs for {req.gpus}", ()
+        return "", "", ()
+
+    def _start_queued(self, now: float) -> None:
+        """Start queued attempts, in order, while slots are free and the head of the queue fits."""
+        while self.waiting and self.started < self.settings.slots:
+            key = self.waiting[0]
+            claim = self.running[key]
+            holding = [c for c in self._claims() if not c.queued]
+            code, _, gpus = self._fits_now(claim.req, holding)
+            if code:
+                return                        # head of the queue waits for more room (FIFO)
+            self.waiting.pop(0)
+            claim.queued, claim.gpus = False, gpus
+            claim.started, claim.next_heartbeat = now, now + self.settings.heartbeat
+            self._start(claim)
+
     # -- messages -------------------------------------------------------------------------------
 
     def on_cfp(self, env: Envelope, now: float) -> None:
         cfp: Cfp = env.message
         key = (env.sender, cfp.task_id)
-        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, exclude=key)
+        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, exclude=key, queue_ok=cfp.queue_ok)
         if code:
             self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
             return
+        queued = len(self._claims(exclude=key)) >= self.settings.slots
         self.reserved[key] = Claim(cfp.task_id, cfp.attempt, env.sender, cfp.requirements, gpus,
-                                   expires=now + self.settings.reservation_ttl)
+                                   expires=now + self.settings.reservation_ttl, queued=queued)
         cap = self.capacity
         self._send(env.sender, Bid(cfp.task_id, cfp.attempt, slots=self.settings.slots,
                                    slots_free=self.slots_free, cpu_percent=cap.cpu_percent,
                                    mem_available=cap.mem_available, queue_len=len(self.running),
                                    affinity=sum(1 for k, v in cfp.requirements.prefer.items()
                                                 if self.settings.labels.get(k) == v),
-                                   est_runtime_ms=self.estimate_ms(cfp)))
+                                   est_runtime_ms=self.estimate_ms(cfp), queued=queued,
+                                   est_start_ms=self._until_a_slot_frees(now) if queued else 0))
+
+    def _until_a_slot_frees(self, now: float) -> int:
+        """Expected ms until the first running attempt ends, from the run times seen here."""
+        left = [self.runtime_ewma.get(c.spec.argv[0], UNKNOWN_RUNTIME_MS) - (now - c.started) * 1000
+                for c in self.running.values() if not c.queued and c.spec is not None]
+        return int(max(0.0, min(left, default=0.0)))
 
     def on_reject_bid(self, env: Envelope) -> None:
         key = (env.sender, env.message.task_id)
@@ -192,36 +258,48 @@ class Contractor:
             self._send(env.sender, done.result, done.manager_address)
             return
         key = (env.sender, award.task_id)
-        claim = self.reserved.pop(key, None)
-        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0])
-        if code and claim is not None and code in ("no_slots", "cpus", "mem", "gpus", "gpu_mem", "overloaded"):
-            code, gpus = "", claim.gpus        # the reservation already holds the room
+        reservation = self.reserved.pop(key, None)
+        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], queue_ok=award.queue_ok)
+        if code and reservation is not None and code in ("no_slots", "cpus", "mem", "gpus", "gpu_mem", "overloaded"):
+            code, gpus = "", reservation.gpus   # the reservation already holds the room
         if code:
             self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
             return
-        claim = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, gpus,
+        must_wait = bool(self.waiting) or self.started >= self.settings.slots
+        claim = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, () if must_wait else gpus,
                       spec=award.spec, started=now, next_heartbeat=now + self.settings.heartbeat,
-                      manager_address=self.lookup(env.sender)[0])
+                      manager_address=self.lookup(env.sender)[0], queued=must_wait)
         self.running[run_key] = claim
         self._persist_running(claim)
         self.out.emit(Audit, entry={"event": "award", "task": award.task_id, "attempt": award.attempt,
                                     "manager": env.sender, "contractor": self.settings.self_id,
                                     "score": award.score, "time_ms": wall_ms, "message": env.raw})
-        self._send(env.sender, Accept(award.task_id, award.attempt))
-        extra_env = {"XCHANGED_TASK_ID": award.task_id, "XCHANGED_ATTEMPT": str(award.attempt),
-                     "XCHANGED_NODE": self.settings.self_id}
-        if award.spec.requirements.gpus:
-            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
-        self.out.emit(StartTask, task_id=award.task_id, attempt=award.attempt, spec=award.spec, env=extra_env)
+        if must_wait:
+            self.waiting.append(run_key)
+            self._send(env.sender, Accept(award.task_id, award.attempt, queued=len(self.waiting)))
+        else:
+            self._send(env.sender, Accept(award.task_id, award.attempt))
+            self._start(claim)
 
-    def on_cancel(self, env: Envelope) -> None:
+    def _start(self, claim: Claim) -> None:
+        extra_env = {"XCHANGED_TASK_ID": claim.task_id, "XCHANGED_ATTEMPT": str(claim.attempt),
+                     "XCHANGED_NODE": self.settings.self_id}
+        if claim.req.gpus:
+            extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in claim.gpus)
+        self.out.emit(StartTask, task_id=claim.task_id, attempt=claim.attempt, spec=claim.spec, env=extra_env)
+
+    def on_cancel(self, env: Envelope, now: float) -> None:
         msg = env.message
         claim = self.reserved.get((env.sender, msg.task_id))
         if claim is not None:
             del self.reserved[(env.sender, msg.task_id)]
         running = self.running.get((msg.task_id, msg.attempt))
         if running is not None and running.manager == env.sender:
-            self.out.emit(KillTask, task_id=msg.task_id, attempt=msg.attempt, reason=msg.reason)
+            if running.queued:               # never started: nothing to kill, report it cancelled
+                self.waiting.remove((msg.task_id, msg.attempt))
+                self.on_exited(TaskExited(msg.task_id, msg.attempt, "cancelled", None, 0, reason=msg.reason), now)
+            else:
+                self.out.emit(KillTask, task_id=msg.task_id, attempt=msg.attempt, reason=msg.reason)
 
     def on_ack(self, env: Envelope) -> None:
         key = (env.message.task_id, env.message.attempt)
@@ -237,6 +315,8 @@ class Contractor:
         if claim is not None:
             claim.pid, claim.pid_start = pid, pid_start
             self._persist_running(claim)
+            # the manager learns the real start now (it may have been queued here): tell it at once
+            self._send(claim.manager, Progress(task_id, attempt, 0, pid), claim.manager_address)
 
     def on_exited(self, ev: TaskExited, now: float) -> None:
         claim = self.running.pop((ev.task_id, ev.attempt), None)
@@ -249,8 +329,11 @@ class Contractor:
                 self.runtime_ewma.pop(next(iter(self.runtime_ewma)))
             old = self.runtime_ewma.get(command, float(ev.runtime_ms))
             self.runtime_ewma[command] = 0.8 * old + 0.2 * ev.runtime_ms
+        started_before = self.started
+        if not claim.queued:
+            self._start_queued(now)             # the freed slot goes to the head of our queue first
         result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
-                        ev.stdout, ev.stderr, claim.pid)
+                        ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before)
         pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
                                 claim.manager_address)
         self.pending[(ev.task_id, ev.attempt)] = pending

@@ -84,6 +84,7 @@ class Candidate:
     free: int
     labels: dict[str, str]
     load: Any                   # the Load message (for fit checks)
+    queue: int = 0              # room in its local queue: used only while our own queue is deep
 
 
 class Manager:
@@ -98,6 +99,7 @@ class Manager:
         self.records: dict[str, policy.ContractorRecord] = {}
         self.free_hint: dict[str, int] = {}           # peer -> slots we believe free
         self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
+        self.queue_ok = False                          # our queue is deep: contractors may queue our tasks
         self.bid_first: set[str] = set()               # tasks whose direct award was rejected: cfp from now on
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
@@ -165,7 +167,7 @@ class Manager:
             self._send(env.sender, RejectBid(bid.task_id, bid.attempt, "bid window closed"))
             return
         rnd.bids[env.sender] = env
-        self.free_hint[env.sender] = bid.slots_free + 1
+        self.free_hint[env.sender] = bid.slots_free + (0 if bid.queued else 1)
         if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
             self._close_round(task, now, wall_ms)
 
@@ -187,18 +189,18 @@ class Manager:
         if att is None:
             self._send(env.sender, Cancel(acc.task_id, acc.attempt, "attempt superseded"))
             return
-        self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
+        if not acc.queued:                      # a queued attempt takes its slot when it starts
+            self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
         if att.state != "awarded":
             return
-        att.state, att.started = "running", wall_ms
-        task.state, task.reason = RUNNING, ""
         task.award_deadline = None
         task.last_heard = now
-        if task.spec.timeout:
-            task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
         self._arm(task, now + self.settings.heartbeat_timeout)
-        if task.run_deadline:
-            self._arm(task, task.run_deadline)
+        if acc.queued:
+            att.state = "waiting"
+            task.reason = f"accepted by {att.node_name or att.node}, queued there for a slot (position {acc.queued})"
+        else:
+            self._started(task, att, now, wall_ms)
         self._release_standby(task, "another bid was accepted")
         self.out.emit(Audit, entry={"event": "accept", "task": task.id, "attempt": att.attempt,
                                     "manager": self.settings.self_id, "contractor": env.sender,
@@ -224,16 +226,25 @@ class Manager:
             self._send(env.sender, Cancel(prog.task_id, prog.attempt, "attempt superseded"))
             return
         task.last_heard = now
-        self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
+        if prog.pid is not None:                # running: it holds a slot (queued ones do not yet)
+            self.ledger.confirmed(env.sender, task.id, att.attempt, (env.incarnation, env.seq))
         self._arm(task, now + self.settings.heartbeat_timeout)
         if att.state == "awarded":              # its accept was lost (say, we restarted): re-attach
-            att.state, att.started = "running", att.started or wall_ms
-            task.state, task.reason, task.award_deadline = RUNNING, "", None
-            if task.spec.timeout:
-                task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
-                self._arm(task, task.run_deadline)
+            task.award_deadline = None
+            att.state = "waiting"
             self._release_standby(task, "another bid was accepted")
+            if prog.pid is None:
+                self._persist(task)
+        if att.state == "waiting" and prog.pid is not None:      # it started (maybe after a queue)
+            self._started(task, att, now, wall_ms, elapsed=prog.elapsed_ms / 1000)
             self._persist(task)
+
+    def _started(self, task: Task, att: Attempt, now: float, wall_ms: int, elapsed: float = 0.0) -> None:
+        att.state, att.started = "running", att.started or wall_ms - int(elapsed * 1000)
+        task.state, task.reason = RUNNING, ""
+        if task.spec.timeout:
+            task.run_deadline = now - elapsed + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
+            self._arm(task, task.run_deadline)
 
     def on_result(self, env: Envelope, now: float, wall_ms: int) -> None:
         res: Result = env.message
@@ -242,8 +253,8 @@ class Manager:
         task = self.tasks.get(res.task_id)
         if task is None:                        # unknown, or finished and evicted: acked, nothing else
             return
-        hint = self.free_hint.get(env.sender, 0)
-        self.free_hint[env.sender] = hint + 1
+        if not res.slot_refilled:
+            self.free_hint[env.sender] = self.free_hint.get(env.sender, 0) + 1
         att = next((a for a in task.attempts if a.attempt == res.attempt and a.node == env.sender), None)
         if att is None:
             return
@@ -354,10 +365,11 @@ class Manager:
             if task.state == ASSIGNED and task.award_deadline is not None and task.attempts \
                     and task.attempts[-1].node == self_id:
                 units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
-        if sum(u for u in units.values() if u > 0) <= 0:
-            return
         waiting = [t for t in self.index.active.values()
                    if t.state == QUEUED and t.round is None and t.not_before <= now]
+        self.queue_ok = self._use_queues(candidates, units, len(waiting))
+        if sum(u for u in units.values() if u > 0) <= 0:
+            return
         waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
         for task in waiting:
             fitting, reasons = [], Counter()
@@ -393,6 +405,22 @@ class Manager:
             if sum(u for u in units.values() if u > 0) <= 0:
                 break
 
+    def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: int) -> bool:
+        """Offer contractors' local queues (prefetch) only while more tasks wait than slots are free:
+        then a queued task starts the moment a slot frees. At the tail of a workload, queueing a task
+        behind a busy node while another idles would lengthen it, so free slots alone are used."""
+        if waiting <= sum(u for u in units.values() if u > 0):
+            return False
+        held = Counter(t.current.node for t in self.index.active.values()
+                       if t.current is not None and t.current.state in ("awarded", "waiting"))
+        used = False
+        for c in candidates:
+            room = c.queue - held[c.id]
+            if room > 0:
+                units[c.id] = units.get(c.id, 0) + room
+                used = True
+        return used
+
     # -- internals ------------------------------------------------------------------------------
 
     def _announce(self, task: Task, chosen: list[Candidate], now: float, wall_ms: int) -> None:
@@ -401,6 +429,7 @@ class Manager:
         spec = task.spec
         deadline_in = spec.deadline_ms - wall_ms if spec.deadline_ms is not None else None
         cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
+                  queue_ok=self.queue_ok,
                   command=spec.argv[0], est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
                   deadline_in_ms=deadline_in)
         self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
@@ -486,7 +515,8 @@ class Manager:
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
         self.free_hint[peer] = max(0, self.free_hint.get(peer, 1) - 1)
-        self.ledger.awarded(peer, task.id, attempt, (bid_env.incarnation, bid_env.seq) if bid_env else None)
+        slot_bid = bid_env is not None and not bid_env.message.queued     # a queued bid holds no slot yet
+        self.ledger.awarded(peer, task.id, attempt, (bid_env.incarnation, bid_env.seq) if slot_bid else None)
         task.attempts.append(Attempt(attempt, peer, self.lookup(peer)[1], "awarded", score, awarded=wall_ms,
                                      estimate_ms=bid_env.message.est_runtime_ms if bid_env else None))
         task.state, task.reason, task.backoff = ASSIGNED, "", 0.0
@@ -498,7 +528,7 @@ class Manager:
         entry.update({"message": bid_env.raw} if bid_env is not None else {"direct": True})
         self.out.emit(Audit, entry=entry)
         self._persist(task)
-        self._send(peer, Award(task.id, attempt, task.spec, score))
+        self._send(peer, Award(task.id, attempt, task.spec, score, queue_ok=self.queue_ok))
         self.stats["awards"] += 1
 
     def _release_standby(self, task: Task, reason: str) -> None:

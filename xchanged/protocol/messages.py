@@ -210,6 +210,7 @@ class Load:
     labels: dict[str, str] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     audit_head: dict[str, Any] | None = None
+    queue_free: int = 0               # room in the local queue of accepted tasks waiting for a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,7 @@ class Cfp:
     requirements: Requirements
     priority: int
     bid_window_ms: int
+    queue_ok: bool = False            # the manager's queue is deep: a full node may bid to queue it
     command: str = ""                 # argv[0], so a node that may not run it refuses at once
     est_runtime_ms: int | None = None
     deadline_in_ms: int | None = None
@@ -243,6 +245,7 @@ class Bid:
     affinity: int = 0                 # how many `prefer` labels match
     speed: float = 1.0                # relative speed (1.0 = reference machine)
     est_runtime_ms: int | None = None # the bidder's estimate of the run time (checked against the result)
+    queued: bool = False              # no slot is free: the task would wait in the bidder's local queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,7 @@ class Award:
     attempt: int
     spec: TaskSpec
     score: float = 0.0
+    queue_ok: bool = False            # the contractor may queue it behind its running tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +282,7 @@ class Accept:
     TYPE: ClassVar[str] = "accept"
     task_id: str
     attempt: int
+    queued: int = 0                   # 0: starting now; n: n-th in the contractor's local queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +319,7 @@ class Result:
     stdout: bytes = b""
     stderr: bytes = b""
     pid: int | None = None
+    slot_refilled: bool = False       # the freed slot went at once to an attempt queued on this node
 
 
 @dataclass(frozen=True, slots=True)

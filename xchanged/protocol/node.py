@@ -42,6 +42,7 @@ class NodeSettings:
     overload_cpu_percent: float = 90.0
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
+    prefetch: int = 0                     # accepted tasks that may wait locally for a slot
 
 
 class Node:
@@ -59,7 +60,8 @@ class Node:
         self.contractor = Contractor(
             ContractorSettings(node_id, settings.slots, dict(settings.labels), settings.overload_cpu_percent,
                                tuple(settings.allow), settings.heartbeat,
-                               reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0),
+                               reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0,
+                               prefetch=settings.prefetch),
             self.out, self.lookup)
         self.drops: Counter[str] = Counter()
         self.audit_head: dict | None = None       # our latest signed audit head, set by the driver
@@ -125,7 +127,7 @@ class Node:
         elif isinstance(msg, RejectBid):
             self.contractor.on_reject_bid(env)
         elif isinstance(msg, Cancel):
-            self.contractor.on_cancel(env)
+            self.contractor.on_cancel(env, now)
         elif isinstance(msg, Ack):
             self.contractor.on_ack(env)
         elif isinstance(msg, Bid):
@@ -225,7 +227,8 @@ class Node:
         stats = {k: int(v) for k, v in self.manager.stats.items()}
         stats["completed"] = self.contractor.completed
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
-                    slots_free=self.contractor.offer_slots, running=len(self.contractor.running),
+                    slots_free=self.contractor.offer_slots, running=self.contractor.started,
+                    queue_free=self.contractor.offer_queue,
                     queued=self.manager.queued() if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
@@ -233,9 +236,11 @@ class Node:
 
     def candidates(self) -> list[Candidate]:
         own = self.load_signal(count_queued=False)        # called on every event: skip the O(tasks) count
-        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own)]
+        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
+                         queue=own.queue_free)]
         for peer in self.membership.healthy():
             load = peer.load
             free = self.manager.free_hint.get(peer.id, load.slots_free)
-            out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load))
+            out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
+                                 queue=load.queue_free))
         return out

@@ -27,6 +27,7 @@ from .messages import Refuse, TaskSpec, from_body, priority_level, to_body
 QUEUED, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "assigned", "running", "succeeded", "failed", "cancelled")
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+LIVE_ATTEMPT = ("awarded", "waiting", "running")   # awarded: no answer yet; waiting: queued on its node
 AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
 FINISHED_RETENTION = 1000       # finished tasks kept in memory (older ones live only in the store)
 
@@ -95,7 +96,7 @@ class Task:
 
     @property
     def current(self) -> Attempt | None:
-        return self.attempts[-1] if self.attempts and self.attempts[-1].state in ("awarded", "running") else None
+        return self.attempts[-1] if self.attempts and self.attempts[-1].state in LIVE_ATTEMPT else None
 
     def new_attempt(self) -> int:
         """A fresh conversation number for a round or an award, never reused (fencing)."""

@@ -159,7 +159,7 @@ class Daemon:
             name=c.node.name, address=self.address, slots=c.node.slots, labels=dict(c.node.labels),
             gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
             max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
-            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat)
+            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch)
         return Node(self.id, settings, random.Random(os.urandom(16)))
 
     async def run(self) -> None:

@@ -5,8 +5,10 @@ everything it started: SIGTERM to the group, SIGKILL after `kill_grace`. Output 
 stream up to `max_output` bytes, keeping the tail (the end of a log says why it failed).
 
 Orphans: because each attempt has its own session, a daemon killed with SIGKILL would leave its
-commands running. On Linux each command is therefore started with PR_SET_PDEATHSIG=SIGKILL, so it
-dies with the daemon; what it started itself (in its process group) is killed at the next start of
+commands running. On Linux each command is therefore started through util-linux's
+`setpriv --pdeathsig KILL` (which sets PR_SET_PDEATHSIG, kept across its exec of the command), so it
+dies with the daemon. Not a Python `preexec_fn`: that forces a slow fork of the whole daemon (about
+5 ms per task here) and is unsafe in a process with threads (the metrics server, NVML readings); what it started itself (in its process group) is killed at the next start of
 the daemon (`kill_orphans`: by the pid and start time recorded with the attempt, and by the
 XCHANGED_NODE variable every attempt's processes inherit). The restarted contractor then reports
 such attempts to their managers as lost.
@@ -21,8 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import ctypes
-import ctypes.util
+import shutil
 import sys
 
 import psutil
@@ -30,20 +31,13 @@ import psutil
 from ..protocol.events import TaskExited, TaskStarted
 from ..protocol.messages import TaskSpec
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if sys.platform == "linux" else None
+def _death_signal_launcher() -> list[str]:
+    """argv prefix that makes the command die with the daemon, where the system has one."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
-def _die_with_parent(parent: int):
-    """preexec_fn: SIGKILL this child when the daemon dies (Linux); exit if it already has."""
-    if _libc is None:
-        return None
-
-    def preexec() -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(137)
-    return preexec
+DIE_WITH_DAEMON = _death_signal_launcher()
 
 
 def process_start_time(pid: int) -> float:
@@ -149,10 +143,19 @@ class Executor:
         env = {**os.environ, **spec.env, **extra_env}
         started = time.monotonic()
         try:
+            if spec.cwd and not os.path.isdir(spec.cwd):
+                raise FileNotFoundError(f"working directory {spec.cwd!r} does not exist")
+            # checked here because the launcher, not us, would otherwise be the one failing to exec it
+            command = spec.argv[0]
+            if "/" not in command and not shutil.which(command, path=env.get("PATH")):
+                raise FileNotFoundError(f"command {command!r} not found on PATH")
+            if "/" in command and not os.path.isfile(os.path.join(spec.cwd or "", command)):
+                raise FileNotFoundError(f"no such file: {command!r}")
+            if "/" in command and not os.access(os.path.join(spec.cwd or "", command), os.X_OK):
+                raise PermissionError(f"not executable: {command!r}")
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv, cwd=spec.cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()))
+                *DIE_WITH_DAEMON, *spec.argv, cwd=spec.cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except (OSError, ValueError) as exc:
             self.runs.pop(key, None)
             self.emit(TaskExited(task_id, attempt, "error", 127 if isinstance(exc, FileNotFoundError) else 126,
