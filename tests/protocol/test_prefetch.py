@@ -1,0 +1,83 @@
+"""Prefetch: a full contractor may queue a few accepted tasks, only while the manager's queue is deep."""
+
+from collections import Counter
+
+from xchanged.protocol.messages import TaskSpec
+from xchanged.sim.cluster import SimCluster
+
+
+def cluster(prefetch=1, slots=(1, 2), seed=5):
+    c = SimCluster(seed=seed, latency=0.002)
+    for i, n in enumerate(slots):
+        c.add_node(f"n{i}", slots=n, prefetch=prefetch)
+    c.run_for(2.0)
+    return c
+
+
+def running_and_queued(c):
+    return {s.node.settings.name: (s.node.contractor.started, len(s.node.contractor.waiting))
+            for s in c.nodes.values()}
+
+
+def test_a_deep_queue_fills_local_queues_but_never_more_than_slots_run():
+    c = cluster(prefetch=1, slots=(1, 2))
+    ids = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(10)]
+    seen_queued, worst = 0, Counter()
+    def check():
+        nonlocal seen_queued
+        for name, (started, queued) in running_and_queued(c).items():
+            slots = c.node(name).node.settings.slots
+            assert started <= slots and queued <= 1
+            seen_queued = max(seen_queued, queued)
+        return all(c.task("n0", t).state == "succeeded" for t in ids)
+    assert c.run_until(check, 60)
+    assert seen_queued == 1
+    waited = [a for t in ids for a in c.task("n0", t).attempts if a.state == "succeeded"]
+    assert len(waited) == 10
+
+
+def test_queued_attempt_is_shown_waiting_then_running_with_its_real_start():
+    c = cluster(prefetch=1, slots=(1,))
+    first = c.submit("n0", TaskSpec(["sleep", "2"]))
+    second = c.submit("n0", TaskSpec(["sleep", "1"]))
+    third = c.submit("n0", TaskSpec(["sleep", "1"]))        # keeps the manager's queue deep
+    c.run_for(0.5)
+    task = c.task("n0", second)
+    assert task.state == "assigned" and task.attempts[-1].state == "waiting"
+    assert "queued there for a slot" in task.reason
+    assert c.task("n0", third).state == "queued"
+    assert c.run_until(lambda: c.task("n0", second).state == "running", 5)
+    t_first = c.task("n0", first)
+    assert t_first.state == "succeeded"
+    assert task.attempts[-1].started >= t_first.attempts[-1].ended - 50      # started when the slot freed
+
+
+def test_no_queueing_at_the_tail_of_a_workload():
+    c = cluster(prefetch=1, slots=(1, 1))
+    ids = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(2)]
+    c.run_for(0.5)
+    assert sorted(c.task("n0", t).attempts[-1].node_name for t in ids) == ["n0", "n1"]
+    assert all(len(s.node.contractor.waiting) == 0 for s in c.nodes.values())
+
+
+def test_cancel_of_a_queued_attempt_reports_cancelled_without_a_process():
+    c = cluster(prefetch=1, slots=(1,))
+    c.submit("n0", TaskSpec(["sleep", "5"]))
+    queued = c.submit("n0", TaskSpec(["sleep", "5"]))
+    c.submit("n0", TaskSpec(["sleep", "5"]))
+    c.run_for(0.5)
+    assert c.task("n0", queued).attempts[-1].state == "waiting"
+    c.cancel("n0", queued)
+    c.run_for(0.5)
+    assert c.task("n0", queued).state == "cancelled"
+    assert not any(t == queued for _, t, _ in c.completions)
+    assert all(task_id != queued for task_id, _ in c.node("n0").node.contractor.waiting)
+
+
+def test_prefetch_zero_never_queues():
+    c = cluster(prefetch=0, slots=(1, 1))
+    ids = [c.submit("n0", TaskSpec(["sleep", "0.5"])) for _ in range(6)]
+    def check():
+        assert all(q == 0 for _, q in running_and_queued(c).values())
+        return all(c.task("n0", t).state == "succeeded" for t in ids)
+    assert c.run_until(check, 60)
