@@ -212,7 +212,8 @@ def main() -> int:
     # The four "hosts" share this machine's CPUs, so each would read the same system-wide CPU use
     # (including the benchmark's own processes) and refuse as overloaded together; CPU admission is
     # covered by the unit tests, here it is turned off.
-    cluster = LocalCluster(SLOTS, labels=labels, settings={"bidding": {"overload_cpu_percent": 100}})
+    node = {"prefetch": int(os.environ["BALANCE_PREFETCH"])} if "BALANCE_PREFETCH" in os.environ else {}
+    cluster = LocalCluster(SLOTS, labels=labels, settings={"bidding": {"overload_cpu_percent": 100}, "node": node})
     try:
         cluster.start()
         if "latency" in only:

@@ -228,7 +228,7 @@ class NodeConfig:
     state_dir: Path = DEFAULT_STATE_DIR  #: SQLite store, audit log and task outputs live here
     key_file: Path = DEFAULT_CONFIG_DIR / "node.key"  #: this node's Ed25519 private key
     slots: int = field(default_factory=_cpu_count)  #: how many tasks may run here at once
-    prefetch: int = 1  #: accepted tasks that may wait here for a slot, so a freed slot restarts at once
+    prefetch: int = 0  #: accepted tasks that may wait here for a slot, so a freed slot restarts at once
     labels: dict[str, str] = field(default_factory=dict)  #: capabilities tasks can require (--label K=V)
 
 
@@ -442,7 +442,7 @@ def _node(s: _Section, default_key_file: Path) -> NodeConfig:
     state_dir = s.path("state_dir", DEFAULT_STATE_DIR)
     key_file = s.path("key_file", default_key_file)
     slots = s.integer("slots", _cpu_count(), minimum=1)
-    prefetch = s.integer("prefetch", 1, minimum=0)
+    prefetch = s.integer("prefetch", 0, minimum=0)
     table = s.raw("labels", "a table like { zone = \"lab-2\" }", (dict,))
     labels: dict[str, str] = {}
     if table is not _MISSING:
@@ -663,7 +663,8 @@ name = {q(name)}
 state_dir = {q(str(DEFAULT_STATE_DIR))}   # SQLite store, audit log, task outputs
 key_file = {q(str(directory / "node.key"))}   # this node's private key (mode 0600)
 # slots = {_cpu_count()}   # concurrent tasks; default: the CPU count of the host
-prefetch = 1             # accepted tasks that may wait for a slot here (0: none), hiding award latency
+prefetch = 0             # accepted tasks that may wait here for a slot: hides award latency for very
+                         # short tasks, at the cost of strict priority order (0: none)
 labels = {{}}   # capabilities tasks can require, e.g. {{ zone = "lab-2", cuda = "12" }}
 
 [network]
