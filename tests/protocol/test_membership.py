@@ -68,7 +68,7 @@ def test_a_silent_peer_is_suspected_probed_directly_and_through_k_others_then_de
     m.on_load(e.env(), 1.0)
     assert m.check_health(S.suspect_after - 0.01) == ([], [])
     m.next_round = 100.0                                   # no gossip round due: only health deadlines
-    assert m.next_deadline(0.0) == pytest.approx(S.suspect_after)
+    assert m.next_deadline() == pytest.approx(S.suspect_after)
 
     transitions, probes = m.check_health(S.suspect_after)
     assert [(t.peer.id, t.health) for t in transitions] == [(a.id, SUSPECT)]
@@ -80,7 +80,7 @@ def test_a_silent_peer_is_suspected_probed_directly_and_through_k_others_then_de
     assert m.peers[a.id] not in m.healthy()                # a suspect gets no call for proposals
 
     # the probes are repeated while it stays suspect (one lost ping is not enough to kill it)
-    assert m.next_deadline(S.suspect_after) == pytest.approx(S.suspect_after + S.interval)
+    assert m.next_deadline() == pytest.approx(S.suspect_after + S.interval)
     assert m.check_health(S.suspect_after + S.interval / 2)[1] == []
     again = m.check_health(S.suspect_after + S.interval)[1]
     assert {type(msg) for _, msg in again} == {Ping, PingReq}

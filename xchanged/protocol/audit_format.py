@@ -1,6 +1,6 @@
 """The audit log's record format, pure: framing, canonical encoding, entry checks, scanning.
 
-xchanged.runtime.audit does the file I/O (appending, fsync, locking, recovery, the head file);
+The runtime's audit module does the file I/O (appending, fsync, locking, recovery, the head file);
 everything here works on bytes already in memory, so the protocol core, the CLI and tests can
 check records and signed tree heads without touching a file. See runtime/audit.py for why.
 

@@ -182,7 +182,7 @@ class Membership:
                     probes.append(((helper.id, helper.address), PingReq(target=peer.id, nonce=self._nonce)))
         return transitions, probes
 
-    def next_deadline(self, now: float) -> float:
+    def next_deadline(self) -> float:
         deadline = self.next_round
         suspect_after, dead_after = self.suspect_after, self.dead_after
         for peer in self.peers.values():

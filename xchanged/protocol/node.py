@@ -104,7 +104,7 @@ class Node:
         return self.out.take()
 
     def next_deadline(self) -> float:
-        return min(self.membership.next_deadline(0.0), self.manager.next_deadline(),
+        return min(self.membership.next_deadline(), self.manager.next_deadline(),
                    self.contractor.next_deadline())
 
     # -- dispatch -------------------------------------------------------------------------------
