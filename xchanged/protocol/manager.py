@@ -409,7 +409,7 @@ class Manager:
         """Offer contractors' local queues (prefetch) only while more tasks wait than slots are free:
         then a queued task starts the moment a slot frees. At the tail of a workload, queueing a task
         behind a busy node while another idles would lengthen it, so free slots alone are used."""
-        if waiting <= sum(u for u in units.values() if u > 0):
+        if not any(c.queue for c in candidates) or waiting <= sum(u for u in units.values() if u > 0):
             return False
         held = Counter(t.current.node for t in self.index.active.values()
                        if t.current is not None and t.current.state in ("awarded", "waiting"))
