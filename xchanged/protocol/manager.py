@@ -254,7 +254,8 @@ class Manager:
         if task is None:                        # unknown, or finished and evicted: acked, nothing else
             return
         if not res.slot_refilled:
-            self.free_hint[env.sender] = self.free_hint.get(env.sender, 0) + 1
+            self.free_hint[env.sender] = self._at_most_free(env.sender, self.free_hint.get(env.sender, 0) + 1,
+                                                            ending=(res.task_id, res.attempt))
         att = next((a for a in task.attempts if a.attempt == res.attempt and a.node == env.sender), None)
         if att is None:
             return
@@ -300,6 +301,17 @@ class Manager:
         load: Load = env.message
         self.free_hint[env.sender] = self.ledger.free_from_load(
             env.sender, load.slots_free, (env.incarnation, env.seq), self._is_live)
+
+    def _at_most_free(self, peer: str, believed: int, ending: tuple[str, int] | None = None) -> int:
+        """Never believe a peer has more free slots than its slots minus our own attempts holding one
+        there: a result signed before our latest award reached it must not count that slot twice."""
+        known = self.known.get(peer)
+        if known is None:
+            return believed
+        ours = sum(1 for t in self.index.active.values()
+                   if (a := t.current) is not None and a.node == peer and a.state in ("awarded", "running")
+                   and (t.id, a.attempt) != ending)
+        return max(0, min(believed, known.slots - ours))
 
     def _is_live(self, task_id: str, attempt: int) -> bool:
         task = self.index.active.get(task_id)
