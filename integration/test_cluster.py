@@ -62,7 +62,11 @@ def test_unknown_command_fails_with_a_reason(cluster):
 
 
 def test_stats_and_top_render(cluster):
+    with cluster.client(0) as client:
+        for tid in client.submit_many([["true"]] * 3):
+            assert client.wait(tid, timeout=60)["state"] == "succeeded"
     stats = json.loads(cli(cluster, "stats", "--json").stdout)
     assert stats["total_agents"] == 3 and stats["total_capacity"] == 6
+    assert stats["tasks_by_state"] == {"succeeded": 3} and stats["succeeded"] == 3
     proc = cli(cluster, "top", "--once")
     assert proc.returncode == 0 and "node2" in proc.stdout and "utilisation" in proc.stdout

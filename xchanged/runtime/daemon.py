@@ -444,7 +444,7 @@ class Daemon:
                      if wanted in ("", w.node_id) or node.lookup(w.node_id)[1] == wanted]
             return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
         if op == "stats":
-            return dict(views.stats(node, time.monotonic() - self.started),
+            return dict(views.stats(node, time.monotonic() - self.started, self.store.count_by_state()),
                         duplicate_frames=self.duplicate_frames, send_drops=self.transport.dropped)
         raise ControlError(f"unknown operation {op!r}")
 

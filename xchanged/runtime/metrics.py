@@ -26,21 +26,28 @@ class NodeCollector:
         node = self.get_node()
         if node is None:
             return
-        states = Counter(t.state for t in node.manager.tasks.values())
-        tasks = GaugeMetricFamily("xchanged_tasks", "Tasks this node manages, by state", labels=["state"])
-        for state in ("queued", "assigned", "running", "succeeded", "failed", "cancelled"):
+        # scraped from another thread: take atomic snapshots (list()) of what the loop mutates
+        states = Counter(t.state for t in list(node.manager.index.active.values()))
+        tasks = GaugeMetricFamily("xchanged_tasks", "Unfinished tasks this node manages, by state",
+                                  labels=["state"])
+        for state in ("queued", "assigned", "running"):
             tasks.add_metric([state], states.get(state, 0))
         yield tasks
+        finished = CounterMetricFamily("xchanged_tasks_finished", "Tasks this node managed to an end since start",
+                                       labels=["state"])
+        for state in ("succeeded", "failed"):
+            finished.add_metric([state], node.manager.stats.get(state, 0))
+        yield finished
         manager = CounterMetricFamily("xchanged_manager_events", "Manager events since start", labels=["event"])
-        for event, n in sorted(node.manager.stats.items()):
+        for event, n in sorted(list(node.manager.stats.items())):
             manager.add_metric([event], n)
         yield manager
         drops = CounterMetricFamily("xchanged_frames_dropped", "Peer frames dropped, by reason", labels=["reason"])
-        for reason, n in sorted(node.drops.items()):
+        for reason, n in sorted(list(node.drops.items())):
             drops.add_metric([reason], n)
         yield drops
         health = GaugeMetricFamily("xchanged_peers", "Known peers, by health", labels=["health"])
-        by_health = Counter(p.health for p in node.membership.peers.values())
+        by_health = Counter(p.health for p in list(node.membership.peers.values()))
         for h in ("alive", "suspect", "dead"):
             health.add_metric([h], by_health.get(h, 0))
         yield health

@@ -105,6 +105,9 @@ class Store:
                                "ORDER BY submitted DESC LIMIT ?", (*UNFINISHED, limit))
         return [json.loads(doc) for (doc,) in rows]
 
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+
     def task(self, task_id: str) -> dict | None:
         row = self.db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return json.loads(row[0]) if row else None

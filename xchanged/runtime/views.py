@@ -68,8 +68,13 @@ def _audit_doc(node: Node, peer_id: str) -> dict:
             "audit_size": watched.head.size if watched is not None and watched.head is not None else None}
 
 
-def stats(node: Node, uptime: float) -> dict:
-    states = Counter(t.state for t in node.manager.tasks.values())
+def stats(node: Node, uptime: float, stored_states: dict[str, int] | None = None) -> dict:
+    """`stored_states`: task counts by state from the store, which, unlike memory, holds every finished
+    task (memory keeps only the newest; unfinished ones are always in memory)."""
+    states = Counter(t.state for t in node.manager.index.active.values())
+    for state, n in (stored_states or {}).items():
+        if state not in (QUEUED, ASSIGNED, RUNNING):
+            states[state] = n
     peer_docs = peers(node, 0.0)
     live = [p for p in peer_docs if p["health"] != "dead"]
     slots = sum(p["slots"] for p in live)
