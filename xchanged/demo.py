@@ -10,13 +10,14 @@ from collections import Counter
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .localcluster import LocalCluster
 
 # Each task counts the primes below a bound: real CPU work whose length varies with the bound.
 PRIMES = ("import sys\nn=int(sys.argv[1])\nsieve=bytearray([1])*n\nsieve[:2]=b'\\0\\0'\n"
           "for i in range(2,int(n**0.5)+1):\n    if sieve[i]: sieve[i*i::i]=bytearray(len(range(i*i,n,i)))\n"
-          "print(f'{sum(sieve)} primes below {n}')")
+          "print(f'{sum(sieve)} primes < {n}')")
 
 
 def _interrupt(signum, frame):
@@ -36,12 +37,12 @@ def run_demo(nodes: int, n_tasks: int, console: Console) -> int:
             ids = client.submit_many([[sys.executable, "-c", PRIMES, str(b)] for b in bounds], retries=2)
             docs = [client.wait(tid) for tid in ids]
             elapsed = time.monotonic() - started
-            table = Table("task", "node", "state", "attempts", "runtime", "output")
+            table = Table("task", "node", "state", "tries", "runtime", "output")
             for doc in docs:
                 last = doc["attempts"][-1] if doc["attempts"] else None
                 runtime = f"{(last['ended'] - last['started']) / 1000:.2f}s" if last and last["started"] and last["ended"] else "-"
                 out = client.logs(doc["id"])["stdout"].strip() if doc["state"] == "succeeded" else doc["reason"]
-                table.add_row(doc["id"], doc.get("node") or "-", doc["state"], str(len(doc["attempts"])), runtime, out)
+                table.add_row(Text(doc["id"], no_wrap=True), doc.get("node") or "-", doc["state"], str(len(doc["attempts"])), runtime, out)
             console.print(table)
             per_node = Counter(doc.get("node") for doc in docs if doc["state"] == "succeeded")
             summary = Table("node", "slots", "tasks run", "share of tasks", "share of slots")
