@@ -95,6 +95,7 @@ class Node:
             self.membership.add_seed(event.address, event.source)
         elif isinstance(event, FrameDropped):
             self.drops[event.reason] += 1
+            return self.out.take()          # nothing changed: a flood of bad frames costs no pump
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
             self.contractor.recover(event.attempts, mono)
