@@ -74,6 +74,7 @@ class Claim:
     manager_address: str = ""       # where the manager was when it awarded (used if we forget it)
     pid_start: float = 0.0
     queued: bool = False            # accepted, waiting in the local queue for a slot
+    from_queue: bool = False        # it waited in the local queue before it started
 
 
 @dataclass(slots=True)
@@ -208,7 +209,7 @@ class Contractor:
             if code:
                 return                        # head of the queue waits for more room (FIFO)
             self.waiting.pop(0)
-            claim.queued, claim.gpus = False, gpus
+            claim.queued, claim.from_queue, claim.gpus = False, True, gpus
             claim.started, claim.next_heartbeat = now, now + self.settings.heartbeat
             self._start(claim)
 
@@ -315,8 +316,8 @@ class Contractor:
         if claim is not None:
             claim.pid, claim.pid_start = pid, pid_start
             self._persist_running(claim)
-            # the manager learns the real start now (it may have been queued here): tell it at once
-            self._send(claim.manager, Progress(task_id, attempt, 0, pid), claim.manager_address)
+            if claim.from_queue:              # its manager holds it as waiting: say it started, now
+                self._send(claim.manager, Progress(task_id, attempt, 0, pid), claim.manager_address)
 
     def on_exited(self, ev: TaskExited, now: float) -> None:
         claim = self.running.pop((ev.task_id, ev.attempt), None)
