@@ -393,7 +393,7 @@ class Contractor:
         self.out.emit(PersistAttempt, doc={
             "task_id": claim.task_id, "attempt": claim.attempt, "manager": claim.manager,
             "manager_address": claim.manager_address, "state": "running", "pid": claim.pid,
-            "pid_start": claim.pid_start})
+            "pid_start": claim.pid_start}, urgent=claim.pid is None)
 
     def _persist_result(self, pending: PendingResult) -> None:
         res = pending.result

@@ -59,15 +59,19 @@ class PersistTask:
 class PersistAttempt:
     """Contractor side: write the record of an accepted attempt, keyed by (task_id, attempt), and
     commit it before anything that follows. `doc["state"]` is "running" (with pid and pid_start once
-    the process started) or "result" (with the unacknowledged `Result` body, resent until `ack`)."""
+    the process started) or "result" (with the unacknowledged `Result` body, resent until `ack`).
+    `urgent=False`: a refinement nothing waits on (the pid of a started attempt); it becomes durable
+    with the next urgent write or within a second, without an fsync of its own."""
 
     doc: dict
+    urgent: bool = True
     stimulus_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ForgetAttempt:
-    """Contractor side: the manager acknowledged this attempt's result; drop its record."""
+    """Contractor side: the manager acknowledged this attempt's result; drop its record. Not urgent: if
+    the delete is lost in a crash, the result is resent and acknowledged again, harmlessly."""
 
     task_id: str
     attempt: int

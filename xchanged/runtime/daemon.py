@@ -307,7 +307,7 @@ class Daemon:
                 if effect.doc["state"] in TERMINAL:
                     finished.append(effect.doc)
             elif isinstance(effect, PersistAttempt):
-                self.store.put_attempt(effect.doc)
+                self.store.put_attempt(effect.doc, effect.urgent)
             elif isinstance(effect, ForgetAttempt):
                 self.store.delete_attempt(effect.task_id, effect.attempt)
             elif isinstance(effect, StoreOutput):
@@ -357,8 +357,7 @@ class Daemon:
         return attempts
 
     def _make_durable(self) -> None:
-        if self.store.dirty:
-            self.store.commit()
+        self.store.commit_due(time.monotonic())
         if self.audit is not None:
             self.audit.flush()
 

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 UNFINISHED = ("queued", "assigned", "running")
+LAZY_COMMIT_S = 1.0             # longest a non-urgent write waits for a commit
 
 
 class Store:
@@ -56,11 +57,14 @@ class Store:
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._in_tx = False
+        self._urgent = False          # something staged must be durable before the next effect
+        self._lazy_since: float | None = None   # when non-urgent writes were first seen waiting
 
-    def _begin(self) -> None:
+    def _begin(self, urgent: bool = True) -> None:
         if not self._in_tx:
             self.db.execute("BEGIN")
             self._in_tx = True
+        self._urgent = self._urgent or urgent
 
     def put_task(self, doc: dict) -> None:
         self._begin()
@@ -72,13 +76,13 @@ class Store:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", (task_id, attempt, stdout, stderr))
 
-    def put_attempt(self, doc: dict) -> None:
-        self._begin()
+    def put_attempt(self, doc: dict, urgent: bool = True) -> None:
+        self._begin(urgent)
         self.db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)",
                         (doc["task_id"], doc["attempt"], msgpack.packb(doc, use_bin_type=True)))
 
     def delete_attempt(self, task_id: str, attempt: int) -> None:
-        self._begin()
+        self._begin(urgent=False)
         self.db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
 
     def attempts(self) -> list[dict]:
@@ -88,11 +92,15 @@ class Store:
     def commit(self) -> None:
         if self._in_tx:
             self.db.execute("COMMIT")
-            self._in_tx = False
+            self._in_tx = self._urgent = False
+            self._lazy_since = None
 
-    @property
-    def dirty(self) -> bool:
-        return self._in_tx
+    def commit_due(self, now: float, lazy_within: float = LAZY_COMMIT_S) -> None:
+        """Commit what is staged if any of it is urgent, or if non-urgent writes wait too long."""
+        if self._in_tx and not self._urgent and self._lazy_since is None:
+            self._lazy_since = now
+        if self._urgent or (self._in_tx and now - self._lazy_since >= lazy_within):
+            self.commit()
 
     def unfinished_tasks(self) -> list[dict]:
         marks = ",".join("?" * len(UNFINISHED))
