@@ -203,14 +203,21 @@ class Node:
                 self.manager.peer_died(t.peer.id, now, wall)
 
     def _offer_freed_slot(self, skip: str) -> None:
-        """Pull-based work stealing: a freed slot is told at once (a direct load signal) to the
-        managers whose last signal showed queued work; the manager of the finished attempt learns
-        it from the result. At most `max_candidates` of them, so the cost stays bounded."""
-        if self.contractor.offer_slots <= 0:
+        """Pull-based work stealing: a freed slot is told at once (a direct load signal) to managers
+        whose last signal showed queued work. One manager per free slot, not all of them: several
+        managers told of one slot would all award it and all but one be rejected (a thundering herd).
+        The manager of the finished attempt learns of the slot from the result, so when it has work
+        queued the slot is left to it."""
+        free = self.contractor.offer_slots
+        owner = self.membership.peers.get(skip)
+        if (self.manager.queued() > 0) if skip == self.id else (owner is not None and owner.load is not None
+                                                                and owner.load.queued > 0):
+            free -= 1
+        if free <= 0:
             return
         waiting = [p for p in self.membership.healthy() if p.load.queued > 0 and p.id != skip and p.address]
-        if len(waiting) > self.settings.max_candidates:
-            waiting = self.membership.rng.sample(waiting, self.settings.max_candidates)
+        if len(waiting) > free:
+            waiting = self.membership.rng.sample(waiting, free)
         if waiting:
             self.out.emit(Send, targets=tuple((p.id, p.address) for p in waiting), message=self.load_signal())
 
