@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xchanged.config_template import render_default_config
 from xchanged.config import (
     MAX_SIZE,
     AuditConfig,
@@ -28,7 +29,6 @@ from xchanged.config import (
     parse_duration,
     parse_host_port,
     parse_size,
-    render_default_config,
 )
 
 

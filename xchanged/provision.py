@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import render_default_config
+from .config_template import render_default_config
 from .protocol.signing import generate_key, node_id, private_key_pem, public_bytes, public_key_line
 
 
