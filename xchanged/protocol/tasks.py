@@ -93,6 +93,7 @@ class Task:
     award_deadline: float | None = None
     last_heard: float = 0.0
     run_deadline: float | None = None
+    spec_body: dict | None = None   # the spec as a plain map, built once (the spec never changes)
 
     @property
     def current(self) -> Attempt | None:
@@ -108,13 +109,16 @@ class Task:
         return priority_level(self.spec.priority) + self.boost + int(waited // AGING_STEP)
 
     def to_doc(self) -> dict:
+        """The task as persisted and shown to clients (read-only: its parts may be shared)."""
         last = self.attempts[-1] if self.attempts else None
+        if self.spec_body is None:
+            self.spec_body = to_body(self.spec)
         return {
             "id": self.id, "state": self.state, "priority": self.spec.priority,
             "node": last.node_name if last and last.state != "rejected" else None,
             "attempts": [a.to_doc() for a in self.attempts], "exit_code": self.exit_code,
             "reason": self.reason, "submitted": self.submitted, "finished": self.finished,
-            "command": list(self.spec.argv), "name": self.spec.name, "spec": to_body(self.spec),
+            "command": list(self.spec.argv), "name": self.spec.name, "spec": self.spec_body,
             "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
             "avoid": sorted(self.avoid), "counter": self.counter,
         }
