@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
-import pytest
 
 from xchanged.localcluster import LocalCluster
 

@@ -1,6 +1,5 @@
 """CLI contract: init, config check, exit codes when the daemon is down or the input is bad."""
 
-import json
 import os
 import stat
 import subprocess

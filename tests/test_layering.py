@@ -1,7 +1,6 @@
 """The protocol core stays pure (design.md section 4), and every module imports on its own."""
 
 import ast
-import importlib
 import pkgutil
 import subprocess
 import sys

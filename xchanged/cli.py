@@ -19,39 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .client import Client, DaemonUnreachable, RequestFailed, build_spec
+from .cli_common import Exit, call_daemon, client_for, config_option, json_option
+from .client import Client, build_spec
 from .config import ConfigError, format_size, load_config
 
 console = Console()
 err_console = Console(stderr=True)
-config_option = click.option("-c", "--config", "config", type=click.Path(dir_okay=False),
-                             envvar="XCHANGED_CONFIG", help="config file (default: $XCHANGED_CONFIG, "
-                             "then /etc/xchanged/xchanged.toml)")
-json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-
-
-class Exit(click.ClickException):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.exit_code = code
-
-
-def _client(config: str | None) -> Client:
-    try:
-        return Client(config=config)
-    except ConfigError as exc:
-        raise Exit(str(exc), 2) from None
-
-
-def _call(fn):
-    try:
-        return fn()
-    except DaemonUnreachable as exc:
-        raise Exit(str(exc), 3) from None
-    except RequestFailed as exc:
-        raise Exit(str(exc), 1) from None
-    except ConfigError as exc:
-        raise Exit(str(exc), 2) from None
 
 
 def _print_json(doc) -> None:
@@ -184,8 +157,8 @@ def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority,
             raise click.UsageError("give a command after --, or a spec file with -f")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    with _client(config) as client:
-        docs = _call(lambda: client.submit_specs(specs))
+    with client_for(config) as client:
+        docs = call_daemon(lambda: client.submit_specs(specs))
         if not wait:
             if as_json:
                 _print_json(docs[0] if len(docs) == 1 else docs)
@@ -231,12 +204,12 @@ def _specs_from_file(path: Path) -> list[dict]:
 
 def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
     if quiet or not err_console.is_terminal:
-        return _call(lambda: client.wait(task_id))
+        return call_daemon(lambda: client.wait(task_id))
     with err_console.status(f"{task_id}: submitted") as status:
         def update(doc: dict) -> None:
             status.update(f"{task_id}: {doc['state']}" + (f" on {doc['node']}" if doc.get("node") else "")
                           + (f" ({doc['reason']})" if doc.get("reason") else ""))
-        doc = _call(lambda: client.wait(task_id, on_update=update))
+        doc = call_daemon(lambda: client.wait(task_id, on_update=update))
     err_console.print(f"{task_id}: {doc['state']}" + (f" on {doc['node']}" if doc.get("node") else ""))
     return doc
 
@@ -247,8 +220,8 @@ def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
 @click.argument("task_id")
 def status(config, as_json, task_id) -> None:
     """One task: state, node, attempts, exit code, times."""
-    with _client(config) as client:
-        doc = _call(lambda: client.status(task_id))
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.status(task_id))
     if as_json:
         _print_json(doc)
         return
@@ -272,8 +245,8 @@ def status(config, as_json, task_id) -> None:
 @click.option("--state", default=None, help="only tasks in this state")
 def tasks(config, as_json, state) -> None:
     """Tasks this node manages."""
-    with _client(config) as client:
-        docs = _call(lambda: client.tasks(state))
+    with client_for(config) as client:
+        docs = call_daemon(lambda: client.tasks(state))
     if as_json:
         _print_json(docs)
         return
@@ -292,8 +265,8 @@ def tasks(config, as_json, state) -> None:
 @click.argument("task_id")
 def logs(config, show_stderr, attempt, as_json, task_id) -> None:
     """Captured output of the task's last attempt."""
-    with _client(config) as client:
-        doc = _call(lambda: client.logs(task_id, attempt))
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.logs(task_id, attempt))
     if as_json:
         _print_json(doc)
         return
@@ -306,8 +279,8 @@ def logs(config, show_stderr, attempt, as_json, task_id) -> None:
 @click.argument("task_id")
 def cancel(config, as_json, task_id) -> None:
     """Cancel a task, killing its running attempt."""
-    with _client(config) as client:
-        doc = _call(lambda: client.cancel(task_id))
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.cancel(task_id))
     if as_json:
         _print_json(doc)
     else:
@@ -321,8 +294,8 @@ def cancel(config, as_json, task_id) -> None:
               help="also list mDNS services whose keys are not trusted (health 'untrusted'; never used)")
 def peers(config, as_json, show_all) -> None:
     """Peers: health, age of the last signal, free slots, CPU, memory, GPUs, labels."""
-    with _client(config) as client:
-        docs = _call(lambda: client.peers(all=show_all))
+    with client_for(config) as client:
+        docs = call_daemon(lambda: client.peers(all=show_all))
     if as_json:
         _print_json(docs)
         return
@@ -340,8 +313,8 @@ def peers(config, as_json, show_all) -> None:
 @json_option
 def stats(config, as_json) -> None:
     """Cluster totals and utilisation."""
-    with _client(config) as client:
-        doc = _call(client.stats)
+    with client_for(config) as client:
+        doc = call_daemon(client.stats)
     if as_json:
         _print_json(doc)
         return
@@ -385,15 +358,15 @@ def top(config, interval, once) -> None:
                                 (t.get("reason") or "")[:60])
         return Group(peers_table, tasks_table)
 
-    with _client(config) as client:
+    with client_for(config) as client:
         if once:
-            console.print(_call(lambda: frame(client)))
+            console.print(call_daemon(lambda: frame(client)))
             return
         try:
-            with Live(_call(lambda: frame(client)), console=console, refresh_per_second=4) as live:
+            with Live(call_daemon(lambda: frame(client)), console=console, refresh_per_second=4) as live:
                 while True:
                     time.sleep(interval)
-                    live.update(_call(lambda: frame(client)))
+                    live.update(call_daemon(lambda: frame(client)))
         except KeyboardInterrupt:
             pass
 

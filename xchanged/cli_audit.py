@@ -26,15 +26,7 @@ from .protocol.signing import TrustError, TrustStore, load_private_key, node_id,
 from .protocol.audit_format import parse_head
 from .runtime.audit import HEAD_SUFFIX, AuditCorrupted, AuditRecord, read_records, verify_log
 
-config_option = click.option("-c", "--config", "config", type=click.Path(dir_okay=False), envvar="XCHANGED_CONFIG",
-                             help="config file (default: $XCHANGED_CONFIG, then /etc/xchanged/xchanged.toml)")
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
-
-
-class Exit(click.ClickException):
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.exit_code = code
+from .cli_common import Exit, call_daemon, config_option, json_option
 
 
 # -- where things are -----------------------------------------------------------------------------
@@ -316,17 +308,12 @@ def prove(config, path, entry) -> None:
 @click.argument("node", required=False, default="")
 def evidence(config, as_json, node) -> None:
     """What the running daemon saw of NODE's (or every peer's) audit heads, with evidence of a fork."""
-    from .client import Client, DaemonUnreachable, RequestFailed
+    from .client import Client
 
-    try:
+    def evidence():
         with Client(config=config) as client:
-            docs = client.audit_evidence(node)
-    except ConfigError as exc:
-        raise Exit(str(exc), 2) from None
-    except DaemonUnreachable as exc:
-        raise Exit(str(exc), 3) from None
-    except RequestFailed as exc:
-        raise Exit(str(exc), 1) from None
+            return client.audit_evidence(node)
+    docs = call_daemon(evidence)
     if node and not docs:
         raise Exit(f"no audit heads seen from {node}", 1)
     if as_json or node:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import (DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR, _SIZE_PREFIXES, BiddingConfig, ConfigError,
-                     ExecutorConfig, GossipConfig, NetworkConfig, _check_name, _cpu_count, parse_duration)
+                     ExecutorConfig, GossipConfig, NetworkConfig, _check_name, _cpu_count)
 
 
 def _toml_str(text: str) -> str:

@@ -257,7 +257,6 @@ def test_a_lone_known_candidate_gets_a_direct_award_without_a_bid_round():
 
 def test_a_rejected_direct_award_backs_off_when_the_node_cannot_run_it():
     sim = cluster({"a": 1})
-    mgr = sim.node("mgr").node.manager
     done(sim, sim.submit("mgr", spec("sleep", 1)))
     contractor = sim.node("a").node.contractor
     contractor.settings = type(contractor.settings)(**{**{f: getattr(contractor.settings, f) for f in

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from xchanged.protocol import codec
 from xchanged.protocol.codec import DecodeError, Encoder, decode
-from xchanged.protocol.messages import Ack, Award, Bid, Load, Requirements, TaskSpec
+from xchanged.protocol.messages import Ack, Award, Load, Requirements, TaskSpec
 from xchanged.protocol.replay import ReplayGuard
 from xchanged.protocol.signing import TrustStore, generate_key, public_bytes, sign
 

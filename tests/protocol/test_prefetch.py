@@ -1,6 +1,5 @@
 """Prefetch: a full contractor may queue a few accepted tasks, only while the manager's queue is deep."""
 
-from collections import Counter
 
 from xchanged.protocol.messages import TaskSpec
 from xchanged.sim.cluster import SimCluster
@@ -22,7 +21,7 @@ def running_and_queued(c):
 def test_a_deep_queue_fills_local_queues_but_never_more_than_slots_run():
     c = cluster(prefetch=1, slots=(1, 2))
     ids = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(10)]
-    seen_queued, worst = 0, Counter()
+    seen_queued = 0
     def check():
         nonlocal seen_queued
         for name, (started, queued) in running_and_queued(c).items():

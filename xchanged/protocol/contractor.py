@@ -146,7 +146,7 @@ class Contractor:
     def refusal(self, req: Requirements, command: str, exclude: tuple[str, str] | None = None,
                 queue_ok: bool = False) -> tuple[str, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
-        s, cap = self.settings, self.capacity
+        s = self.settings
         if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
             return "not_allowed", f"command {command!r} not allowed here", ()
         for key, value in req.labels.items():

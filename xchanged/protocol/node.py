@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
-from .effects import Log, Outbox, ProveAudit, Relay, Reply, Send
+from .effects import Log, Outbox, ProveAudit, Relay, Send
 from .events import (CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
                      SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired)
 from .manager import Candidate, Manager, ManagerSettings

@@ -18,7 +18,6 @@ import random
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
