@@ -339,3 +339,16 @@ def test_sim_steady_state_load_reaches_every_node_in_log_n_rounds():
                                    for x in names[1:]), limit=30)
     rounds = (c.now - start) / S.interval                 # includes up to one round before it is sent
     assert rounds <= math.log2(n) + 1, rounds
+
+
+def test_a_relayed_load_proves_life_when_it_was_signed_not_when_it_arrived():
+    m, (a,) = table(1)
+    signed_at = WALL                                       # the env is signed at WALL
+    m.on_load(a.env(), 10.0, wall_ms=signed_at + 700)      # delivered by a relay 0.7 s later
+    assert m.peers[a.id].last_heard == pytest.approx(9.3)
+    m2, (b,) = table(1)
+    m2.on_load(b.env(), 10.0, wall_ms=signed_at + 60_000)  # a skewed clock: the credit is clamped
+    assert m2.peers[b.id].last_heard == pytest.approx(10.0 - 2 * S.interval)
+    m3, (c,) = table(1)
+    m3.on_load(c.env(), 10.0, wall_ms=signed_at - 5_000)   # a signer clock ahead of ours: no credit lost
+    assert m3.peers[c.id].last_heard == pytest.approx(10.0)

@@ -87,8 +87,13 @@ class Membership:
 
     # -- input ----------------------------------------------------------------------------------
 
-    def on_load(self, env: Envelope, now: float) -> tuple[bool, list[Transition]]:
-        """A load signal, direct or relayed. Returns (is_new, transitions)."""
+    def on_load(self, env: Envelope, now: float, wall_ms: int | None = None) -> tuple[bool, list[Transition]]:
+        """A load signal, direct or relayed. Returns (is_new, transitions).
+
+        It proves its node alive when the node signed it, not when a relay delivered it: a load that
+        spent a round or two being relayed must not postpone the death of a node killed meanwhile. The
+        age comes from the signer's timestamp, so it is clamped to `2 * interval` (clock skew between
+        hosts can then cost a little freshness, never a false death)."""
         load: Load = env.message
         if env.sender == self.self_id:
             return False, []
@@ -102,7 +107,8 @@ class Membership:
         peer.load_received = now
         peer.address = load.address
         peer.relay_left = self._relay_rounds()
-        return True, self._heard(peer, env.incarnation, now)
+        age = 0.0 if wall_ms is None else min(max(0.0, (wall_ms - env.ts_ms) / 1000), 2 * self.settings.interval)
+        return True, self._heard(peer, env.incarnation, now - age)
 
     def on_direct(self, env: Envelope, now: float) -> list[Transition]:
         """Any other verified frame from a known peer proves it alive."""

@@ -113,7 +113,7 @@ class Node:
     def _on_message(self, env: Envelope, now: float, wall: int) -> None:
         msg = env.message
         if isinstance(msg, Load):
-            is_new, transitions = self.membership.on_load(env, now)
+            is_new, transitions = self.membership.on_load(env, now, wall)
             if is_new:
                 self.manager.on_load(env)
             self._apply(transitions, now, wall)
