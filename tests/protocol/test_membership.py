@@ -17,7 +17,7 @@ from xchanged.protocol.events import Capacity, ResourcesRead, SeedConfigured
 from xchanged.protocol.membership import ALIVE, DEAD, SUSPECT, GossipSettings, Membership
 from xchanged.protocol.messages import Load, Ping, PingReq, Pong
 from xchanged.protocol.node import Node
-from xchanged.protocol.replay import ReplayGuard
+from xchanged.protocol.inbound import FrameGate
 from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from xchanged.sim.cluster import SimCluster
 
@@ -208,7 +208,7 @@ def restart(c: SimCluster, name: str) -> None:
     old = sim.node
     sim.encoder = codec.Encoder(sim.encoder._key, pub, sim.encoder.incarnation + 1)
     sim.node = Node(old.id, old.settings, random.Random(99))
-    sim.guard, sim.up, sim.timer_at = ReplayGuard(), True, float("inf")
+    sim.gate, sim.up, sim.timer_at = FrameGate(c.trust), True, float("inf")
     c.deliver(old.id, ResourcesRead(Capacity(cpus=2, cpu_percent=5.0, mem_total=1 << 30, mem_available=1 << 29)))
     for other in c.nodes.values():
         if other.address != sim.address:

@@ -28,14 +28,14 @@ from ..protocol import codec
 from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
                                 Send, StartTask, StoreOutput)
 from ..protocol.effects import ProveAudit
-from ..protocol.events import (CancelRequested, FrameDropped, Instant, MessageReceived, ResourcesRead,
+from ..protocol.events import (CancelRequested, FrameDropped, Instant, ResourcesRead,
                                SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof, TaskSpec, from_body
 from ..protocol.node import Node, NodeSettings
-from ..protocol.replay import DuplicateFilter, ReplayGuard
+from ..protocol.inbound import FrameGate
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
@@ -93,9 +93,7 @@ class Daemon:
         self.incarnation = max(previous + 1, wall_ms())
         self.store.set_meta("incarnation", str(self.incarnation))
         self.encoder = codec.Encoder(self.key, self.public_key, self.incarnation)
-        self.guard = ReplayGuard()
-        self.duplicates = DuplicateFilter()
-        self.duplicate_frames = 0                 # gossip redundancy, not an error: not a drop
+        self.gate = FrameGate(self.trust)
         self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
         self.transport: PeerTransport | None = None
         self.control: ControlServer | None = None
@@ -246,28 +244,11 @@ class Daemon:
             frame = await self.transport.receive()
             self._accept_frame(frame)
 
-    def _accept_frame(self, frame: bytes, batched: bool = False) -> None:
-        """Check one peer frame. A `gossip` batch proves its relayer alive; then each frame in it
-        (another node's signed load) is checked on its own, exactly as if it had come alone."""
-        if self.duplicates.seen_before(frame):
-            self.duplicate_frames += 1
-            return
-        try:
-            env = codec.decode(frame, self.trust)
-            if env.type == "load":
-                self.guard.check_fresh(env, wall_ms())
-            elif batched:
-                raise codec.DecodeError(codec.INVALID_BODY, f"{env.type} in a gossip batch")
-            else:
-                self.guard.check(env, wall_ms())
-        except codec.DecodeError as exc:
-            self._put(FrameDropped(exc.reason))
-            log.debug("dropped frame: %s", exc)
-            return
-        self._put(MessageReceived(env))
-        if env.type == "gossip":
-            for inner in env.message.frames:
-                self._accept_frame(inner, batched=True)
+    def _accept_frame(self, frame: bytes) -> None:
+        for event in self.gate.admit(frame, wall_ms()):
+            if isinstance(event, FrameDropped):
+                log.debug("dropped frame: %s", event.reason)
+            self._put(event)
 
     async def _read_resources(self) -> None:
         while True:
@@ -443,7 +424,7 @@ class Daemon:
             return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
         if op == "stats":
             return dict(views.stats(node, time.monotonic() - self.started, self.store.count_by_state()),
-                        duplicate_frames=self.duplicate_frames, send_drops=self.transport.dropped)
+                        duplicate_frames=self.gate.duplicate_frames, send_drops=self.transport.dropped)
         raise ControlError(f"unknown operation {op!r}")
 
     async def _start_discovery(self) -> None:

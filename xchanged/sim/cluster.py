@@ -17,13 +17,12 @@ from typing import Any, Callable
 from ..protocol import codec
 from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
                                 Send, StartTask, StoreOutput)
-from ..protocol.events import (Capacity, Instant, MessageReceived, ResourcesRead, SeedConfigured, TaskExited,
-                               TaskStarted, TaskSubmitted, TimerFired, CancelRequested, FrameDropped,
-                               StateRecovered)
+from ..protocol.events import (CancelRequested, Capacity, Instant, ResourcesRead, SeedConfigured, StateRecovered,
+                               TaskExited, TaskStarted, TaskSubmitted, TimerFired)
+from ..protocol.inbound import FrameGate
 from ..protocol.messages import TaskSpec
 from ..protocol.node import Node, NodeSettings
 from ..protocol.tasks import Task
-from ..protocol.replay import DuplicateFilter, ReplayGuard
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 
 WALL_EPOCH_MS = 1_790_000_000_000
@@ -34,10 +33,9 @@ SEEDS = 3                      # a new node is seeded with the first few nodes, 
 class SimNode:
     node: Node
     encoder: codec.Encoder
-    guard: ReplayGuard
+    gate: FrameGate
     address: str
     up: bool = True
-    duplicates: DuplicateFilter = field(default_factory=DuplicateFilter)
     replies: dict[int, Any] = field(default_factory=dict)
     started: dict[tuple[str, int], float] = field(default_factory=dict)
     store: dict[str, dict] = field(default_factory=dict)
@@ -79,7 +77,7 @@ class SimCluster:
         settings = NodeSettings(name=name, address=address, slots=slots, labels=labels or {},
                                 **{**self.settings, **overrides})
         node = Node(nid, settings, random.Random(self.rng.random()))
-        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), ReplayGuard(), address, key=key)
+        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), FrameGate(self.trust), address, key=key)
         self.nodes[nid] = sim
         self.by_address[address] = nid
         cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
@@ -176,8 +174,7 @@ class SimCluster:
         sim.started.clear()
         sim.node = Node(old.id, old.settings, random.Random(self.rng.random()))
         sim.encoder = codec.Encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
-        sim.guard = ReplayGuard()
-        sim.duplicates = DuplicateFilter()
+        sim.gate = FrameGate(self.trust)
         self.deliver(old.id, ResourcesRead(old.contractor.capacity))
         unfinished = [d for d in sim.store.values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
@@ -233,27 +230,11 @@ class SimCluster:
         self.bytes_sent += len(frame)
         self._at(self.now + self.latency, lambda: self._receive(dst, frame))
 
-    def _receive(self, dst: str, frame: bytes, batched: bool = False) -> None:
-        """As the daemon's _accept_frame: a `gossip` batch proves its relayer alive, then each
-        frame in it is checked on its own (and must be a load)."""
+    def _receive(self, dst: str, frame: bytes) -> None:
         sim = self.nodes[dst]
-        if not sim.up or sim.duplicates.seen_before(frame):
-            return
-        try:
-            env = codec.decode(frame, self.trust)
-            if env.type == "load":
-                sim.guard.check_fresh(env, self.wall_ms())
-            elif batched:
-                raise codec.DecodeError(codec.INVALID_BODY, f"{env.type} in a gossip batch")
-            else:
-                sim.guard.check(env, self.wall_ms())
-        except codec.DecodeError as exc:
-            self.deliver(dst, FrameDropped(exc.reason))
-            return
-        self.deliver(dst, MessageReceived(env))
-        if env.type == "gossip":
-            for inner in env.message.frames:
-                self._receive(dst, inner, batched=True)
+        if sim.up:
+            for event in sim.gate.admit(frame, self.wall_ms()):
+                self.deliver(dst, event)
 
     def _start(self, nid: str, effect: StartTask) -> None:
         sim = self.nodes[nid]
