@@ -13,11 +13,8 @@ import random
 import pytest
 
 from xchanged.protocol import codec
-from xchanged.protocol.events import Capacity, ResourcesRead, SeedConfigured
 from xchanged.protocol.membership import ALIVE, DEAD, SUSPECT, GossipSettings, Membership
 from xchanged.protocol.messages import Load, Ping, PingReq, Pong
-from xchanged.protocol.node import Node
-from xchanged.protocol.inbound import FrameGate
 from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from xchanged.sim.cluster import SimCluster
 
@@ -201,20 +198,6 @@ def all_see(c: SimCluster, observers, names, state: str = ALIVE) -> bool:
     return all(health(c, o, n) == state for o in observers for n in names if n != o)
 
 
-def restart(c: SimCluster, name: str) -> None:
-    """A crashed sim node comes back: same key, higher incarnation, empty state, seeds configured."""
-    sim = c.node(name)
-    pub = next(k for k, v in c.keys.items() if v == name)
-    old = sim.node
-    sim.encoder = codec.Encoder(sim.encoder._key, pub, sim.encoder.incarnation + 1)
-    sim.node = Node(old.id, old.settings, random.Random(99))
-    sim.gate, sim.up, sim.timer_at = FrameGate(c.trust), True, float("inf")
-    c.deliver(old.id, ResourcesRead(Capacity(cpus=2, cpu_percent=5.0, mem_total=1 << 30, mem_available=1 << 29)))
-    for other in c.nodes.values():
-        if other.address != sim.address:
-            c.deliver(old.id, SeedConfigured(other.address))
-
-
 def test_sim_a_crashed_node_is_dead_everywhere_within_dead_after_and_rejoins_after_restart():
     c, names = sim_cluster(6)
     victim, others = names[-1], names[:-1]
@@ -225,7 +208,7 @@ def test_sim_a_crashed_node_is_dead_everywhere_within_dead_after_and_rejoins_aft
     assert detected <= S.dead_after + S.interval, detected       # well inside the 5 s promised on a LAN
     assert all(health(c, o, n) == ALIVE for o in others for n in others if n != o)   # no collateral
 
-    restart(c, victim)
+    c.restart(victim)
     assert c.run_until(lambda: all_see(c, names, names), limit=10)
     assert all(c.node(o).node.membership.peers[c.id_of(victim)].incarnation == 2 for o in others)
 
