@@ -1,7 +1,7 @@
 """The frame gate both drivers use: duplicates, replay and freshness, gossip batches."""
 
 from xchanged.protocol import codec
-from xchanged.protocol.events import FrameDropped, MessageReceived
+from xchanged.protocol.events import FrameDropped
 from xchanged.protocol.inbound import FrameGate
 from xchanged.protocol.messages import Ack, Gossip, Load
 from xchanged.protocol.signing import TrustStore, generate_key, public_bytes
