@@ -245,3 +245,21 @@ def test_sim_queued_task_runs_when_a_slot_frees():
     assert c.task("a", waiting).state == "queued"
     assert c.run_until(lambda: c.task("a", waiting).state == "succeeded", 30)
     assert c.now >= 7.0                     # it could only start after one of the long tasks ended
+
+
+def test_a_batch_pumps_once_at_its_end_so_the_bid_window_starts_when_cfps_go_out(world):
+    """A driver feeding a batch (pump=False, then settle) announces nothing until the batch ends; the
+    cfps then carry the window from the settle time, and the batch's tasks are ranked together: the
+    high-priority task submitted last in the batch is announced first."""
+    mgr, _ = world
+    node = mgr.node
+    mgr.effects.clear()
+    for i, prio in enumerate(["low", "low", "high"]):
+        spec = TaskSpec(["work"], priority=prio, requirements=Requirements(labels={"role": "worker"}))
+        mgr.effects += node.handle(TaskSubmitted(i, f"T-{i}", spec), Instant(0.001 * i, WALL), pump=False)
+    assert mgr.sent(Cfp) == []
+    mgr.effects += node.settle(Instant(0.2, WALL + 200))
+    cfps = [m.task_id for _, m in mgr.sent(Cfp)]
+    assert cfps[0] == "T-2"
+    assert node.manager.tasks["T-2"].round.deadline == pytest.approx(0.2 + 0.05)
+    assert node.settle(Instant(0.3, WALL + 300)) == []          # nothing changed since: no second pump

@@ -3,6 +3,11 @@
     effects = node.handle(event, now)      # now: Instant(mono seconds, wall ms)
     deadline = node.next_deadline()        # call handle(TimerFired(), now) at or after it
 
+After each input the manager "pumps" (announces queued tasks to free slots). A driver that feeds a
+batch of inputs before it acts on their effects passes `pump=False` and calls `settle(now)` at the
+end: the pump then runs once, with the time the batch ends (so a bid window starts when its cfps really go out),
+and sees every task and freed slot of the batch at once (so it ranks them all together).
+
 A node is both a manager (of the tasks submitted to it) and a contractor (for everyone's tasks,
 including its own: messages to itself go out as ordinary signed frames that the driver loops back).
 Nothing here does I/O or reads a clock, so the daemon and the simulator drive the same code.
@@ -67,10 +72,11 @@ class Node:
         self.audit_head: dict | None = None       # our latest signed audit head, set by the driver
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
         self._stimulus = 0
+        self._pump_due = False                    # an input changed state since the last pump
 
     # -- the one entry point --------------------------------------------------------------------
 
-    def handle(self, event, now: Instant) -> list:
+    def handle(self, event, now: Instant, pump: bool = True) -> list:
         self._stimulus += 1
         self.out.stimulus_id = event.stimulus_id or f"{type(event).__name__}-{self._stimulus}"
         mono, wall = now
@@ -94,14 +100,20 @@ class Node:
         elif isinstance(event, SeedConfigured):
             self.membership.add_seed(event.address, event.source)
         elif isinstance(event, FrameDropped):
-            self.drops[event.reason] += 1
-            return self.out.take()          # nothing changed: a flood of bad frames costs no pump
+            self.drops[event.reason] += 1       # nothing changed: a flood of bad frames costs no pump
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
             self.contractor.recover(event.attempts, mono)
         else:
             raise TypeError(f"unknown event {event!r}")
-        self.manager.pump(self.candidates(), mono, wall)
+        self._pump_due = self._pump_due or not isinstance(event, FrameDropped)
+        return self.settle(now) if pump else self.out.take()
+
+    def settle(self, now: Instant) -> list:
+        """Run the pump that inputs handled with `pump=False` left due (the end of a driver's batch)."""
+        if self._pump_due:
+            self._pump_due = False
+            self.manager.pump(self.candidates(), now.mono, now.wall_ms)
         return self.out.take()
 
     def next_deadline(self) -> float:

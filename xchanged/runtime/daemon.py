@@ -272,6 +272,7 @@ class Daemon:
                 self._feed(TimerFired(), deferred, staged_finished)
         if not events and time.monotonic() >= self.node.next_deadline():
             self._feed(TimerFired(), deferred, staged_finished)
+        self._feed(None, deferred, staged_finished)       # the batch's one pump
         self._make_durable()
         for effect in deferred:
             self._carry_out(effect)
@@ -281,7 +282,10 @@ class Daemon:
                     future.set_result(doc)
 
     def _feed(self, event: Any, deferred: list, finished: list[dict]) -> None:
-        for effect in self.node.handle(event, Instant(time.monotonic(), wall_ms())):
+        """Hand one input (None: the end of the batch) to the core and stage or defer its effects."""
+        now = Instant(time.monotonic(), wall_ms())
+        effects = self.node.settle(now) if event is None else self.node.handle(event, now, pump=False)
+        for effect in effects:
             if isinstance(effect, PersistTask):
                 self.store.put_task(effect.doc)
                 if effect.doc["state"] in TERMINAL:
