@@ -1,7 +1,9 @@
-"""The store commits urgent writes at once and lets non-urgent ones ride along (or wait a second)."""
+"""The store commits BEFORE writes before a batch's effects, AFTER writes after them, and lets LAZY ones ride
+along (or wait a second)."""
 
 import sqlite3
 
+from xchanged.protocol.effects import AFTER, BEFORE, LAZY
 from xchanged.runtime.store import LAZY_COMMIT_S, Store
 
 
@@ -10,16 +12,25 @@ def committed_attempts(path):
         return other.execute("SELECT task_id, attempt FROM attempts ORDER BY attempt").fetchall()
 
 
-def test_urgent_write_is_committed_by_commit_due(tmp_path):
+def test_before_write_is_committed_in_the_before_phase(tmp_path):
     store = Store(tmp_path / "s.db")
     store.put_attempt({"task_id": "T", "attempt": 1, "state": "running"})
-    store.commit_due(now=100.0)
+    store.commit_due(now=100.0, phase=BEFORE)
     assert committed_attempts(tmp_path / "s.db") == [("T", 1)]
 
 
-def test_lazy_write_waits_then_rides_with_an_urgent_one(tmp_path):
+def test_after_write_waits_for_the_after_phase(tmp_path):
     store = Store(tmp_path / "s.db")
-    store.put_attempt({"task_id": "T", "attempt": 1, "state": "running", "pid": 5}, urgent=False)
+    store.put_attempt({"task_id": "T", "attempt": 1, "state": "running"}, when=AFTER)
+    store.commit_due(now=100.0, phase=BEFORE)
+    assert committed_attempts(tmp_path / "s.db") == []
+    store.commit_due(now=100.0, phase=AFTER)
+    assert committed_attempts(tmp_path / "s.db") == [("T", 1)]
+
+
+def test_lazy_write_waits_then_rides_with_a_before_one(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.put_attempt({"task_id": "T", "attempt": 1, "state": "running", "pid": 5}, when=LAZY)
     store.commit_due(now=100.0)
     store.commit_due(now=100.0 + LAZY_COMMIT_S / 2)
     assert committed_attempts(tmp_path / "s.db") == []
@@ -31,7 +42,7 @@ def test_lazy_write_waits_then_rides_with_an_urgent_one(tmp_path):
 def test_lazy_write_is_committed_within_the_bound(tmp_path):
     store = Store(tmp_path / "s.db")
     store.delete_attempt("T", 1)
-    store.put_attempt({"task_id": "T", "attempt": 3, "state": "running", "pid": 5}, urgent=False)
+    store.put_attempt({"task_id": "T", "attempt": 3, "state": "running", "pid": 5}, when=LAZY)
     store.commit_due(now=100.0)
     assert committed_attempts(tmp_path / "s.db") == []
     store.commit_due(now=100.0 + LAZY_COMMIT_S)

@@ -17,10 +17,13 @@ Rules:
 - A running attempt sends `progress` every `heartbeat`. Its `result` is resent with backoff until the
   manager acknowledges it with `ack`.
 - `cancel` kills the attempt (or drops its reservation). The result then reports outcome `cancelled`.
-- Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") before the
-  `accept` is sent and the process started; its pid and start time are added once it runs; its result
-  replaces the record (state "result") before the result is first sent; the record is dropped
-  (`ForgetAttempt`) only on the manager's `ack`. After a restart (`recover`) an attempt that was
+- Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") in the batch
+  that accepts and starts it, right after (write-behind: if we crash before that commit, the process
+  dies with us and the manager, hearing nothing, reassigns the attempt after the heartbeat deadline,
+  just as it would after a crash a moment later; the fsync stays off the path from award to start).
+  Its pid and start time are added lazily once it runs; its result replaces the record (state
+  "result") before the result is first sent (write-ahead: a result lost in a crash would run the task
+  again); the record is dropped (`ForgetAttempt`) only on the manager's `ack`. After a restart (`recover`) an attempt that was
   running is reported to its manager at once as a `result` with outcome `lost` (the driver has killed
   what was left of its process), so the manager reassigns it without waiting for a timeout; kept
   results are resent as they were. Resends back off up to `2 * heartbeat`, below the manager's
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .codec import Envelope
-from .effects import Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
+from .effects import AFTER, LAZY, Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .events import Capacity, TaskExited
 from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award,
                        from_body, to_body)
@@ -274,7 +277,7 @@ class Contractor:
         self._persist_running(claim)
         self.out.emit(Audit, entry={"event": "award", "task": award.task_id, "attempt": award.attempt,
                                     "manager": env.sender, "contractor": self.settings.self_id,
-                                    "score": award.score, "time_ms": wall_ms, "message": env.raw})
+                                    "score": award.score, "time_ms": wall_ms, "message": env.raw}, when=AFTER)
         if must_wait:
             self.waiting.append(run_key)
             self._send(env.sender, Accept(award.task_id, award.attempt, queued=len(self.waiting)))
@@ -393,7 +396,7 @@ class Contractor:
         self.out.emit(PersistAttempt, doc={
             "task_id": claim.task_id, "attempt": claim.attempt, "manager": claim.manager,
             "manager_address": claim.manager_address, "state": "running", "pid": claim.pid,
-            "pid_start": claim.pid_start}, urgent=claim.pid is None)
+            "pid_start": claim.pid_start}, when=AFTER if claim.pid is None else LAZY)
 
     def _persist_result(self, pending: PendingResult) -> None:
         res = pending.result

@@ -2,6 +2,13 @@
 
 Order matters: a `PersistTask` or `Audit` comes before the `Send` or `Reply` that depends on it, and
 the driver must finish each durable effect before it performs the next one.
+
+Durability (`when` on `PersistAttempt` and `Audit`; `PersistTask` is always BEFORE):
+- BEFORE: on disk before any later effect is carried out (write-ahead: a peer or client may act on
+  what follows, so it must survive a crash);
+- AFTER: on disk in the same batch, but after its effects (write-behind: a crash in between only
+  makes recovery slower, never wrong, so the fsync stays off the critical path);
+- LAZY: with the next commit, or within a second.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .messages import TaskSpec
+
+BEFORE, AFTER, LAZY = "before", "after", "lazy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,20 +66,18 @@ class PersistTask:
 
 @dataclass(frozen=True, slots=True)
 class PersistAttempt:
-    """Contractor side: write the record of an accepted attempt, keyed by (task_id, attempt), and
-    commit it before anything that follows. `doc["state"]` is "running" (with pid and pid_start once
-    the process started) or "result" (with the unacknowledged `Result` body, resent until `ack`).
-    `urgent=False`: a refinement nothing waits on (the pid of a started attempt); it becomes durable
-    with the next urgent write or within a second, without an fsync of its own."""
+    """Contractor side: write the record of an accepted attempt, keyed by (task_id, attempt).
+    `doc["state"]` is "running" (with pid and pid_start once the process started) or "result" (with
+    the unacknowledged `Result` body, resent until `ack`). See the module docstring for `when`."""
 
     doc: dict
-    urgent: bool = True
+    when: str = BEFORE
     stimulus_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ForgetAttempt:
-    """Contractor side: the manager acknowledged this attempt's result; drop its record. Not urgent: if
+    """Contractor side: the manager acknowledged this attempt's result; drop its record. LAZY: if
     the delete is lost in a crash, the result is resent and acknowledged again, harmlessly."""
 
     task_id: str
@@ -91,9 +98,10 @@ class StoreOutput:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
-    """Append an entry to the tamper-evident award log (durable before what follows)."""
+    """Append an entry to the tamper-evident award log (durable as `when` says)."""
 
     entry: dict
+    when: str = BEFORE
     stimulus_id: str = ""
 
 

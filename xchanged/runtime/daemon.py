@@ -5,7 +5,8 @@
 
 Durability rule: a store write or audit append staged by an effect is committed (fsynced) before
 the next effect that depends on it is carried out: a message to a peer, a reply to a client, or the
-start of a process.
+start of a process. Writes the core marks AFTER (write-behind) are committed in the same batch, right
+after its effects (protocol/effects.py says which writes may be).
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import psutil
 from .. import __version__
 from ..config import Config, parse_host_port
 from ..protocol import codec
-from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
-                                Send, StartTask, StoreOutput)
-from ..protocol.effects import ProveAudit
+from ..protocol.effects import (AFTER, BEFORE, Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask,
+                                ProveAudit, Relay, Reply, Send, StartTask, StoreOutput)
 from ..protocol.events import (CancelRequested, FrameDropped, Instant, ResourcesRead,
                                SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
 from ..protocol.errors import RemoteProtocolError
@@ -107,6 +107,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
+        self._audit_due = False                  # an appended audit entry must be on disk before effects
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed audit fsync)
         self.metrics = None
         self.discovery: Discovery | None = None
@@ -273,9 +274,10 @@ class Daemon:
         if not events and time.monotonic() >= self.node.next_deadline():
             self._feed(TimerFired(), deferred, staged_finished)
         self._feed(None, deferred, staged_finished)       # the batch's one pump
-        self._make_durable()
+        self._make_durable(BEFORE)
         for effect in deferred:
             self._carry_out(effect)
+        self._make_durable(AFTER)
         for doc in staged_finished:
             for future in self._waiters.pop(doc["id"], []):
                 if not future.done():
@@ -291,7 +293,7 @@ class Daemon:
                 if effect.doc["state"] in TERMINAL:
                     finished.append(effect.doc)
             elif isinstance(effect, PersistAttempt):
-                self.store.put_attempt(effect.doc, effect.urgent)
+                self.store.put_attempt(effect.doc, effect.when)
             elif isinstance(effect, ForgetAttempt):
                 self.store.delete_attempt(effect.task_id, effect.attempt)
             elif isinstance(effect, StoreOutput):
@@ -299,6 +301,7 @@ class Daemon:
             elif isinstance(effect, Audit):
                 if self.audit is not None:
                     self.audit.append(effect.entry)
+                    self._audit_due = self._audit_due or effect.when == BEFORE
             elif isinstance(effect, Log):
                 log.log(logging.getLevelName(effect.level.upper()), "%s [%s]", effect.text, effect.stimulus_id)
             else:
@@ -340,10 +343,12 @@ class Daemon:
             log.warning("killed an orphaned process of attempt %s/%s left by the previous run", task_id, attempt)
         return attempts
 
-    def _make_durable(self) -> None:
-        self.store.commit_due(time.monotonic())
-        if self.audit is not None:
+    def _make_durable(self, phase: str) -> None:
+        """Commit and fsync what is due in this phase of the batch (see effects.py: BEFORE, AFTER)."""
+        self.store.commit_due(time.monotonic(), phase)
+        if self.audit is not None and (phase == AFTER or self._audit_due):
             self.audit.flush()
+            self._audit_due = False
 
     def _audit_proof(self, req: ProveAudit) -> AuditProof:
         if req.new_size > self.audit.size:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import msgpack
 
+from ..protocol.effects import AFTER, BEFORE, LAZY
+
 SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 """
 UNFINISHED = ("queued", "assigned", "running")
-LAZY_COMMIT_S = 1.0             # longest a non-urgent write waits for a commit
+LAZY_COMMIT_S = 1.0             # longest a LAZY write waits for a commit
+_RANK = {LAZY: 0, AFTER: 1, BEFORE: 2}
 
 
 class Store:
@@ -57,14 +60,15 @@ class Store:
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._in_tx = False
-        self._urgent = False          # something staged must be durable before the next effect
-        self._lazy_since: float | None = None   # when non-urgent writes were first seen waiting
+        self._due = LAZY              # the most pressing durability among the staged writes
+        self._lazy_since: float | None = None   # when LAZY writes were first seen waiting
 
-    def _begin(self, urgent: bool = True) -> None:
+    def _begin(self, when: str = BEFORE) -> None:
         if not self._in_tx:
             self.db.execute("BEGIN")
             self._in_tx = True
-        self._urgent = self._urgent or urgent
+        if _RANK[when] > _RANK[self._due]:
+            self._due = when
 
     def put_task(self, doc: dict) -> None:
         self._begin()
@@ -76,13 +80,13 @@ class Store:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", (task_id, attempt, stdout, stderr))
 
-    def put_attempt(self, doc: dict, urgent: bool = True) -> None:
-        self._begin(urgent)
+    def put_attempt(self, doc: dict, when: str = BEFORE) -> None:
+        self._begin(when)
         self.db.execute("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?)",
                         (doc["task_id"], doc["attempt"], msgpack.packb(doc, use_bin_type=True)))
 
     def delete_attempt(self, task_id: str, attempt: int) -> None:
-        self._begin(urgent=False)
+        self._begin(LAZY)
         self.db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
 
     def attempts(self) -> list[dict]:
@@ -92,14 +96,17 @@ class Store:
     def commit(self) -> None:
         if self._in_tx:
             self.db.execute("COMMIT")
-            self._in_tx = self._urgent = False
+            self._in_tx, self._due = False, LAZY
             self._lazy_since = None
 
-    def commit_due(self, now: float, lazy_within: float = LAZY_COMMIT_S) -> None:
-        """Commit what is staged if any of it is urgent, or if non-urgent writes wait too long."""
-        if self._in_tx and not self._urgent and self._lazy_since is None:
+    def commit_due(self, now: float, phase: str = AFTER, lazy_within: float = LAZY_COMMIT_S) -> None:
+        """Commit what is staged if some of it is due in this `phase` of a batch (BEFORE: before its
+        effects; AFTER: after them, also committing LAZY writes that waited `lazy_within`)."""
+        if not self._in_tx:
+            return
+        if self._lazy_since is None:
             self._lazy_since = now
-        if self._urgent or (self._in_tx and now - self._lazy_since >= lazy_within):
+        if _RANK[self._due] >= _RANK[phase] or (phase == AFTER and now - self._lazy_since >= lazy_within):
             self.commit()
 
     def unfinished_tasks(self) -> list[dict]:

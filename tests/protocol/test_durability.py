@@ -1,0 +1,60 @@
+"""Which writes are write-ahead (BEFORE the effects that follow) and which write-behind (AFTER them).
+
+The daemon commits BEFORE writes before it carries out a batch's messages and process starts, and
+AFTER writes right after them (protocol/effects.py). These tests pin the choice per write, on the
+effects the core emits, because each one is a crash-safety argument (protocol/contractor.py).
+"""
+
+from xchanged.protocol import codec
+from xchanged.protocol.contractor import Contractor, ContractorSettings
+from xchanged.protocol.effects import (AFTER, BEFORE, LAZY, Audit, ForgetAttempt, Outbox, PersistAttempt, Send,
+                                       StartTask)
+from xchanged.protocol.events import TaskExited
+from xchanged.protocol.messages import Ack, Award, TaskSpec
+from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
+
+WALL = 1_790_000_000_000
+
+
+def setup():
+    key = generate_key()
+    pub = public_bytes(key)
+    trust = TrustStore({pub: "mgr"})
+    encoder = codec.Encoder(key, pub, 1)
+    out = Outbox()
+    contractor = Contractor(ContractorSettings("Ncontractor", slots=2), out, lambda peer: ("mgr:1", "mgr"))
+    def say(message):
+        return codec.decode(encoder.encode(message, WALL), trust)
+    return contractor, out, say, node_id(pub)
+
+
+def kinds(effects):
+    return [(type(e).__name__, getattr(e, "when", None), type(getattr(e, "message", None)).__name__)
+            for e in effects]
+
+
+def test_accepting_an_award_starts_the_process_first_and_persists_behind_it():
+    contractor, out, say, _ = setup()
+    contractor.on_award(say(Award("T-1", 1, TaskSpec(["true"]), 0.5)), now=1.0, wall_ms=WALL)
+    effects = out.take()
+    record = next(e for e in effects if isinstance(e, PersistAttempt))
+    audit = next(e for e in effects if isinstance(e, Audit))
+    assert record.doc["state"] == "running" and record.when == AFTER
+    assert audit.entry["event"] == "award" and audit.when == AFTER
+    assert any(isinstance(e, StartTask) for e in effects)
+    assert ("Send", None, "Accept") in kinds(effects)
+
+
+def test_a_result_is_on_disk_before_it_is_sent_and_forgotten_lazily_on_ack():
+    contractor, out, say, _ = setup()
+    contractor.on_award(say(Award("T-1", 1, TaskSpec(["true"]), 0.5)), now=1.0, wall_ms=WALL)
+    out.take()
+    contractor.on_started("T-1", 1, pid=42, pid_start=1.0)
+    assert [e.when for e in out.take() if isinstance(e, PersistAttempt)] == [LAZY]     # the pid: a refinement
+    contractor.on_exited(TaskExited("T-1", 1, "exited", 0, 5, b"", b""), now=1.1)
+    effects = out.take()
+    record = next(i for i, e in enumerate(effects) if isinstance(e, PersistAttempt))
+    sent = next(i for i, e in enumerate(effects) if isinstance(e, Send))
+    assert effects[record].doc["state"] == "result" and effects[record].when == BEFORE and record < sent
+    contractor.on_ack(say(Ack("T-1", 1)))
+    assert [type(e) for e in out.take()] == [ForgetAttempt]
