@@ -383,7 +383,7 @@ class Manager:
         if sum(u for u in units.values() if u > 0) <= 0:
             return
         waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
-        for task in waiting:
+        for left, task in enumerate(waiting):
             fitting, reasons = [], Counter()
             for c in candidates:
                 why = policy.unfit_reason(c.load, task.spec.requirements)
@@ -406,7 +406,12 @@ class Manager:
                     parts += [f"{n} {why}" for why, n in reasons.items()]
                     task.reason = f"waiting for a free slot: {len(fitting)} peers can run it; " + "; ".join(parts)
                 continue
-            chosen = policy.sample_candidates(free, units, task.avoid, self.settings.max_candidates, self.rng)
+            # Each peer asked holds a unit of room until it answers, so when more tasks wait than
+            # slots are free, every task asks one peer (and all free slots fill in one round trip);
+            # with room to spare a task asks several and the bids pick the best.
+            spare = sum(u for u in units.values() if u > 0) // (len(waiting) - left)
+            d = max(1, min(self.settings.max_candidates, spare))
+            chosen = policy.sample_candidates(free, units, task.avoid, d, self.rng)
             for c in chosen:
                 units[c.id] -= 1
             if len(chosen) == 1 and self.settings.direct_award and self._trusted(chosen[0].id) \
