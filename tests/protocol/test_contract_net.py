@@ -263,3 +263,26 @@ def test_a_batch_pumps_once_at_its_end_so_the_bid_window_starts_when_cfps_go_out
     assert cfps[0] == "T-2"
     assert node.manager.tasks["T-2"].round.deadline == pytest.approx(0.2 + 0.05)
     assert node.settle(Instant(0.3, WALL + 300)) == []          # nothing changed since: no second pump
+
+
+def test_with_more_tasks_than_free_slots_each_task_asks_one_peer_and_every_slot_is_asked_for(world):
+    """Three peers with two free slots each and ten tasks submitted at once: six cfps, one peer each, two
+    per peer (asking every peer about every task would hold all the room for two tasks until their
+    bids came back)."""
+    mgr, peers = world
+    mgr.effects.clear()
+    spec = TaskSpec(["work"], requirements=Requirements(labels={"role": "worker"}))
+    for i in range(10):
+        mgr.effects += mgr.node.handle(TaskSubmitted(i, f"T-{i}", spec), Instant(0.0, WALL), pump=False)
+    mgr.effects += mgr.node.settle(Instant(0.0, WALL))
+    cfps = mgr.sent(Cfp)
+    assert all(len(targets) == 1 for targets, _ in cfps)
+    per_peer = {p.id: sum(1 for targets, _ in cfps if targets[0][0] == p.id) for p in peers}
+    assert len(cfps) == 6 and set(per_peer.values()) == {2}
+
+
+def test_with_slots_to_spare_a_task_asks_several_peers(world):
+    mgr, peers = world
+    mgr.submit()
+    targets = {pid for targets, _ in mgr.sent(Cfp) for pid, _ in targets}
+    assert targets == {p.id for p in peers}
