@@ -1,7 +1,7 @@
 """Prefetch: a full contractor may queue a few accepted tasks, only while the manager's queue is deep."""
 
 
-from xchanged.protocol.messages import TaskSpec
+from xchanged.protocol.messages import Requirements, TaskSpec
 from xchanged.sim.cluster import SimCluster
 
 
@@ -80,3 +80,25 @@ def test_prefetch_zero_never_queues():
         assert all(q == 0 for _, q in running_and_queued(c).values())
         return all(c.task("n0", t).state == "succeeded" for t in ids)
     assert c.run_until(check, 60)
+
+
+def test_no_queueing_while_tasks_of_different_priorities_wait():
+    """A task queued on one node cannot be overtaken there, but a less urgent task given a slot that
+    frees elsewhere would start before it: local queues take work only while the backlog is uniform.
+    Here l5 waits, then h arrives. a frees a slot first and starts its queued long l3; had h been
+    queued behind l3, l5 would have been queued behind b's short l4 and started long before h."""
+    c = SimCluster(seed=5, latency=0.002)
+    for name in ("a", "b"):
+        c.add_node(name, slots=1, labels={"host": name}, prefetch=1)
+    c.run_for(2.0)
+    def low(seconds, host=None):
+        return c.submit("a", TaskSpec(["sleep", str(seconds)], priority="low",
+                                      requirements=Requirements(labels={"host": host} if host else {})))
+    low(0.9, "a"), low(1, "b"), low(3, "a"), low(0.5, "b")
+    l5 = low(1)
+    c.run_for(0.1)                          # each node runs one task and has one queued; l5 waits
+    assert c.task("a", l5).state == "queued"
+    h = c.submit("a", TaskSpec(["sleep", "1"], priority="high"))
+    assert c.run_until(lambda: all(c.task("a", t).state == "succeeded" for t in (l5, h)), 60)
+    started = {t: c.task("a", t).attempts[-1].started for t in (l5, h)}
+    assert started[h] < started[l5]

@@ -379,7 +379,7 @@ class Manager:
                 units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
         waiting = [t for t in self.index.active.values()
                    if t.state == QUEUED and t.round is None and t.not_before <= now]
-        self.queue_ok = self._use_queues(candidates, units, len(waiting))
+        self.queue_ok = self._use_queues(candidates, units, waiting)
         if sum(u for u in units.values() if u > 0) <= 0:
             return
         waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
@@ -422,11 +422,15 @@ class Manager:
             if sum(u for u in units.values() if u > 0) <= 0:
                 break
 
-    def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: int) -> bool:
+    def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: list[Task]) -> bool:
         """Offer contractors' local queues (prefetch) only while more tasks wait than slots are free:
         then a queued task starts the moment a slot frees. At the tail of a workload, queueing a task
-        behind a busy node while another idles would lengthen it, so free slots alone are used."""
-        if not any(c.queue for c in candidates) or waiting <= sum(u for u in units.values() if u > 0):
+        behind a busy node while another idles would lengthen it, so free slots alone are used.
+        And only while every waiting task has the same priority: a task queued on one node cannot be
+        overtaken there, but a less urgent one given a slot that frees elsewhere would start first."""
+        if not any(c.queue for c in candidates) or len(waiting) <= sum(u for u in units.values() if u > 0):
+            return False
+        if len({t.base_level for t in self.index.active.values() if t.state == QUEUED}) > 1:
             return False
         held = Counter(t.current.node for t in self.index.active.values()
                        if t.current is not None and t.current.state in ("awarded", "waiting"))

@@ -104,9 +104,14 @@ class Task:
         self.counter += 1
         return self.counter
 
+    @property
+    def base_level(self) -> int:
+        """Priority plus the boost of failed attempts, before aging."""
+        return priority_level(self.spec.priority) + self.boost
+
     def level(self, now: float) -> int:
         waited = max(0.0, now - self.queued_since)
-        return priority_level(self.spec.priority) + self.boost + int(waited // AGING_STEP)
+        return self.base_level + int(waited // AGING_STEP)
 
     def to_doc(self) -> dict:
         """The task as persisted and shown to clients (read-only: its parts may be shared)."""
