@@ -1,14 +1,19 @@
-"""Which writes are write-ahead (BEFORE the effects that follow) and which write-behind (AFTER them).
+"""Which writes are on disk before a reply (SYNC), written ahead of what follows (BEFORE), or behind it
+(AFTER, LAZY).
 
-The daemon commits BEFORE writes before it carries out a batch's messages and process starts, and
-AFTER writes right after them (protocol/effects.py). These tests pin the choice per write, on the
-effects the core emits, because each one is a crash-safety argument (protocol/contractor.py).
+The daemon fsyncs SYNC writes before a batch's effects, commits BEFORE writes before them and AFTER
+writes right after (protocol/effects.py). These tests pin the choice per write, on the effects the
+core emits, because each one is a crash-safety argument (protocol/contractor.py, manager.py).
 """
 
 from xchanged.protocol import codec
 from xchanged.protocol.contractor import Contractor, ContractorSettings
-from xchanged.protocol.effects import (AFTER, BEFORE, LAZY, Audit, ForgetAttempt, Outbox, PersistAttempt, Send,
-                                       StartTask)
+import random
+
+from xchanged.protocol.effects import (AFTER, BEFORE, LAZY, SYNC, Audit, ForgetAttempt, Outbox, PersistAttempt,
+                                       PersistTask, Reply, Send, StartTask)
+from xchanged.protocol.events import CancelRequested, Instant, TaskSubmitted
+from xchanged.protocol.node import Node, NodeSettings
 from xchanged.protocol.events import TaskExited
 from xchanged.protocol.messages import Ack, Award, TaskSpec
 from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
@@ -38,9 +43,8 @@ def test_accepting_an_award_starts_the_process_first_and_persists_behind_it():
     contractor.on_award(say(Award("T-1", 1, TaskSpec(["true"]), 0.5)), now=1.0, wall_ms=WALL)
     effects = out.take()
     record = next(e for e in effects if isinstance(e, PersistAttempt))
-    audit = next(e for e in effects if isinstance(e, Audit))
     assert record.doc["state"] == "running" and record.when == AFTER
-    assert audit.entry["event"] == "award" and audit.when == AFTER
+    assert next(e for e in effects if isinstance(e, Audit)).entry["event"] == "award"
     assert any(isinstance(e, StartTask) for e in effects)
     assert ("Send", None, "Accept") in kinds(effects)
 
@@ -58,3 +62,13 @@ def test_a_result_is_on_disk_before_it_is_sent_and_forgotten_lazily_on_ack():
     assert effects[record].doc["state"] == "result" and effects[record].when == BEFORE and record < sent
     contractor.on_ack(say(Ack("T-1", 1)))
     assert [type(e) for e in out.take()] == [ForgetAttempt]
+
+
+def test_a_submit_and_a_cancel_are_on_disk_before_the_reply_other_task_changes_are_written_ahead():
+    node = Node("Nmanager", NodeSettings(name="m", address="m:1", slots=1), random.Random(1))
+    effects = node.handle(TaskSubmitted(1, "T-1", TaskSpec(["true"])), Instant(0.0, WALL))
+    persists = [e for e in effects if isinstance(e, PersistTask)]
+    assert persists[0].when == SYNC
+    assert effects.index(persists[0]) < next(i for i, e in enumerate(effects) if isinstance(e, Reply))
+    effects = node.handle(CancelRequested(2, "T-1"), Instant(0.1, WALL + 100))
+    assert [e.when for e in effects if isinstance(e, PersistTask)] == [SYNC]

@@ -277,7 +277,7 @@ class Contractor:
         self._persist_running(claim)
         self.out.emit(Audit, entry={"event": "award", "task": award.task_id, "attempt": award.attempt,
                                     "manager": env.sender, "contractor": self.settings.self_id,
-                                    "score": award.score, "time_ms": wall_ms, "message": env.raw}, when=AFTER)
+                                    "score": award.score, "time_ms": wall_ms, "message": env.raw})
         if must_wait:
             self.waiting.append(run_key)
             self._send(env.sender, Accept(award.task_id, award.attempt, queued=len(self.waiting)))

@@ -3,12 +3,17 @@
 Order matters: a `PersistTask` or `Audit` comes before the `Send` or `Reply` that depends on it, and
 the driver must finish each durable effect before it performs the next one.
 
-Durability (`when` on `PersistAttempt` and `Audit`; `PersistTask` is always BEFORE):
-- BEFORE: on disk before any later effect is carried out (write-ahead: a peer or client may act on
-  what follows, so it must survive a crash);
-- AFTER: on disk in the same batch, but after its effects (write-behind: a crash in between only
-  makes recovery slower, never wrong, so the fsync stays off the critical path);
-- LAZY: with the next commit, or within a second.
+Durability (`when` on `PersistTask` and `PersistAttempt`). "Written" survives a crash of the daemon;
+"on disk" (fsynced) survives power loss, which the driver ensures for every write within
+SYNC_INTERVAL (a group fsync off its event loop), so a decision lost to a power cut is at most
+that old: the protocol then runs that task again (at least once), never loses it.
+- SYNC: on disk before any later effect (a client's submit: the reply promises the task is kept);
+- BEFORE: written before any later effect (write-ahead: a peer may act on what follows);
+- AFTER: written in the same batch, right after its effects (write-behind: a crash in between only
+  makes recovery slower, never wrong);
+- LAZY: written with the next commit, or within a second.
+Audit entries are written before what follows; the signed heads the driver gossips cover only what
+is on disk, so a power cut can never make a log look shorter than a head its peers have seen.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from .messages import TaskSpec
 
-BEFORE, AFTER, LAZY = "before", "after", "lazy"
+SYNC, BEFORE, AFTER, LAZY = "sync", "before", "after", "lazy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +63,10 @@ class KillTask:
 
 @dataclass(frozen=True, slots=True)
 class PersistTask:
-    """Write this task's document to the store (and commit) before anything that follows."""
+    """Write this task's document to the store (see the module docstring for `when`)."""
 
     doc: dict
+    when: str = BEFORE
     stimulus_id: str = ""
 
 
@@ -98,10 +104,9 @@ class StoreOutput:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
-    """Append an entry to the tamper-evident award log (durable as `when` says)."""
+    """Append an entry to the tamper-evident award log (written before what follows)."""
 
     entry: dict
-    when: str = BEFORE
     stimulus_id: str = ""
 
 

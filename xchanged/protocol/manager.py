@@ -23,7 +23,8 @@ Rules:
   deadline, and timed out past its timeout plus a margin: either way the task is re-announced,
   preferring other nodes. Failures count against `retries` and raise the priority one level; losses
   have their own, larger cap.
-- Every change of a task is persisted (`PersistTask`) before the message that depends on it is sent.
+- Every change of a task is persisted (`PersistTask`) before the message that depends on it is sent;
+  a submitted or cancelled task is on disk before the client's reply (effects.py: SYNC, BEFORE).
 - Memory is bounded: per-event work walks only the unfinished tasks, and only the most recent
   `finished_retention` finished tasks stay in memory (`tasks.TaskIndex`); a late result for an evicted
   task is acknowledged and ignored. What a peer's load says about its free slots is corrected for the
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .codec import Envelope
-from .effects import Audit, Outbox, PersistTask, Reply, Send, StoreOutput
+from .effects import BEFORE, SYNC, Audit, Outbox, PersistTask, Reply, Send, StoreOutput
 from .free_slots import FreeSlotLedger
 from .messages import (PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Load, Progress, Refuse, Reject, RejectBid,
                        Result, TaskSpec)
@@ -124,7 +125,7 @@ class Manager:
         task = Task(task_id, spec, wall_ms, self._order, queued_since=now)
         self.index.add(task)
         self.stats["submitted"] += 1
-        self._persist(task)
+        self._persist(task, SYNC)                # the reply promises the task is kept: on disk first
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 
     def cancel(self, request_id: int, task_id: str, now: float, wall_ms: int) -> None:
@@ -139,7 +140,7 @@ class Manager:
             self._finish(task, CANCELLED, None, "cancelled by user", wall_ms)
             self.out.emit(Audit, entry={"event": "cancel", "task": task.id, "manager": self.settings.self_id,
                                         "time_ms": wall_ms})
-            self._persist(task)
+            self._persist(task, SYNC)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 
     def recover(self, docs: list[dict], now: float) -> None:
@@ -622,5 +623,5 @@ class Manager:
     def _send(self, peer: str, message: Any) -> None:
         self.out.emit(Send, targets=((peer, self.lookup(peer)[0]),), message=message)
 
-    def _persist(self, task: Task) -> None:
-        self.out.emit(PersistTask, doc=task.to_doc())
+    def _persist(self, task: Task, when: str = BEFORE) -> None:
+        self.out.emit(PersistTask, doc=task.to_doc(), when=when)

@@ -190,7 +190,8 @@ class AuditLog:
         return index
 
     def flush(self) -> None:
-        """Make every record appended so far durable with one fsync (group commit)."""
+        """Make every record appended so far durable with one fsync (group commit). Safe from a
+        worker thread while the loop appends: records appended meanwhile wait for the next flush."""
         self._check_usable()
         if self._durable_size == self.size:
             return
@@ -198,10 +199,16 @@ class AuditLog:
         self._fsync(self._fd, "the log")
         self._durable_size = size
 
-    def sign_head(self, time_ms: int) -> SignedTreeHead:
-        """Flush, then sign (size, root, time_ms) and replace the head file atomically."""
-        self.flush()
-        head = SignedTreeHead.sign(self._key, self._node_id, self.size, self.root, time_ms)
+    def sign_head(self, time_ms: int, size: int | None = None) -> SignedTreeHead:
+        """Sign (size, root, time_ms) and replace the head file atomically. Without `size`: flush,
+        then sign every record. With it: sign that many records, which must already be durable (so a
+        worker thread can sign what it fsynced while the loop appends more)."""
+        if size is None:
+            self.flush()
+            size = self.size
+        elif size > self._durable_size:
+            raise ValueError(f"cannot sign {size} records: only {self._durable_size} are durable")
+        head = SignedTreeHead.sign(self._key, self._node_id, size, self._tree.root(size), time_ms)
         text = head_text(head)
         temp_path = self._head_path + ".tmp"
         try:

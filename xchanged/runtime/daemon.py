@@ -3,10 +3,12 @@
     inputs (peer frames, control requests, process exits, resource readings, timers)
         -> Node.handle(event, now) -> effects -> perform, in order -> re-arm the timer
 
-Durability rule: a store write or audit append staged by an effect is committed (fsynced) before
-the next effect that depends on it is carried out: a message to a peer, a reply to a client, or the
-start of a process. Writes the core marks AFTER (write-behind) are committed in the same batch, right
-after its effects (protocol/effects.py says which writes may be).
+Durability rule: a store write or audit append staged by an effect is written (it survives a crash
+of the daemon) before the next effect that depends on it is carried out: a message to a peer, a
+reply to a client, or the start of a process; writes the core marks AFTER (write-behind) right
+after the batch's effects. Everything written is fsynced (survives power loss) within SYNC_INTERVAL
+by a worker thread, so the event loop never waits on the disk; only a client's submit or cancel is
+fsynced before its reply (protocol/effects.py: SYNC).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import time
 from typing import Any
 
@@ -50,6 +53,7 @@ log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0
 MAX_INPUTS = 100_000
 MAX_BATCH = 256          # inputs handled per group commit
+SYNC_INTERVAL = 0.1      # seconds: the longest a written decision waits to be fsynced
 
 
 class DaemonError(Exception):
@@ -107,7 +111,6 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
-        self._audit_due = False                  # an appended audit entry must be on disk before effects
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed audit fsync)
         self.metrics = None
         self.discovery: Discovery | None = None
@@ -129,23 +132,46 @@ class Daemon:
             raise DaemonError(f"refusing to start: cannot open the audit log {path}: {exc}") from None
 
     def _sign_head(self) -> None:
-        """Sign a new tree head if the log grew since the last one; gossip the latest."""
+        """At start: flush and sign every record (nothing else touches the log yet)."""
         head = self.audit.head
         if head is None or head.size != self.audit.size:
             head = self.audit.sign_head(wall_ms())
         self.node.audit_head = head.to_dict()
 
-    async def _sign_heads(self) -> None:
+    async def _sync_to_disk(self) -> None:
+        """Group fsync, off the event loop: every SYNC_INTERVAL the store's log and the audit log are
+        fsynced in a worker thread (what the loop wrote meanwhile waits for the next round), and every
+        gossip interval a new audit head is signed over the records that are on disk, and gossiped."""
+        head_every = max(self.config.gossip.interval, 0.05)
+        next_head = time.monotonic()
         while True:
-            await asyncio.sleep(max(self.config.gossip.interval, 0.05))
+            await asyncio.sleep(SYNC_INTERVAL)
+            now = time.monotonic()
+            sign_at = wall_ms() if now >= next_head else None
+            if sign_at is not None:
+                next_head = now + head_every
             try:
-                self._sign_head()
-            except AuditError as exc:
+                head = await asyncio.to_thread(self._sync_files, now, sign_at)
+            except (AuditError, OSError, sqlite3.Error) as exc:
                 self._fail(exc)
                 return
+            if head is not None:
+                self.node.audit_head = head.to_dict()
+
+    def _sync_files(self, now: float, sign_at: int | None):
+        """(Worker thread.) fsync what was written; sign a head over the durable records if asked."""
+        if self.store.unsynced:
+            self.store.sync(now)
+        self.audit.flush()
+        if sign_at is None:
+            return None
+        head, size = self.audit.head, self.audit.durable_size
+        if head is None or head.size != size:
+            head = self.audit.sign_head(sign_at, size)
+        return head
 
     def _fail(self, exc: Exception) -> None:
-        log.critical("stopping: the audit log failed: %s", exc)
+        log.critical("stopping: writing to disk failed: %s", exc)
         self.failure = exc
         self._stopping.set()
 
@@ -180,7 +206,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
-                       loop.create_task(self._sign_heads())]
+                       loop.create_task(self._sync_to_disk())]
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
@@ -289,7 +315,7 @@ class Daemon:
         effects = self.node.settle(now) if event is None else self.node.handle(event, now, pump=False)
         for effect in effects:
             if isinstance(effect, PersistTask):
-                self.store.put_task(effect.doc)
+                self.store.put_task(effect.doc, effect.when)
                 if effect.doc["state"] in TERMINAL:
                     finished.append(effect.doc)
             elif isinstance(effect, PersistAttempt):
@@ -301,7 +327,6 @@ class Daemon:
             elif isinstance(effect, Audit):
                 if self.audit is not None:
                     self.audit.append(effect.entry)
-                    self._audit_due = self._audit_due or effect.when == BEFORE
             elif isinstance(effect, Log):
                 log.log(logging.getLevelName(effect.level.upper()), "%s [%s]", effect.text, effect.stimulus_id)
             else:
@@ -344,11 +369,8 @@ class Daemon:
         return attempts
 
     def _make_durable(self, phase: str) -> None:
-        """Commit and fsync what is due in this phase of the batch (see effects.py: BEFORE, AFTER)."""
+        """Commit what is due in this phase of the batch (effects.py: SYNC, BEFORE, AFTER)."""
         self.store.commit_due(time.monotonic(), phase)
-        if self.audit is not None and (phase == AFTER or self._audit_due):
-            self.audit.flush()
-            self._audit_due = False
 
     def _audit_proof(self, req: ProveAudit) -> AuditProof:
         if req.new_size > self.audit.size:
@@ -476,7 +498,7 @@ def _sd_notify(state: str) -> None:
 
 
 def run_daemon(config: Config) -> None:
-    """Run until stopped; DaemonError when it cannot start or had to stop (a failed audit fsync)."""
+    """Run until stopped; DaemonError when it cannot start or had to stop (a failed write or fsync)."""
     daemon = Daemon(config)
     try:
         asyncio.run(daemon.run())
@@ -484,4 +506,4 @@ def run_daemon(config: Config) -> None:
         log.critical("stopped: the audit log failed: %s", exc)
         raise DaemonError(f"stopped: the audit log failed: {exc}") from None
     if daemon.failure is not None:
-        raise DaemonError(f"stopped: the audit log failed: {daemon.failure}")
+        raise DaemonError(f"stopped: writing to disk failed: {daemon.failure}")

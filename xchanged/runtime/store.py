@@ -1,5 +1,12 @@
-"""SQLite store (WAL, synchronous=FULL): the manager's tasks and the outputs of their attempts, and
-the contractor's accepted attempts (running, or finished with a result not yet acknowledged).
+"""SQLite store (WAL): the manager's tasks and the outputs of their attempts, and the contractor's
+accepted attempts (running, or finished with a result not yet acknowledged).
+
+Durability in two steps. A commit writes the transaction to the write-ahead log (synchronous=NORMAL):
+from then on it survives a crash of the daemon, not yet a crash of the machine. `sync()` fsyncs the
+log, making every commit before it survive power loss too; the daemon calls it off the event loop
+every SYNC_INTERVAL (group fsync), and inline for SYNC writes (a client's accepted submit), which are
+on disk before the reply. Checkpoints (copying the log into the database file) run from `sync()`
+too, on a connection of their own, so the event loop never waits on the disk.
 
 Task rows hold the task's JSON document as the protocol core last persisted it; a restarted daemon
 hands the unfinished ones back to the core (`StateRecovered`). Writes are grouped: `put_task` only
@@ -14,12 +21,13 @@ Schema 2 added the `attempts` table; opening a version-1 file creates it (nothin
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import msgpack
 
-from ..protocol.effects import AFTER, BEFORE, LAZY
+from ..protocol.effects import AFTER, BEFORE, LAZY, SYNC
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -47,7 +55,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 UNFINISHED = ("queued", "assigned", "running")
 LAZY_COMMIT_S = 1.0             # longest a LAZY write waits for a commit
-_RANK = {LAZY: 0, AFTER: 1, BEFORE: 2}
+_RANK = {LAZY: 0, AFTER: 1, BEFORE: 2, SYNC: 3}
+CHECKPOINT_EVERY = 2.0          # seconds between checkpoints of the write-ahead log
 
 
 class Store:
@@ -56,9 +65,13 @@ class Store:
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")          # sync() checkpoints, off the loop
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._syncer: sqlite3.Connection | None = None        # used by sync() only (one thread at a time)
+        self._last_checkpoint = 0.0
+        self.unsynced = False         # committed since the last sync() began
         self._in_tx = False
         self._due = LAZY              # the most pressing durability among the staged writes
         self._lazy_since: float | None = None   # when LAZY writes were first seen waiting
@@ -70,8 +83,8 @@ class Store:
         if _RANK[when] > _RANK[self._due]:
             self._due = when
 
-    def put_task(self, doc: dict) -> None:
-        self._begin()
+    def put_task(self, doc: dict, when: str = BEFORE) -> None:
+        self._begin(when)
         self.db.execute("INSERT INTO tasks (id, state, submitted, doc) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT(id) DO UPDATE SET state=excluded.state, doc=excluded.doc",
                         (doc["id"], doc["state"], doc["submitted"], json.dumps(doc, separators=(",", ":"))))
@@ -95,9 +108,33 @@ class Store:
 
     def commit(self) -> None:
         if self._in_tx:
+            must_sync = self._due == SYNC
             self.db.execute("COMMIT")
             self._in_tx, self._due = False, LAZY
             self._lazy_since = None
+            self.unsynced = True
+            if must_sync:
+                self.sync()
+
+    def sync(self, now: float | None = None) -> None:
+        """fsync the write-ahead log (every commit so far survives power loss); checkpoint it into
+        the database file every CHECKPOINT_EVERY seconds when `now` is given. Safe to call from a
+        worker thread while the loop goes on committing: what it commits meanwhile is marked unsynced."""
+        self.unsynced = False
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if now is not None and now - self._last_checkpoint >= CHECKPOINT_EVERY:
+            self._last_checkpoint = now
+            if self._syncer is None:
+                self._syncer = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+                self._syncer.execute("PRAGMA synchronous=NORMAL")
+            self._syncer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def commit_due(self, now: float, phase: str = AFTER, lazy_within: float = LAZY_COMMIT_S) -> None:
         """Commit what is staged if some of it is due in this `phase` of a batch (BEFORE: before its
@@ -145,4 +182,7 @@ class Store:
 
     def close(self) -> None:
         self.commit()
+        if self._syncer is not None:
+            self._syncer.close()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")      # synced: the log copied into the file
         self.db.close()
