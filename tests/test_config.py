@@ -22,6 +22,7 @@ from xchanged.config import (
     GossipConfig,
     MetricsConfig,
     NetworkConfig,
+    NodeConfig,
     config_from_dict,
     default_config_path,
     format_size,
@@ -62,6 +63,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert c.node.state_dir == Path("/var/lib/xchanged")
     assert c.node.key_file == tmp_path / "node.key"
     assert c.node.slots >= 1
+    assert c.node.prefetch == NodeConfig().prefetch == 1
     assert c.node.labels == {}
     assert c.network == NetworkConfig()
     assert c.network.listen == "0.0.0.0:7946" and c.network.mdns and c.network.seeds == ()

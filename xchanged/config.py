@@ -227,7 +227,7 @@ class NodeConfig:
     state_dir: Path = DEFAULT_STATE_DIR  #: SQLite store, audit log and task outputs live here
     key_file: Path = DEFAULT_CONFIG_DIR / "node.key"  #: this node's Ed25519 private key
     slots: int = field(default_factory=_cpu_count)  #: how many tasks may run here at once
-    prefetch: int = 0  #: accepted tasks that may wait here for a slot, so a freed slot restarts at once
+    prefetch: int = 1  #: accepted tasks that may wait here for a slot, so a freed slot restarts at once
     labels: dict[str, str] = field(default_factory=dict)  #: capabilities tasks can require (--label K=V)
 
 
@@ -441,7 +441,7 @@ def _node(s: _Section, default_key_file: Path) -> NodeConfig:
     state_dir = s.path("state_dir", DEFAULT_STATE_DIR)
     key_file = s.path("key_file", default_key_file)
     slots = s.integer("slots", _cpu_count(), minimum=1)
-    prefetch = s.integer("prefetch", 0, minimum=0)
+    prefetch = s.integer("prefetch", 1, minimum=0)
     table = s.raw("labels", "a table like { zone = \"lab-2\" }", (dict,))
     labels: dict[str, str] = {}
     if table is not _MISSING:

@@ -48,8 +48,8 @@ name = {q(name)}
 state_dir = {q(str(DEFAULT_STATE_DIR))}   # SQLite store, audit log, task outputs
 key_file = {q(str(directory / "node.key"))}   # this node's private key (mode 0600)
 # slots = {_cpu_count()}   # concurrent tasks; default: the CPU count of the host
-prefetch = 0             # accepted tasks that may wait here for a slot: hides award latency for very
-                         # short tasks, at the cost of strict priority order (0: none)
+prefetch = 1             # accepted tasks that may wait here for a slot, so a freed slot restarts at
+                         # once (used only for a deep, uniform backlog of short tasks; 0: never)
 labels = {{}}   # capabilities tasks can require, e.g. {{ zone = "lab-2", cuda = "12" }}
 
 [network]

@@ -102,3 +102,16 @@ def test_no_queueing_while_tasks_of_different_priorities_wait():
     assert c.run_until(lambda: all(c.task("a", t).state == "succeeded" for t in (l5, h)), 60)
     started = {t: c.task("a", t).attempts[-1].started for t in (l5, h)}
     assert started[h] < started[l5]
+
+
+def test_no_queueing_behind_tasks_expected_to_run_long():
+    """A node whose running command is known to take minutes offers no queue room: a task parked
+    there would wait behind it while other nodes free up."""
+    c = cluster(prefetch=1, slots=(1,))
+    first = c.submit("n0", TaskSpec(["sleep", "120"]))
+    assert c.run_until(lambda: c.task("n0", first).state == "succeeded", 200)   # 120 s: the history
+    ids = [c.submit("n0", TaskSpec(["sleep", "120"])) for _ in range(3)]
+    c.run_for(1.0)
+    assert c.node("n0").node.contractor.started == 1
+    assert len(c.node("n0").node.contractor.waiting) == 0
+    assert [c.task("n0", t).state for t in ids].count("queued") == 2

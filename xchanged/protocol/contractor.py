@@ -4,7 +4,9 @@ Rules:
 - A `cfp` is answered with a `bid` only if the task fits now, counting running attempts AND bids
   still outstanding (each bid reserves its room until the award, a `reject_bid`, or `reservation_ttl`).
 - Prefetch: when every slot is taken, a node may still accept up to `prefetch` tasks into a local FIFO
-  queue, but only for a manager that says its own queue is deep (`queue_ok` on the cfp or award).
+  queue, but only for a manager that says its own queue is deep (`queue_ok` on the cfp or award), and
+  only while a slot is expected to free soon (within PREFETCH_HORIZON_MS, from the run times seen
+  here), so a task is never parked behind hour-long ones while other nodes free up.
   A queued attempt is accepted (`accept.queued` = its position) and started the moment a slot frees
   and its resources fit, hiding the award round trip from the slot's idle time. Resources (CPUs,
   memory, GPUs) of a queued task are checked against the node's total at admission and against what
@@ -46,6 +48,7 @@ RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: firs
 LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
 UNKNOWN_RUNTIME_MS = 1000.0     # run time assumed for a command never seen here
 RUNTIME_HISTORY = 256           # commands whose mean run time a contractor remembers (for bid estimates)
+PREFETCH_HORIZON_MS = 1000.0    # queue a task only if a slot is expected to free within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class Contractor:
         self.pending: dict[tuple[str, int], PendingResult] = {}
         self.completed = 0
         self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
+        self.now = 0.0                                        # time of the input being handled (Node sets it)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -110,9 +114,15 @@ class Contractor:
 
     @property
     def queue_free(self) -> int:
-        """Room left in the local queue (beyond the free slots)."""
+        """Room left in the local queue (beyond the free slots): none while no slot is expected to
+        free within PREFETCH_HORIZON_MS, so a task is never parked behind long-running ones."""
         s = self.settings
+        if not self._queue_open():
+            return 0
         return max(0, s.slots + s.prefetch - len(self.running) - len(self.reserved)) - self.slots_free
+
+    def _queue_open(self) -> bool:
+        return self.settings.prefetch > 0 and self._until_a_slot_frees(self.now) <= PREFETCH_HORIZON_MS
 
     @property
     def started(self) -> int:
@@ -157,7 +167,7 @@ class Contractor:
                 return "label", f"label {key}={value} missing", ()
         claims = self._claims(exclude)
         if len(claims) >= s.slots:
-            if not queue_ok or len(claims) >= s.slots + s.prefetch:
+            if not queue_ok or len(claims) >= s.slots + s.prefetch or not self._queue_open():
                 return "no_slots", f"all {s.slots} slots busy", ()
             return self._queue_refusal(req)
         return self._fits_now(req, [c for c in claims if not c.queued])

@@ -80,6 +80,7 @@ class Node:
         self._stimulus += 1
         self.out.stimulus_id = event.stimulus_id or f"{type(event).__name__}-{self._stimulus}"
         mono, wall = now
+        self.contractor.now = mono
         if isinstance(event, MessageReceived):
             self._on_message(event.envelope, mono, wall)
         elif isinstance(event, TimerFired):
@@ -113,6 +114,7 @@ class Node:
         """Run the pump that inputs handled with `pump=False` left due (the end of a driver's batch)."""
         if self._pump_due:
             self._pump_due = False
+            self.contractor.now = now.mono
             self.manager.pump(self.candidates(), now.mono, now.wall_ms)
         return self.out.take()
 
