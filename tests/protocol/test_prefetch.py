@@ -39,7 +39,7 @@ def test_queued_attempt_is_shown_waiting_then_running_with_its_real_start():
     c = cluster(prefetch=1, slots=(1,))
     first = c.submit("n0", TaskSpec(["sleep", "2"]))
     second = c.submit("n0", TaskSpec(["sleep", "1"]))
-    third = c.submit("n0", TaskSpec(["sleep", "1"]))        # keeps the manager's queue deep
+    third, *_ = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(3)]    # keep the backlog deep
     c.run_for(0.5)
     task = c.task("n0", second)
     assert task.state == "assigned" and task.attempts[-1].state == "waiting"
@@ -52,18 +52,22 @@ def test_queued_attempt_is_shown_waiting_then_running_with_its_real_start():
 
 
 def test_no_queueing_at_the_tail_of_a_workload():
+    """Two slots, five tasks: three wait, fewer than two rounds of the cluster's slots, so each waits
+    for the first slot that frees anywhere rather than behind one particular node."""
     c = cluster(prefetch=1, slots=(1, 1))
-    ids = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(2)]
+    ids = [c.submit("n0", TaskSpec(["sleep", "1"])) for _ in range(5)]
     c.run_for(0.5)
-    assert sorted(c.task("n0", t).attempts[-1].node_name for t in ids) == ["n0", "n1"]
+    assert sorted(c.task("n0", t).attempts[-1].node_name for t in ids[:2]) == ["n0", "n1"]
     assert all(len(s.node.contractor.waiting) == 0 for s in c.nodes.values())
+    assert [c.task("n0", t).state for t in ids[2:]] == ["queued"] * 3
 
 
 def test_cancel_of_a_queued_attempt_reports_cancelled_without_a_process():
     c = cluster(prefetch=1, slots=(1,))
     c.submit("n0", TaskSpec(["sleep", "5"]))
     queued = c.submit("n0", TaskSpec(["sleep", "5"]))
-    c.submit("n0", TaskSpec(["sleep", "5"]))
+    for _ in range(3):
+        c.submit("n0", TaskSpec(["sleep", "5"]))             # keep the backlog deep
     c.run_for(0.5)
     assert c.task("n0", queued).attempts[-1].state == "waiting"
     c.cancel("n0", queued)

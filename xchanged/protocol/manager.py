@@ -424,12 +424,15 @@ class Manager:
                 break
 
     def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: list[Task]) -> bool:
-        """Offer contractors' local queues (prefetch) only while more tasks wait than slots are free:
-        then a queued task starts the moment a slot frees. At the tail of a workload, queueing a task
-        behind a busy node while another idles would lengthen it, so free slots alone are used.
+        """Offer contractors' local queues (prefetch) only while the backlog is deep: more tasks wait
+        than there are free slots plus two rounds of every slot we know. Then a queued task starts the
+        moment a slot frees, and many tasks still follow it. Toward the tail of a workload, a task
+        queued behind a busy node while another idles would lengthen it, so free slots alone are used.
         And only while every waiting task has the same priority: a task queued on one node cannot be
         overtaken there, but a less urgent one given a slot that frees elsewhere would start first."""
-        if not any(c.queue for c in candidates) or len(waiting) <= sum(u for u in units.values() if u > 0):
+        if not any(c.queue for c in candidates):
+            return False
+        if len(waiting) <= sum(u for u in units.values() if u > 0) + 2 * sum(c.slots for c in candidates):
             return False
         if len({t.base_level for t in self.index.active.values() if t.state == QUEUED}) > 1:
             return False
