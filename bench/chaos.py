@@ -35,6 +35,7 @@ FAST = {
     "gossip": {"interval": "200ms", "suspect_after": "1s", "dead_after": "2500ms"},
     "executor": {"heartbeat": "500ms", "kill_grace": "500ms"},
     "bidding": {"overload_cpu_percent": 100},     # a busy shared test box must not stall bidding
+    "node": {"prefetch": int(os.environ.get("CHAOS_PREFETCH", "1"))},
 }
 
 

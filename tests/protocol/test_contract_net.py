@@ -286,3 +286,26 @@ def test_with_slots_to_spare_a_task_asks_several_peers(world):
     mgr.submit()
     targets = {pid for targets, _ in mgr.sent(Cfp) for pid, _ in targets}
     assert targets == {p.id for p in peers}
+
+
+def test_a_queue_that_turned_us_away_gets_no_more_awards_until_its_next_load():
+    """Several managers see the same free queue place in a node's load; all but one are rejected. A
+    rejected manager must not award into that queue again and again until the node's next load."""
+    mgr = Manager(bid_window=0.05, award_timeout=1.0)
+    p1 = Peer("p1", TRUST)
+    busy = dataclasses.replace(p1.load(slots=1, free=0, labels={"role": "worker"}), queue_free=1)
+    mgr.handle(p1.say(busy))
+    mgr.node.manager.records[p1.id] = record = mgr.node.manager._record(p1.id)
+    record.successes = 1                                       # known: direct awards
+    spec = TaskSpec(["work"], requirements=Requirements(labels={"role": "worker"}))
+    for i in range(20):
+        mgr.effects += mgr.node.handle(TaskSubmitted(i, f"T-{i}", spec), Instant(0.0, WALL), pump=False)
+    mgr.effects += mgr.node.settle(Instant(0.0, WALL))
+    awards = mgr.sent(Award, to=p1.id)
+    assert len(awards) == 1 and awards[0][1].queue_ok
+    first = awards[0][1]
+    mgr.handle(p1.say(Reject(first.task_id, first.attempt, "no_slots", "all 1 slots busy"), t=0.01), t=0.01)
+    mgr.tick(0.02)
+    assert len(mgr.sent(Award, to=p1.id)) == 1                 # not again
+    mgr.handle(p1.say(busy, t=0.5), t=0.5)                     # its next load: room again
+    assert len(mgr.sent(Award, to=p1.id)) == 2

@@ -102,6 +102,8 @@ class Manager:
         self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
         self.queue_ok = False                          # our queue is deep: contractors may queue our tasks
         self.bid_first: set[str] = set()               # tasks whose direct award was rejected: cfp from now on
+        self.queue_full: set[str] = set()              # peers that turned us away since their last load:
+                                                       # their queue room went to other managers
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._order = 0
@@ -181,6 +183,7 @@ class Manager:
         rnd.refusals[env.sender] = refuse
         if refuse.code in ("no_slots", "overloaded"):
             self.free_hint[env.sender] = 0
+            self.queue_full.add(env.sender)
         if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
             self._close_round(task, now, wall_ms)
 
@@ -215,6 +218,7 @@ class Manager:
             return
         att.state, att.reason, att.ended = "rejected", f"{rej.code}: {rej.reason}", wall_ms
         self.free_hint[env.sender] = 0
+        self.queue_full.add(env.sender)
         self.out.emit(Audit, entry={"event": "reject", "task": task.id, "attempt": att.attempt,
                                     "manager": self.settings.self_id, "contractor": env.sender,
                                     "time_ms": wall_ms, "message": env.raw})
@@ -302,6 +306,7 @@ class Manager:
         load: Load = env.message
         self.free_hint[env.sender] = self.ledger.free_from_load(
             env.sender, load.slots_free, (env.incarnation, env.seq), self._is_live)
+        self.queue_full.discard(env.sender)
 
     def _at_most_free(self, peer: str, believed: int, ending: tuple[str, int] | None = None) -> int:
         """Never believe a peer has more free slots than its slots minus our own attempts holding one
@@ -440,7 +445,7 @@ class Manager:
                        if t.current is not None and t.current.state in ("awarded", "waiting"))
         used = False
         for c in candidates:
-            room = c.queue - held[c.id]
+            room = 0 if c.id in self.queue_full else c.queue - held[c.id]
             if room > 0:
                 units[c.id] = units.get(c.id, 0) + room
                 used = True
