@@ -3,7 +3,7 @@ along (or wait a second)."""
 
 import sqlite3
 
-from xchanged.protocol.effects import AFTER, BEFORE, LAZY
+from xchanged.protocol.effects import AFTER, BEFORE, LAZY, SYNC
 from xchanged.runtime.store import LAZY_COMMIT_S, Store
 
 
@@ -48,3 +48,17 @@ def test_lazy_write_is_committed_within_the_bound(tmp_path):
     store.commit_due(now=100.0 + LAZY_COMMIT_S)
     assert committed_attempts(tmp_path / "s.db") == [("T", 3)]
     store.close()
+
+
+def test_commits_are_unsynced_until_sync_and_a_sync_write_is_synced_at_once(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.put_attempt({"task_id": "T", "attempt": 1, "state": "running"})
+    store.commit_due(now=100.0, phase=BEFORE)
+    assert store.unsynced and committed_attempts(tmp_path / "s.db") == [("T", 1)]
+    store.sync(now=100.0)                                  # fsync + checkpoint, as the worker thread does
+    assert not store.unsynced
+    store.put_task({"id": "T-1", "state": "queued", "submitted": 1}, when=SYNC)
+    store.commit_due(now=100.1, phase=BEFORE)
+    assert not store.unsynced                              # fsynced before the reply could go out
+    store.close()
+    store.sync(now=200.0)                                  # a late worker-thread sync after close: a no-op

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import msgpack
@@ -69,7 +70,9 @@ class Store:
         self.db.execute("PRAGMA wal_autocheckpoint=0")          # sync() checkpoints, off the loop
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self._syncer: sqlite3.Connection | None = None        # used by sync() only (one thread at a time)
+        self._syncer: sqlite3.Connection | None = None        # used by sync() only, under _sync_lock
+        self._sync_lock = threading.Lock()                    # sync() in a worker thread vs close()
+        self._closed = False
         self._last_checkpoint = 0.0
         self.unsynced = False         # committed since the last sync() began
         self._in_tx = False
@@ -120,7 +123,13 @@ class Store:
         """fsync the write-ahead log (every commit so far survives power loss); checkpoint it into
         the database file every CHECKPOINT_EVERY seconds when `now` is given. Safe to call from a
         worker thread while the loop goes on committing: what it commits meanwhile is marked unsynced."""
+        with self._sync_lock:
+            self._sync(now)
+
+    def _sync(self, now: float | None) -> None:
         self.unsynced = False
+        if self._closed:
+            return
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -182,7 +191,10 @@ class Store:
 
     def close(self) -> None:
         self.commit()
-        if self._syncer is not None:
-            self._syncer.close()
+        with self._sync_lock:
+            self._closed = True
+            if self._syncer is not None:
+                self._syncer.close()
+                self._syncer = None
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")      # synced: the log copied into the file
         self.db.close()
