@@ -95,7 +95,7 @@ def test_overloaded_node_takes_no_work_and_status_says_so():
     assert doc["state"] == "queued"
     assert "1 not taking work (cpu or memory overloaded)" in doc["reason"]
     contractor = sim.node("a").node.contractor
-    assert contractor.refusal(Requirements(), "sleep")[0] == "overloaded"
+    assert contractor.refusal(Requirements(), "sleep", sim.now)[0] == "overloaded"
     sim.deliver(sim.id_of("a"), ResourcesRead(Capacity(cpus=2, cpu_percent=20.0, mem_total=64 << 30,
                                                        mem_available=60 << 30)))
     assert done(sim, tid)["state"] == "succeeded"

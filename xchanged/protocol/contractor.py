@@ -104,7 +104,6 @@ class Contractor:
         self.pending: dict[tuple[str, int], PendingResult] = {}
         self.completed = 0
         self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
-        self.now = 0.0                                        # time of the input being handled (Node sets it)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -112,17 +111,16 @@ class Contractor:
     def slots_free(self) -> int:
         return max(0, self.settings.slots - len(self.running) - len(self.reserved))
 
-    @property
-    def queue_free(self) -> int:
+    def queue_free(self, now: float) -> int:
         """Room left in the local queue (beyond the free slots): none while no slot is expected to
         free within PREFETCH_HORIZON_MS, so a task is never parked behind long-running ones."""
         s = self.settings
-        if not self._queue_open():
+        if not self._queue_open(now):
             return 0
         return max(0, s.slots + s.prefetch - len(self.running) - len(self.reserved)) - self.slots_free
 
-    def _queue_open(self) -> bool:
-        return self.settings.prefetch > 0 and self._until_a_slot_frees(self.now) <= PREFETCH_HORIZON_MS
+    def _queue_open(self, now: float) -> bool:
+        return self.settings.prefetch > 0 and self._until_a_slot_frees(now) <= PREFETCH_HORIZON_MS
 
     @property
     def started(self) -> int:
@@ -142,9 +140,8 @@ class Contractor:
         """Slots this node offers to managers now: none while its CPU or memory is overloaded."""
         return 0 if self.overloaded or self.memory_short else self.slots_free
 
-    @property
-    def offer_queue(self) -> int:
-        return 0 if self.overloaded or self.memory_short else self.queue_free
+    def offer_queue(self, now: float) -> int:
+        return 0 if self.overloaded or self.memory_short else self.queue_free(now)
 
     def estimate_ms(self, cfp: Cfp) -> int | None:
         """How long we expect the task to run here: the submitter's estimate, else our history."""
@@ -156,7 +153,7 @@ class Contractor:
     def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
 
-    def refusal(self, req: Requirements, command: str, exclude: tuple[str, str] | None = None,
+    def refusal(self, req: Requirements, command: str, now: float, exclude: tuple[str, str] | None = None,
                 queue_ok: bool = False) -> tuple[str, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s = self.settings
@@ -167,7 +164,7 @@ class Contractor:
                 return "label", f"label {key}={value} missing", ()
         claims = self._claims(exclude)
         if len(claims) >= s.slots:
-            if not queue_ok or len(claims) >= s.slots + s.prefetch or not self._queue_open():
+            if not queue_ok or len(claims) >= s.slots + s.prefetch or not self._queue_open(now):
                 return "no_slots", f"all {s.slots} slots busy", ()
             return self._queue_refusal(req)
         return self._fits_now(req, [c for c in claims if not c.queued])
@@ -231,7 +228,7 @@ class Contractor:
     def on_cfp(self, env: Envelope, now: float) -> None:
         cfp: Cfp = env.message
         key = (env.sender, cfp.task_id)
-        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, exclude=key, queue_ok=cfp.queue_ok)
+        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, now, exclude=key, queue_ok=cfp.queue_ok)
         if code:
             self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
             return
@@ -273,7 +270,7 @@ class Contractor:
             return
         key = (env.sender, award.task_id)
         reservation = self.reserved.pop(key, None)
-        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], queue_ok=award.queue_ok)
+        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], now, queue_ok=award.queue_ok)
         if code and reservation is not None and code in ("no_slots", "cpus", "mem", "gpus", "gpu_mem", "overloaded"):
             code, gpus = "", reservation.gpus   # the reservation already holds the room
         if code:

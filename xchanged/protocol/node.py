@@ -80,7 +80,6 @@ class Node:
         self._stimulus += 1
         self.out.stimulus_id = event.stimulus_id or f"{type(event).__name__}-{self._stimulus}"
         mono, wall = now
-        self.contractor.now = mono
         if isinstance(event, MessageReceived):
             self._on_message(event.envelope, mono, wall)
         elif isinstance(event, TimerFired):
@@ -95,7 +94,7 @@ class Node:
             claim = self.contractor.running.get((event.task_id, event.attempt))
             self.contractor.on_exited(event, mono)
             if claim is not None:
-                self._offer_freed_slot(skip=claim.manager)
+                self._offer_freed_slot(claim.manager, mono)
         elif isinstance(event, ResourcesRead):
             self.contractor.capacity = event.capacity
         elif isinstance(event, SeedConfigured):
@@ -114,8 +113,7 @@ class Node:
         """Run the pump that inputs handled with `pump=False` left due (the end of a driver's batch)."""
         if self._pump_due:
             self._pump_due = False
-            self.contractor.now = now.mono
-            self.manager.pump(self.candidates(), now.mono, now.wall_ms)
+            self.manager.pump(self.candidates(now.mono), now.mono, now.wall_ms)
         return self.out.take()
 
     def next_deadline(self) -> float:
@@ -186,7 +184,7 @@ class Node:
             self.out.emit(Send, targets=(target,), message=message)
         if now >= m.next_round:
             m.next_round = now + self.settings.gossip.interval
-            load = self.load_signal()
+            load = self.load_signal(now)
             targets = m.gossip_targets(live_too=m.own_load_due(load))
             if targets:
                 self.out.emit(Send, targets=tuple(targets), message=load)
@@ -216,7 +214,7 @@ class Node:
             if t.health == DEAD:
                 self.manager.peer_died(t.peer.id, now, wall)
 
-    def _offer_freed_slot(self, skip: str) -> None:
+    def _offer_freed_slot(self, skip: str, now: float) -> None:
         """Pull-based work stealing: a freed slot is told at once (a direct load signal) to managers
         whose last signal showed queued work. One manager per free slot, not all of them: several
         managers told of one slot would all award it and all but one be rejected (a thundering herd).
@@ -233,7 +231,7 @@ class Node:
         if len(waiting) > free:
             waiting = self.membership.rng.sample(waiting, free)
         if waiting:
-            self.out.emit(Send, targets=tuple((p.id, p.address) for p in waiting), message=self.load_signal())
+            self.out.emit(Send, targets=tuple((p.id, p.address) for p in waiting), message=self.load_signal(now))
 
     # -- views ----------------------------------------------------------------------------------
 
@@ -244,20 +242,20 @@ class Node:
         peer = self.membership.peers.get(peer_id)
         return (peer.address, peer.name) if peer else ("", "")
 
-    def load_signal(self, count_queued: bool = True) -> Load:
+    def load_signal(self, now: float, count_queued: bool = True) -> Load:
         cap: Capacity = self.contractor.capacity
         stats = {k: int(v) for k, v in self.manager.stats.items()}
         stats["completed"] = self.contractor.completed
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
                     slots_free=self.contractor.offer_slots, running=self.contractor.started,
-                    queue_free=self.contractor.offer_queue,
+                    queue_free=self.contractor.offer_queue(now),
                     queued=self.manager.queued() if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)
 
-    def candidates(self) -> list[Candidate]:
-        own = self.load_signal(count_queued=False)        # called on every event: skip the O(tasks) count
+    def candidates(self, now: float) -> list[Candidate]:
+        own = self.load_signal(now, count_queued=False)        # called on every event: skip the O(tasks) count
         out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
                          queue=own.queue_free)]
         for peer in self.membership.healthy():

@@ -50,7 +50,7 @@ def _peer_doc(pid: str, name: str, address: str, health: str, last_seen: float |
 
 
 def peers(node: Node, now: float) -> list[dict]:
-    own = node.load_signal()
+    own = node.load_signal(now)
     out = [dict(_peer_doc(node.id, own.name, own.address, "alive", 0.0, own, node.manager.records.get(node.id),
                           now),
                 self=True, audit="self", audit_size=(node.audit_head or {}).get("size"))]
