@@ -374,7 +374,13 @@ class Manager:
         self.known = {c.id: c for c in candidates}
         self_id = self.settings.self_id
         units = {c.id: c.free for c in candidates}
+        waiting: list[Task] = []
+        queued_levels: set[int] = set()
         for task in self.index.active.values():   # room held by our open rounds and standby bids
+            if task.state == QUEUED:
+                queued_levels.add(task.base_level)
+                if task.round is None and task.not_before <= now:
+                    waiting.append(task)
             if task.round is not None:
                 for peer in task.round.candidates:
                     units[peer] = units.get(peer, 0) - 1
@@ -383,10 +389,9 @@ class Manager:
             if task.state == ASSIGNED and task.award_deadline is not None and task.attempts \
                     and task.attempts[-1].node == self_id:
                 units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
-        waiting = [t for t in self.index.active.values()
-                   if t.state == QUEUED and t.round is None and t.not_before <= now]
-        self.queue_ok = self._use_queues(candidates, units, waiting)
-        if sum(u for u in units.values() if u > 0) <= 0:
+        self.queue_ok = self._use_queues(candidates, units, len(waiting), mixed=len(queued_levels) > 1)
+        room = sum(u for u in units.values() if u > 0)     # unclaimed units, kept up to date below
+        if room <= 0:
             return
         waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
         for left, task in enumerate(waiting):
@@ -415,31 +420,30 @@ class Manager:
             # Each peer asked holds a unit of room until it answers, so when more tasks wait than
             # slots are free, every task asks one peer (and all free slots fill in one round trip);
             # with room to spare a task asks several and the bids pick the best.
-            spare = sum(u for u in units.values() if u > 0) // (len(waiting) - left)
-            d = max(1, min(self.settings.max_candidates, spare))
+            d = max(1, min(self.settings.max_candidates, room // (len(waiting) - left)))
             chosen = policy.sample_candidates(free, units, task.avoid, d, self.rng)
             for c in chosen:
                 units[c.id] -= 1
+            room -= len(chosen)                         # each was a free (positive) unit
             if len(chosen) == 1 and self.settings.direct_award and self._trusted(chosen[0].id) \
                     and task.id not in self.bid_first:
                 self._award_direct(task, chosen[0], now, wall_ms)
             else:
                 self._announce(task, chosen, now, wall_ms)
-            if sum(u for u in units.values() if u > 0) <= 0:
+            if room <= 0:
                 break
 
-    def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: list[Task]) -> bool:
+    def _use_queues(self, candidates: list[Candidate], units: dict[str, int], waiting: int, mixed: bool) -> bool:
         """Offer contractors' local queues (prefetch) only while the backlog is deep: more tasks wait
         than there are free slots plus two rounds of every slot we know. Then a queued task starts the
         moment a slot frees, and many tasks still follow it. Toward the tail of a workload, a task
         queued behind a busy node while another idles would lengthen it, so free slots alone are used.
         And only while every waiting task has the same priority: a task queued on one node cannot be
-        overtaken there, but a less urgent one given a slot that frees elsewhere would start first."""
-        if not any(c.queue for c in candidates):
+        overtaken there, but a less urgent one given a slot that frees elsewhere would start first
+        (`mixed`: the queued tasks have more than one priority)."""
+        if mixed or not any(c.queue for c in candidates):
             return False
-        if len(waiting) <= sum(u for u in units.values() if u > 0) + 2 * sum(c.slots for c in candidates):
-            return False
-        if len({t.base_level for t in self.index.active.values() if t.state == QUEUED}) > 1:
+        if waiting <= sum(u for u in units.values() if u > 0) + 2 * sum(c.slots for c in candidates):
             return False
         held = Counter(t.current.node for t in self.index.active.values()
                        if t.current is not None and t.current.state in ("awarded", "waiting"))
