@@ -295,8 +295,7 @@ def test_a_queue_that_turned_us_away_gets_no_more_awards_until_its_next_load():
     p1 = Peer("p1", TRUST)
     busy = dataclasses.replace(p1.load(slots=1, free=0, labels={"role": "worker"}), queue_free=1)
     mgr.handle(p1.say(busy))
-    mgr.node.manager.records[p1.id] = record = mgr.node.manager._record(p1.id)
-    record.successes = 1                                       # known: direct awards
+    mgr.node.manager._record(p1.id).successes = 1             # known: direct awards
     spec = TaskSpec(["work"], requirements=Requirements(labels={"role": "worker"}))
     for i in range(20):
         mgr.effects += mgr.node.handle(TaskSubmitted(i, f"T-{i}", spec), Instant(0.0, WALL), pump=False)

@@ -16,7 +16,7 @@ from xchanged.protocol.events import CancelRequested, Instant, TaskSubmitted
 from xchanged.protocol.node import Node, NodeSettings
 from xchanged.protocol.events import TaskExited
 from xchanged.protocol.messages import Ack, Award, TaskSpec
-from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
+from xchanged.protocol.signing import TrustStore, generate_key, public_bytes
 
 WALL = 1_790_000_000_000
 
@@ -30,7 +30,7 @@ def setup():
     contractor = Contractor(ContractorSettings("Ncontractor", slots=2), out, lambda peer: ("mgr:1", "mgr"))
     def say(message):
         return codec.decode(encoder.encode(message, WALL), trust)
-    return contractor, out, say, node_id(pub)
+    return contractor, out, say
 
 
 def kinds(effects):
@@ -39,7 +39,7 @@ def kinds(effects):
 
 
 def test_accepting_an_award_starts_the_process_first_and_persists_behind_it():
-    contractor, out, say, _ = setup()
+    contractor, out, say = setup()
     contractor.on_award(say(Award("T-1", 1, TaskSpec(["true"]), 0.5)), now=1.0, wall_ms=WALL)
     effects = out.take()
     record = next(e for e in effects if isinstance(e, PersistAttempt))
@@ -50,7 +50,7 @@ def test_accepting_an_award_starts_the_process_first_and_persists_behind_it():
 
 
 def test_a_result_is_on_disk_before_it_is_sent_and_forgotten_lazily_on_ack():
-    contractor, out, say, _ = setup()
+    contractor, out, say = setup()
     contractor.on_award(say(Award("T-1", 1, TaskSpec(["true"]), 0.5)), now=1.0, wall_ms=WALL)
     out.take()
     contractor.on_started("T-1", 1, pid=42, pid_start=1.0)

@@ -145,6 +145,22 @@ def trees(draw):
     return n, [leaf_hash(x) for x in data(n)]
 
 
+def altered(draw, proof: list[bytes], kind: str) -> list[bytes]:
+    """`proof` with one bit of one hash flipped ("flip"), one hash dropped ("drop"), or otherwise (and
+    always for an empty proof) a random hash inserted."""
+    bad = list(proof)
+    if kind == "flip" and bad:
+        j = draw.draw(st.integers(0, len(bad) - 1))
+        byte = draw.draw(st.integers(0, 31))
+        bit = draw.draw(st.integers(1, 255))
+        bad[j] = bad[j][:byte] + bytes([bad[j][byte] ^ bit]) + bad[j][byte + 1 :]
+    elif kind == "drop" and bad:
+        del bad[draw.draw(st.integers(0, len(bad) - 1))]
+    else:
+        bad.insert(draw.draw(st.integers(0, len(bad))), draw.draw(st.binary(min_size=32, max_size=32)))
+    return bad
+
+
 @settings(max_examples=200, deadline=None)
 @given(trees(), st.data())
 def test_honest_inclusion_proofs_verify_and_altered_ones_fail(tree, draw):
@@ -158,14 +174,7 @@ def test_honest_inclusion_proofs_verify_and_altered_ones_fail(tree, draw):
 
     kind = draw.draw(st.sampled_from(["flip", "drop", "extra", "index", "size", "leaf"]))
     leaf, index, size, root, bad = hashes[m], m, n, r, list(p)
-    if kind == "flip" and p:
-        j = draw.draw(st.integers(0, len(p) - 1))
-        byte = draw.draw(st.integers(0, 31))
-        bit = draw.draw(st.integers(1, 255))
-        bad[j] = bad[j][:byte] + bytes([bad[j][byte] ^ bit]) + bad[j][byte + 1 :]
-    elif kind == "drop" and p:
-        del bad[draw.draw(st.integers(0, len(p) - 1))]
-    elif kind == "index" and n > 1:
+    if kind == "index" and n > 1:
         index = draw.draw(st.integers(0, n - 1).filter(lambda i: i != m))
     elif kind == "size":
         # The claim "leaf m is in the tree of size s'": s' paired with that tree's real root.
@@ -174,8 +183,7 @@ def test_honest_inclusion_proofs_verify_and_altered_ones_fail(tree, draw):
     elif kind == "leaf":
         leaf = leaf_hash(b"forged")
     else:
-        j = draw.draw(st.integers(0, len(p)))
-        bad.insert(j, draw.draw(st.binary(min_size=32, max_size=32)))
+        bad = altered(draw, p, kind)
     assert not verify_inclusion(leaf, index, size, bad, root)
 
 
@@ -192,14 +200,7 @@ def test_honest_consistency_proofs_verify_and_altered_ones_fail(tree, draw):
 
     kind = draw.draw(st.sampled_from(["flip", "drop", "extra", "old", "new", "root"]))
     old_size, new_size, bad = old, n, list(p)
-    if kind == "flip" and p:
-        j = draw.draw(st.integers(0, len(p) - 1))
-        byte = draw.draw(st.integers(0, 31))
-        bit = draw.draw(st.integers(1, 255))
-        bad[j] = bad[j][:byte] + bytes([bad[j][byte] ^ bit]) + bad[j][byte + 1 :]
-    elif kind == "drop" and p:
-        del bad[draw.draw(st.integers(0, len(p) - 1))]
-    elif kind == "old" and n > 1:
+    if kind == "old" and n > 1:
         old_size = draw.draw(st.integers(0, n).filter(lambda s: s != old))
         old_root = acc.root(old_size)
     elif kind == "new":
@@ -208,8 +209,7 @@ def test_honest_consistency_proofs_verify_and_altered_ones_fail(tree, draw):
     elif kind == "root":
         old_root = leaf_hash(b"another history")
     else:
-        j = draw.draw(st.integers(0, len(p)))
-        bad.insert(j, draw.draw(st.binary(min_size=32, max_size=32)))
+        bad = altered(draw, p, kind)
     if (old_size, new_size) != (old, n) and bad == consistency_proof(
         [leaf_hash(x) for x in data(max(new_size, n))], old_size, new_size
     ):

@@ -22,7 +22,7 @@ Rules:
 - Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") in the batch
   that accepts and starts it, right after (write-behind: if we crash before that commit, the process
   dies with us and the manager, hearing nothing, reassigns the attempt after the heartbeat deadline,
-  just as it would after a crash a moment later; the fsync stays off the path from award to start).
+  just as it would after a crash a moment later; the write stays off the path from award to start).
   Its pid and start time are added lazily once it runs; its result replaces the record (state
   "result") before the result is first sent (write-ahead: a result lost in a crash would run the task
   again); the record is dropped (`ForgetAttempt`) only on the manager's `ack`. After a restart (`recover`) an attempt that was
