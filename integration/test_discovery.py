@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from xchanged.client import Client, DaemonUnreachable
+from xchanged.client import Client
+from xchanged.localcluster import wait_answering
 from xchanged.config import GossipConfig
 from xchanged.provision import init_node
 
@@ -86,18 +87,7 @@ class Cluster:
     def wait_ready(self, hosts, timeout: float = 20.0) -> None:
         for host in hosts:
             d = self.daemons[host]
-            end = time.monotonic() + timeout
-            while True:
-                if d.proc.poll() is not None:
-                    raise RuntimeError(f"{host} exited with {d.proc.returncode}:\n{self.log(host)}")
-                try:
-                    with d.client(timeout=2.0) as c:
-                        c.ping()
-                    break
-                except DaemonUnreachable:
-                    if time.monotonic() > end:
-                        raise TimeoutError(f"{host} not ready after {timeout}s:\n{self.log(host)}")
-                    time.sleep(0.02)
+            wait_answering(host, d.proc, d.client, lambda: self.log(host), timeout)
 
     def start_all(self) -> float:
         """Start every daemon; returns the monotonic time at which the last one was ready."""

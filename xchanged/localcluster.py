@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .client import Client, DaemonUnreachable
 from .provision import NodeFiles, init_node
@@ -59,6 +60,24 @@ def _toml_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wait_answering(name: str, process: subprocess.Popen | None, client: Callable[..., Client],
+                   log_tail: Callable[[], str], timeout: float) -> None:
+    """Until a daemon answers a ping on its control socket (its readiness signal); an error with its
+    log's tail if it exits first or stays silent past `timeout`."""
+    end = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail()}")
+        try:
+            with client(timeout=2.0) as c:
+                c.ping()
+            return
+        except DaemonUnreachable:
+            if time.monotonic() > end:
+                raise TimeoutError(f"{name} not ready after {timeout}s:\n{log_tail()}")
+            time.sleep(0.02)   # polling a socket that is not there yet; nothing to wait on
 
 
 class LocalCluster:
@@ -118,18 +137,7 @@ class LocalCluster:
         log.close()
 
     def wait_ready(self, node: LocalNode, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while True:
-            if node.process is not None and node.process.poll() is not None:
-                raise RuntimeError(f"{node.name} exited with {node.process.returncode}:\n{self.tail_log(node)}")
-            try:
-                with node.client(timeout=2.0) as c:
-                    c.ping()
-                return
-            except DaemonUnreachable:
-                if time.monotonic() > end:
-                    raise TimeoutError(f"{node.name} not ready after {timeout}s:\n{self.tail_log(node)}")
-                time.sleep(0.02)   # polling a socket that is not there yet; nothing to wait on
+        wait_answering(node.name, node.process, node.client, lambda: self.tail_log(node), timeout)
 
     def wait_connected(self, timeout: float = 30.0, nodes: list[LocalNode] | None = None) -> None:
         """Until every running node sees every other running node alive."""
