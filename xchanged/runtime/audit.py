@@ -25,8 +25,10 @@ flush() fsyncs (it survives power loss), once for any number of appends (group c
 fsync poisons the log for good: the kernel may already have dropped the dirty pages and reported
 the error once, so a retry could "succeed" with the data lost. The daemon must stop.
 
-An AuditLog is not thread-safe: the daemon's one loop owns it. verify_log and read_records only
-read, so they work on a copy or on a log another process is appending to.
+An AuditLog is not thread-safe in general. The daemon shares it in one way only: its loop appends,
+while a worker thread calls flush() and sign_head(time, size) over records already durable; a record
+counts in `size` only once its bytes are written, and the tree is append-only, so both are safe.
+verify_log and read_records only read, so they work on a copy or on a log another process appends to.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
-        self.failure: Exception | None = None     # why the daemon stopped itself (a failed audit fsync)
+        self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
         self.metrics = None
         self.discovery: Discovery | None = None
 
@@ -288,9 +288,10 @@ class Daemon:
         self._handle_batch([event])
 
     def _handle_batch(self, events: list) -> None:
-        """Feed a batch of inputs to the core, then make every write durable with one commit and one
-        audit fsync (group commit), and only then carry out what depends on them: messages, replies,
-        process starts. Nothing outside this process sees a decision before it is on disk."""
+        """Feed a batch of inputs to the core (one pump, at its end), commit what its effects depend
+        on with one commit (group commit), and only then carry out those effects: messages, replies,
+        process starts; then commit the write-behind ones. Nothing outside this process sees a decision
+        before it is written; the worker thread of `_sync_to_disk` puts it on disk within SYNC_INTERVAL."""
         staged_finished: list[dict] = []
         deferred: list = []
         for event in events:
@@ -300,10 +301,10 @@ class Daemon:
         if not events and time.monotonic() >= self.node.next_deadline():
             self._feed(TimerFired(), deferred, staged_finished)
         self._feed(None, deferred, staged_finished)       # the batch's one pump
-        self._make_durable(BEFORE)
+        self.store.commit_due(time.monotonic(), BEFORE)      # effects.py: SYNC, BEFORE, AFTER, LAZY
         for effect in deferred:
             self._carry_out(effect)
-        self._make_durable(AFTER)
+        self.store.commit_due(time.monotonic(), AFTER)
         for doc in staged_finished:
             for future in self._waiters.pop(doc["id"], []):
                 if not future.done():
@@ -367,10 +368,6 @@ class Daemon:
         for task_id, attempt in killed:
             log.warning("killed an orphaned process of attempt %s/%s left by the previous run", task_id, attempt)
         return attempts
-
-    def _make_durable(self, phase: str) -> None:
-        """Commit what is due in this phase of the batch (effects.py: SYNC, BEFORE, AFTER)."""
-        self.store.commit_due(time.monotonic(), phase)
 
     def _audit_proof(self, req: ProveAudit) -> AuditProof:
         if req.new_size > self.audit.size:
