@@ -296,9 +296,7 @@ class Daemon:
         deferred: list = []
         for event in events:
             self._feed(event, deferred, staged_finished)
-            if time.monotonic() >= self.node.next_deadline():
-                self._feed(TimerFired(), deferred, staged_finished)
-        if not events and time.monotonic() >= self.node.next_deadline():
+        if time.monotonic() >= self.node.next_deadline():   # once a batch: it walks every peer and claim
             self._feed(TimerFired(), deferred, staged_finished)
         self._feed(None, deferred, staged_finished)       # the batch's one pump
         self.store.commit_due(time.monotonic(), BEFORE)      # effects.py: SYNC, BEFORE, AFTER, LAZY
