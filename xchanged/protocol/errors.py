@@ -1,17 +1,12 @@
 """Error types, named by whose fault the problem is (as in h11).
 
-`LocalProtocolError` means this node tried to do something the protocol forbids: a bug here.
 `RemoteProtocolError` means a peer (or a client) sent something invalid: counted and dropped, never
-fatal to the daemon.
+fatal to the daemon. (A bug of our own is not caught: the daemon stops and systemd restarts it.)
 """
 
 
 class XchangedError(Exception):
     """Base of every error xchanged raises on purpose."""
-
-
-class LocalProtocolError(XchangedError):
-    """We broke a protocol rule; the caller's code is wrong."""
 
 
 class RemoteProtocolError(XchangedError):

@@ -83,7 +83,6 @@ class Membership:
     _round: int = 0
     _own_round: int = -(1 << 30)                               # round our last load was signed
     _own_load: Load | None = None
-    pending_probes: dict[int, tuple[str, str]] = field(default_factory=dict)  # nonce -> (target, asker)
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -252,10 +251,6 @@ class Membership:
 
     def healthy(self) -> list[Peer]:
         return [p for p in self.peers.values() if p.health == ALIVE and p.load is not None]
-
-    def address_of(self, peer_id: str) -> str:
-        peer = self.peers.get(peer_id)
-        return peer.address if peer else ""
 
     def _relay_rounds(self) -> int:
         return max(1, math.ceil(math.log2(len(self.peers) + 2)) // 2 + 1)

@@ -89,9 +89,6 @@ class TrustStore:
     def __contains__(self, public_key: bytes) -> bool:
         return public_key in self.keys
 
-    def name_of(self, public_key: bytes) -> str:
-        return self.keys.get(public_key, "")
-
     @classmethod
     def parse(cls, text: str, source: str = "authorized_keys") -> "TrustStore":
         keys: dict[bytes, str] = {}
