@@ -6,6 +6,11 @@ duplicates are both 0.
 
     python bench/chaos.py                       # 1,000 tasks of 0.05-0.5 s on 4 nodes (a few minutes)
     python bench/chaos.py --tasks 5000 --nodes 6 --slots 3 --seed 7 --max-down 2
+    python bench/chaos.py --phases short         # only the short-task, prefetch-heavy phase
+
+Two phases, each on a fresh cluster: `long` (the tasks above) and `short` (issue 10: `--short-tasks`
+near-instant commands on 1-slot nodes with prefetch on and the default `overload_cpu_percent` of 90,
+so that on one shared host contractors refuse, reject and queue often while nodes are killed).
 
 - lost: a submitted task that is not terminal (succeeded/failed/cancelled) in its manager's store once
   every node is back up and the cluster has drained (or was not there at all).
@@ -41,6 +46,8 @@ FAST = {
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--phases", default="long,short", help="comma list of phases to run: long, short")
+    ap.add_argument("--short-tasks", type=int, default=2000, help="tasks of the short phase")
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--tasks", type=int, default=1000)
@@ -55,14 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory (logs, stores)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    rng = random.Random(seed)
-    base = Path(tempfile.mkdtemp(prefix="xchanged-chaos-"))
+    ok = True
+    for phase in args.phases.split(","):
+        if phase == "long":
+            ok &= soak(args, random.Random(seed), phase, args.slots, FAST, args.tasks, (args.min_s, args.max_s))
+        elif phase == "short":
+            settings = {**FAST, "bidding": {"overload_cpu_percent": 90}, "node": {"prefetch": 1}}
+            ok &= soak(args, random.Random(seed + 1), phase, 1, settings, args.short_tasks, (0.0, 0.0))
+        else:
+            ap.error(f"unknown phase {phase!r}")
+    return 0 if ok else 1
+
+
+def soak(args, rng: random.Random, phase: str, slots: int, settings: dict, n_tasks: int,
+         seconds: tuple[float, float]) -> bool:
+    """One soak on a fresh cluster; True when no task was lost and none completed twice."""
+    base = Path(tempfile.mkdtemp(prefix=f"xchanged-chaos-{phase}-"))
     done = base / "done.log"
     done.touch()
-    print(f"chaos: {args.tasks} tasks of {args.min_s}-{args.max_s}s on {args.nodes} nodes x {args.slots} slots, "
-          f"seed {seed}, dir {base}", flush=True)
+    print(f"chaos [{phase}]: {n_tasks} tasks of {seconds[0]}-{seconds[1]}s on {args.nodes} nodes x {slots} slots, "
+          f"seed {args.seed}, dir {base}", flush=True)
 
-    cluster = LocalCluster([args.slots] * args.nodes, base_dir=base / "cluster", settings=FAST)
+    cluster = LocalCluster([slots] * args.nodes, base_dir=base / "cluster", settings=settings)
     owner: dict[str, int] = {}
     docs: dict[str, dict] = {}
     events: list[str] = []
@@ -70,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         per_node = [[] for _ in range(args.nodes)]
-        for _ in range(args.tasks):
-            secs = rng.uniform(args.min_s, args.max_s)
+        for _ in range(n_tasks):
+            secs = rng.uniform(*seconds)
+            sleep = f"sleep {secs:.3f}; " if secs > 0 else ""
             per_node[rng.randrange(args.nodes)].append(
-                ["sh", "-c", f'sleep {secs:.3f}; echo "$XCHANGED_TASK_ID $XCHANGED_ATTEMPT" >> {done}'])
+                ["sh", "-c", f'{sleep}echo "$XCHANGED_TASK_ID $XCHANGED_ATTEMPT" >> {done}'])
         for i, argvs in enumerate(per_node):
             if argvs:
                 with cluster.client(i) as c:
@@ -120,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     repeated = sum(1 for n in runs.values() if n > 1)
     attempts = Counter(a["state"] for d in docs.values() for a in d["attempts"])
     print()
+    print(f"phase                {phase}")
     print(f"elapsed              {elapsed:.1f}s, {len([e for e in events if 'kill' in e])} kills")
     print(f"submitted            {len(owner)}")
     print(f"succeeded            {states['succeeded']}")
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         import shutil
         shutil.rmtree(base, ignore_errors=True)
-    return 0 if lost == 0 and duplicates == 0 else 1
+    return lost == 0 and duplicates == 0
 
 
 def _poll(cluster: LocalCluster, owner: dict[str, int], docs: dict[str, dict], down) -> None:

@@ -39,11 +39,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .codec import Envelope
+from .errors import LocalProtocolError
 from .effects import AFTER, LAZY, Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .events import Capacity, TaskExited
 from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award,
                        from_body, to_body)
 
+CAPACITY_CODES = ("no_slots", "overloaded", "cpus", "mem", "gpus", "gpu_mem")  # refusals for want of room now
 RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
 LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
 UNKNOWN_RUNTIME_MS = 1000.0     # run time assumed for a command never seen here
@@ -108,16 +110,25 @@ class Contractor:
     # -- state ----------------------------------------------------------------------------------
 
     @property
+    def holding(self) -> int:
+        """Slots held: started attempts and reservations of bids that would start at once."""
+        return self.started + sum(1 for c in self.reserved.values() if not c.queued)
+
+    @property
+    def queue_places(self) -> int:
+        """Places taken in the local queue: accepted attempts waiting, and bids made to wait there."""
+        return len(self.waiting) + sum(1 for c in self.reserved.values() if c.queued)
+
+    @property
     def slots_free(self) -> int:
-        return max(0, self.settings.slots - len(self.running) - len(self.reserved))
+        return self.settings.slots - self.holding
 
     def queue_free(self, now: float) -> int:
         """Room left in the local queue (beyond the free slots): none while no slot is expected to
         free within PREFETCH_HORIZON_MS, so a task is never parked behind long-running ones."""
-        s = self.settings
         if not self._queue_open(now):
             return 0
-        return max(0, s.slots + s.prefetch - len(self.running) - len(self.reserved)) - self.slots_free
+        return max(0, self.settings.prefetch - self.queue_places)
 
     def _queue_open(self, now: float) -> bool:
         return self.settings.prefetch > 0 and self._until_a_slot_frees(now) <= PREFETCH_HORIZON_MS
@@ -163,16 +174,19 @@ class Contractor:
             if s.labels.get(key) != value:
                 return "label", f"label {key}={value} missing", ()
         claims = self._claims(exclude)
-        if len(claims) >= s.slots:
-            if not queue_ok or len(claims) >= s.slots + s.prefetch or not self._queue_open(now):
+        holding = [c for c in claims if not c.queued]
+        if len(holding) >= s.slots:
+            if not queue_ok or len(claims) - len(holding) >= s.prefetch or not self._queue_open(now):
                 return "no_slots", f"all {s.slots} slots busy", ()
             return self._queue_refusal(req)
-        return self._fits_now(req, [c for c in claims if not c.queued])
+        return self._fits_now(req, holding)
 
-    def _fits_now(self, req: Requirements, claims: list[Claim]) -> tuple[str, str, tuple[int, ...]]:
-        """Resource admission against what `claims` (started attempts and slot reservations) hold."""
+    def _fits_now(self, req: Requirements, claims: list[Claim],
+                  check_overload: bool = True) -> tuple[str, str, tuple[int, ...]]:
+        """Resource admission against what `claims` (started attempts and slot reservations) hold.
+        The CPU-overload rule refuses new work only: an accepted, queued attempt ignores it."""
         s, cap = self.settings, self.capacity
-        if self.overloaded:
+        if check_overload and self.overloaded:
             return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
         cpus = max(cap.cpus, s.slots)
         used_cpus = sum(c.req.cpus for c in claims)
@@ -209,13 +223,15 @@ class Contractor:
             return "gpus", f"has too few GPUs for {req.gpus}", ()
         return "", "", ()
 
-    def _start_queued(self, now: float) -> None:
-        """Start queued attempts, in order, while slots are free and the head of the queue fits."""
-        while self.waiting and self.started < self.settings.slots:
+    def start_queued(self, now: float) -> None:
+        """The liveness rule: while a slot is free and the head of the local queue fits, start it.
+        Run after every input (an exit, a released or expired reservation, a cancel, a new resource
+        reading can each make room), so a queued attempt never waits on an idle slot."""
+        while self.waiting and self.holding < self.settings.slots:
             key = self.waiting[0]
             claim = self.running[key]
             holding = [c for c in self._claims() if not c.queued]
-            code, _, gpus = self._fits_now(claim.req, holding)
+            code, _, gpus = self._fits_now(claim.req, holding, check_overload=False)
             if code:
                 return                        # head of the queue waits for more room (FIFO)
             self.waiting.pop(0)
@@ -232,7 +248,7 @@ class Contractor:
         if code:
             self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
             return
-        queued = len(self._claims(exclude=key)) >= self.settings.slots
+        queued = sum(1 for c in self._claims(exclude=key) if not c.queued) >= self.settings.slots
         self.reserved[key] = Claim(cfp.task_id, cfp.attempt, env.sender, cfp.requirements, gpus,
                                    expires=now + self.settings.reservation_ttl, queued=queued)
         cap = self.capacity
@@ -261,7 +277,7 @@ class Contractor:
         run_key = (award.task_id, award.attempt)
         running = self.running.get(run_key)
         if running is not None and running.manager == env.sender:
-            self._send(env.sender, Accept(award.task_id, award.attempt))
+            self._send(env.sender, self._accept(running, now))
             return
         done = self.pending.get(run_key)
         if done is not None and done.manager == env.sender:     # already ran it: never run it twice
@@ -270,13 +286,17 @@ class Contractor:
             return
         key = (env.sender, award.task_id)
         reservation = self.reserved.pop(key, None)
-        code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], now, queue_ok=award.queue_ok)
-        if code and reservation is not None and code in ("no_slots", "cpus", "mem", "gpus", "gpu_mem", "overloaded"):
-            code, gpus = "", reservation.gpus   # the reservation already holds the room
-        if code:
-            self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
-            return
-        must_wait = bool(self.waiting) or self.started >= self.settings.slots
+        if reservation is not None and not reservation.queued:
+            gpus, must_wait = reservation.gpus, False        # the bid held a slot and its resources
+        else:
+            code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], now,
+                                              queue_ok=award.queue_ok or reservation is not None)
+            if code in CAPACITY_CODES and reservation is not None:
+                code = ""           # the bid held a place in the queue: wait there until the task fits
+            if code:
+                self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
+                return
+            must_wait = reservation is not None or bool(self.waiting) or self.holding >= self.settings.slots
         claim = Claim(award.task_id, award.attempt, env.sender, award.spec.requirements, () if must_wait else gpus,
                       spec=award.spec, started=now, next_heartbeat=now + self.settings.heartbeat,
                       manager_address=self.lookup(env.sender)[0], queued=must_wait)
@@ -287,10 +307,18 @@ class Contractor:
                                     "score": award.score, "time_ms": wall_ms, "message": env.raw})
         if must_wait:
             self.waiting.append(run_key)
-            self._send(env.sender, Accept(award.task_id, award.attempt, queued=len(self.waiting)))
-        else:
-            self._send(env.sender, Accept(award.task_id, award.attempt))
+            self.start_queued(now)                  # a queued bid whose slot has freed meanwhile
+        self._send(env.sender, self._accept(claim, now))
+        if not must_wait:
             self._start(claim)
+
+    def _accept(self, claim: Claim, now: float) -> Accept:
+        """The answer to an award of `claim`: started, or its place in our queue and when we expect
+        to start it (the manager reclaims it if that promise is not kept)."""
+        if not claim.queued:
+            return Accept(claim.task_id, claim.attempt)
+        return Accept(claim.task_id, claim.attempt, queued=self.waiting.index((claim.task_id, claim.attempt)) + 1,
+                      est_start_ms=self._until_a_slot_frees(now))
 
     def _start(self, claim: Claim) -> None:
         extra_env = {"XCHANGED_TASK_ID": claim.task_id, "XCHANGED_ATTEMPT": str(claim.attempt),
@@ -341,8 +369,7 @@ class Contractor:
             old = self.runtime_ewma.get(command, float(ev.runtime_ms))
             self.runtime_ewma[command] = 0.8 * old + 0.2 * ev.runtime_ms
         started_before = self.started
-        if not claim.queued:
-            self._start_queued(now)             # the freed slot goes to the head of our queue first
+        self.start_queued(now)                  # the freed slot goes to the head of our queue first
         result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
                         ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before)
         pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
@@ -382,13 +409,29 @@ class Contractor:
             if now >= claim.next_heartbeat:
                 claim.next_heartbeat = now + self.settings.heartbeat
                 self._send(claim.manager, Progress(claim.task_id, claim.attempt,
-                                                   int((now - claim.started) * 1000), claim.pid))
+                                                   int((now - claim.started) * 1000), claim.pid,
+                                                   est_start_ms=self._until_a_slot_frees(now) if claim.queued else None))
         cap = min(RESULT_BACKOFF[1], 2 * self.settings.heartbeat)
         for pending in self.pending.values():
             if now >= pending.next_send:
                 pending.backoff = min(pending.backoff * 2, cap)
                 pending.next_send = now + pending.backoff
                 self._send(pending.manager, pending.result, pending.manager_address)
+
+    def validate_state(self) -> None:
+        """Check the contractor's invariants (tests and chaos runs call this after every input)."""
+        s = self.settings
+        queued = [key for key, claim in self.running.items() if claim.queued]
+        if sorted(queued) != sorted(self.waiting) or len(set(self.waiting)) != len(self.waiting):
+            raise LocalProtocolError(f"local queue {self.waiting} does not match the queued claims {queued}")
+        if not 0 <= self.holding <= s.slots or self.slots_free + self.holding != s.slots:
+            raise LocalProtocolError(f"slots: {self.slots_free} free + {self.holding} held != {s.slots}")
+        if self.queue_places > s.prefetch:
+            raise LocalProtocolError(f"{self.queue_places} queue places taken, prefetch is {s.prefetch}")
+        if self.waiting and self.holding < s.slots:
+            head = self.running[self.waiting[0]]
+            if not self._fits_now(head.req, [c for c in self._claims() if not c.queued], check_overload=False)[0]:
+                raise LocalProtocolError(f"{self.waiting[0]} waits in the queue while a slot is free and it fits")
 
     def next_deadline(self) -> float:
         times = [c.expires for c in self.reserved.values()]

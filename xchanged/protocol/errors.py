@@ -16,3 +16,7 @@ class RemoteProtocolError(XchangedError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class LocalProtocolError(XchangedError):
+    """Our own bug: an illegal state change or a broken invariant of the core (never a peer's doing)."""

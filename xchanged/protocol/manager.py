@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .codec import Envelope
+from .errors import LocalProtocolError
 from .effects import BEFORE, SYNC, Audit, Outbox, PersistTask, Reply, Send, StoreOutput
 from .free_slots import FreeSlotLedger
 from .messages import (PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Load, Progress, Refuse, Reject, RejectBid,
@@ -60,7 +61,8 @@ __all__ = ["AGING_STEP", "ASSIGNED", "CANCELLED", "FAILED", "QUEUED", "RUNNING",
 MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
-CAPACITY_CODES = ("no_slots", "overloaded")   # refusals that mean "busy now", not "cannot run it"
+CAPACITY_CODES = ("no_slots", "overloaded")
+QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's queue, whatever it promises   # refusals that mean "busy now", not "cannot run it"
 
 
 @dataclass(slots=True)
@@ -203,6 +205,7 @@ class Manager:
         if acc.queued:
             att.state = "waiting"
             task.reason = f"accepted by {att.node_name or att.node}, queued there for a slot (position {acc.queued})"
+            self._promise_start(task, now, acc.est_start_ms, first=True)
         else:
             self._started(task, att, now, wall_ms)
         self._release_standby(task, "another bid was accepted")
@@ -239,12 +242,33 @@ class Manager:
             att.state = "waiting"
             self._release_standby(task, "another bid was accepted")
             if prog.pid is None:
+                self._promise_start(task, now, prog.est_start_ms or 0, first=True)
                 self._persist(task)
+        elif att.state == "waiting" and prog.pid is None and prog.est_start_ms is not None:
+            self._promise_start(task, now, prog.est_start_ms)
         if att.state == "waiting" and prog.pid is not None:      # it started (maybe after a queue)
             self._started(task, att, now, wall_ms, elapsed=prog.elapsed_ms / 1000)
             self._persist(task)
 
+    def _promise_start(self, task: Task, now: float, est_start_ms: int, first: bool = False) -> None:
+        """A contractor queued the attempt and expects to start it in `est_start_ms`. The manager holds
+        it to that (defence in depth: whatever the contractor does, a queued attempt cannot wait
+        forever): past the promise plus a margin the attempt is reclaimed and the task re-awarded.
+        A heartbeat may renew the promise with a later expected start (the task ahead of it runs
+        longer than the contractor thought); "any moment now" (0) renews nothing. The promise never
+        reaches past QUEUE_WAIT_CAP from the accept, so a contractor that keeps promising cannot
+        hold the attempt either."""
+        promised = now + est_start_ms / 1000
+        if first or task.wait_since is None:
+            task.wait_since, task.promised_start = now, promised
+        elif est_start_ms > 0:
+            task.promised_start = max(task.promised_start, promised)
+        task.wait_deadline = min(task.promised_start + self.settings.heartbeat_timeout,
+                                 task.wait_since + QUEUE_WAIT_CAP)
+        self._arm(task, task.wait_deadline)
+
     def _started(self, task: Task, att: Attempt, now: float, wall_ms: int, elapsed: float = 0.0) -> None:
+        task.wait_deadline = task.wait_since = None
         att.state, att.started = "running", att.started or wall_ms - int(elapsed * 1000)
         task.state, task.reason = RUNNING, ""
         if task.spec.timeout:
@@ -354,6 +378,15 @@ class Manager:
                     att.state, att.reason, att.ended = "rejected", "no answer to the award", wall_ms
                     self._send(att.node, Cancel(task.id, att.attempt, "award timed out"))
                 self._award_next(task, now, wall_ms)
+            elif task.state == ASSIGNED and task.wait_deadline is not None and now >= task.wait_deadline:
+                node = task.current.node_name or task.current.node
+                self._stop_current(task, "lost", f"queued at {node} past its promised start", wall_ms)
+                self.out.emit(Audit, entry={"event": "reassign", "task": task.id, "attempt": task.attempts[-1].attempt,
+                                            "manager": self.settings.self_id, "contractor": task.attempts[-1].node,
+                                            "reason": task.attempts[-1].reason, "time_ms": wall_ms})
+                self.stats["reclaimed"] += 1
+                self._retry(task, now, wall_ms, failure=False, reason=task.attempts[-1].reason)
+                self._persist(task)
             elif task.state == RUNNING and task.run_deadline is not None and now >= task.run_deadline:
                 att = task.current
                 self._stop_current(task, "timeout", f"no result {task.spec.timeout:g}s timeout + margin", wall_ms)
@@ -368,6 +401,23 @@ class Manager:
 
     def next_deadline(self) -> float:
         return self._timers[0][0] if self._timers else math.inf
+
+    def validate_state(self) -> None:
+        """Check the manager's invariants (tests and chaos runs call this after every input)."""
+        for task in self.index.tasks.values():
+            active = task.id in self.index.active
+            if active == (task.state in TERMINAL):
+                raise LocalProtocolError(f"{task.id}: state {task.state}, active {active}")
+            att = task.current
+            want = {QUEUED: (None,), ASSIGNED: ("awarded", "waiting"), RUNNING: ("running",)}.get(task.state, (None,))
+            if (att.state if att is not None else None) not in want:
+                raise LocalProtocolError(f"{task.id}: task {task.state} with attempt {att and att.state}")
+            if task.round is not None and task.state != QUEUED:
+                raise LocalProtocolError(f"{task.id}: an open round on a {task.state} task")
+            if task.wait_deadline is not None and (att is None or att.state != "waiting"):
+                raise LocalProtocolError(f"{task.id}: a queue deadline without a waiting attempt")
+        if self.index.queued() != sum(1 for t in self.index.active.values() if t.state == QUEUED):
+            raise LocalProtocolError("queued count")
 
     def pump(self, candidates: list[Candidate], now: float, wall_ms: int) -> None:
         """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot."""
@@ -583,7 +633,7 @@ class Manager:
         att = task.attempts[-1] if task.attempts else None
         if att is not None:
             task.avoid.add(att.node)
-        task.run_deadline = task.award_deadline = None
+        task.run_deadline = task.award_deadline = task.wait_deadline = task.wait_since = None
         if failure:
             task.failures += 1
             if task.failures > task.spec.retries:
@@ -604,6 +654,7 @@ class Manager:
     def _finish(self, task: Task, state: str, exit_code: int | None, reason: str, wall_ms: int) -> None:
         task.state, task.exit_code, task.reason, task.finished = state, exit_code, reason, wall_ms
         task.round, task.award_deadline, task.run_deadline = None, None, None
+        task.wait_deadline = task.wait_since = None
         self.bid_first.discard(task.id)
         self.index.finished(task)
 

@@ -283,6 +283,7 @@ class Accept:
     task_id: str
     attempt: int
     queued: int = 0                   # 0: starting now; n: n-th in the contractor's local queue
+    est_start_ms: int = 0             # queued: when the contractor expects to start it (its promise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,7 @@ class Progress:
     attempt: int
     elapsed_ms: int
     pid: int | None = None
+    est_start_ms: int | None = None   # still queued at the contractor: its renewed promise of a start
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ class NodeSettings:
     overload_cpu_percent: float = 90.0
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
-    prefetch: int = 0                     # accepted tasks that may wait locally for a slot
+    prefetch: int = 1                     # accepted tasks that may wait locally for a slot
 
 
 class Node:
@@ -106,6 +106,7 @@ class Node:
             self.contractor.recover(event.attempts, mono)
         else:
             raise TypeError(f"unknown event {event!r}")
+        self.contractor.start_queued(mono)      # liveness: any input may have made room for the queue
         self._pump_due = self._pump_due or not isinstance(event, FrameDropped)
         return self.settle(now) if pump else self.out.take()
 
@@ -115,6 +116,11 @@ class Node:
             self._pump_due = False
             self.manager.pump(self.candidates(now.mono), now.mono, now.wall_ms)
         return self.out.take()
+
+    def validate_state(self) -> None:
+        """Check the invariants across the core's structures; raises LocalProtocolError (our bug)."""
+        self.contractor.validate_state()
+        self.manager.validate_state()
 
     def next_deadline(self) -> float:
         return min(self.membership.next_deadline(), self.manager.next_deadline(),

@@ -93,6 +93,9 @@ class Task:
     award_deadline: float | None = None
     last_heard: float = 0.0
     run_deadline: float | None = None
+    wait_since: float | None = None      # queued at its contractor since (see Manager._promise_start)
+    promised_start: float = 0.0
+    wait_deadline: float | None = None
     spec_body: dict | None = None   # the spec as a plain map, built once (the spec never changes)
 
     @property

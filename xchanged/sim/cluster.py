@@ -48,10 +48,13 @@ class SimNode:
 
 
 class SimCluster:
-    def __init__(self, seed: int = 0, latency: float = 0.001, **settings: Any):
+    def __init__(self, seed: int = 0, latency: float = 0.001, jitter: float = 0.0, validate: bool = False,
+                 **settings: Any):
         self.rng = random.Random(seed)
         self.now = 0.0
         self.latency = latency
+        self.jitter = jitter            # extra random delay per frame, up to this (frames may overtake)
+        self.validate = validate        # check every node's invariants after each input (tests)
         self.settings = settings
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[str, str] = {}
@@ -109,6 +112,8 @@ class SimCluster:
         effects = sim.node.handle(event, Instant(self.now, self.wall_ms()))
         for effect in effects:
             self._perform(nid, sim, effect)
+        if self.validate:
+            sim.node.validate_state()
         deadline = sim.node.next_deadline()
         if deadline < sim.timer_at:
             sim.timer_at = deadline
@@ -228,7 +233,8 @@ class SimCluster:
             return
         self.frames_sent += 1
         self.bytes_sent += len(frame)
-        self._at(self.now + self.latency, lambda: self._receive(dst, frame))
+        delay = self.latency + (self.rng.random() * self.jitter if self.jitter else 0.0)
+        self._at(self.now + delay, lambda: self._receive(dst, frame))
 
     def _receive(self, dst: str, frame: bytes) -> None:
         sim = self.nodes[dst]
