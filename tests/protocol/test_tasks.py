@@ -6,8 +6,14 @@ from xchanged.protocol import codec
 from xchanged.protocol.effects import PersistTask, Send
 from xchanged.protocol.events import Instant, MessageReceived
 from xchanged.protocol.messages import Ack, Accept, Cancel, Progress, Result, TaskSpec
-from xchanged.protocol.tasks import CANCELLED, SUCCEEDED, Task, TaskIndex
+import pytest
+
+from xchanged.protocol.errors import LocalProtocolError
+from xchanged.protocol.lifecycle import ATTEMPT_MOVES, TASK_MOVES, TERMINAL, AttemptState, TaskState
+from xchanged.protocol.tasks import Attempt, Task, TaskIndex
 from xchanged.sim.cluster import SimCluster
+
+CANCELLED, SUCCEEDED = TaskState.CANCELLED, TaskState.SUCCEEDED
 
 
 def make(task_id: str, order: int) -> Task:
@@ -19,15 +25,14 @@ def test_index_keeps_active_tasks_and_only_the_most_recently_finished():
     tasks = [make(f"T-{i}", i) for i in range(5)]
     for t in tasks:
         index.add(t)
-    assert list(index.active) == [t.id for t in tasks] and index.queued() == 5
+    assert list(index.active) == [t.id for t in tasks] and index.count(TaskState.QUEUED) == 5
     for t in (tasks[3], tasks[0], tasks[4]):
-        t.state = SUCCEEDED
-        index.finished(t)
-    assert list(index.active) == ["T-1", "T-2"]
+        index.move(t, CANCELLED)
+    assert list(index.active) == ["T-1", "T-2"] and index.count(TaskState.QUEUED) == 2
     assert set(index.tasks) == {"T-1", "T-2", "T-0", "T-4"}      # T-3 finished first: evicted
     assert index.evicted == 1
-    index.finished(tasks[4])                                      # twice: no effect
-    assert index.evicted == 1 and "T-4" in index.tasks
+    with pytest.raises(LocalProtocolError):                       # a finished task never moves again
+        index.move(tasks[4], TaskState.QUEUED)
     finished = make("T-9", 9)
     finished.state = CANCELLED
     index.add(finished)                                           # recovered already finished: not active
@@ -38,9 +43,51 @@ def test_retention_zero_keeps_no_finished_task():
     index = TaskIndex(retention=0)
     t = make("T-1", 1)
     index.add(t)
-    t.state = SUCCEEDED
-    index.finished(t)
+    index.move(t, CANCELLED)
     assert len(index) == 0 and not index.active
+
+
+def test_every_move_outside_the_tables_is_our_bug():
+    for old in TaskState:
+        for new in TaskState:
+            index, t = TaskIndex(), make("T-1", 1)
+            t.state = old
+            index.add(t)
+            if new in TASK_MOVES[old]:
+                index.move(t, new)
+                assert t.state is new
+            else:
+                with pytest.raises(LocalProtocolError):
+                    index.move(t, new)
+    assert all(not TASK_MOVES[s] for s in TERMINAL)
+    for old in AttemptState:
+        for new in AttemptState:
+            index, t = TaskIndex(), make("T-1", 1)
+            att = Attempt(1, "N", "n", old)
+            t.attempts.append(att)
+            if new in ATTEMPT_MOVES[old]:
+                index.move_attempt(t, att, new)
+            else:
+                with pytest.raises(LocalProtocolError):
+                    index.move_attempt(t, att, new)
+
+
+def test_counts_and_slots_held_follow_every_move():
+    index, t = TaskIndex(), make("T-1", 1)
+    index.add(t)
+    att = Attempt(1, "Npeer", "peer", AttemptState.AWARDED)
+    index.award(t, att)
+    index.move(t, TaskState.ASSIGNED)
+    assert index.holding == {"Npeer": 1} and index.count(TaskState.ASSIGNED) == 1
+    index.move_attempt(t, att, AttemptState.WAITING)              # queued there: holds a queue place only
+    assert index.holding == {}
+    index.move_attempt(t, att, AttemptState.RUNNING)
+    index.move(t, TaskState.RUNNING)
+    assert index.holding == {"Npeer": 1} and index.count(TaskState.RUNNING) == 1
+    index.move_attempt(t, att, AttemptState.SUCCEEDED)
+    index.move(t, SUCCEEDED)
+    assert index.holding == {} and +index.counts == {}
+    index.validate()
 
 
 def test_a_long_run_keeps_memory_bounded_by_retention_plus_active_tasks():

@@ -18,8 +18,9 @@ is on disk, so a power cut can never make a log look shorter than a head its pee
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from .messages import TaskSpec
 
@@ -143,7 +144,9 @@ class Log:
 
 
 class Outbox:
-    """Collects effects during one `handle` call, stamping each with the current stimulus id."""
+    """Collects effects during one `handle` call, stamping each with the id of the input that caused
+    it: the input being handled, or (`caused_by`) an earlier input whose effects were held back, as
+    the pump's announcements are held until the end of a driver's batch."""
 
     def __init__(self) -> None:
         self.effects: list[Any] = []
@@ -151,6 +154,14 @@ class Outbox:
 
     def emit(self, cls: type, **fields: Any) -> None:
         self.effects.append(cls(stimulus_id=self.stimulus_id, **fields))
+
+    @contextmanager
+    def caused_by(self, stimulus_id: str) -> Iterator[None]:
+        saved, self.stimulus_id = self.stimulus_id, stimulus_id or self.stimulus_id
+        try:
+            yield
+        finally:
+            self.stimulus_id = saved
 
     def take(self) -> list[Any]:
         out, self.effects = self.effects, []

@@ -84,3 +84,48 @@ class FreeSlotLedger:
         if not entries:
             del self.awards[peer]
         return max(0, free)
+
+
+class PeerBeliefs:
+    """What a manager believes of each peer's free slots right now. A new load is worth what the
+    ledger above says; a peer's direct word (a bid, a refusal or reject for want of room, a result)
+    corrects the belief at once."""
+
+    def __init__(self) -> None:
+        self.ledger = FreeSlotLedger()                 # our awards, to judge how stale a load is
+        self._free: dict[str, int] = {}
+        self.turned_away: set[str] = set()             # peers that turned us away since their last load:
+                                                       # their queue room went to other managers
+
+    def free(self, peer: str, default: int) -> int:
+        return self._free.get(peer, default)
+
+    def on_load(self, peer: str, slots_free: int, at: Position, is_live: Callable[[str, int], bool]) -> None:
+        self._free[peer] = self.ledger.free_from_load(peer, slots_free, at, is_live)
+        self.turned_away.discard(peer)
+
+    def on_bid(self, peer: str, slots_free: int, queued: bool) -> None:
+        """A bid says the free slots left after reserving ours; a queued bid reserved no slot."""
+        self._free[peer] = slots_free + (0 if queued else 1)
+
+    def busy(self, peer: str) -> None:
+        """A refusal or reject for want of room: none free, nor in its queue, until its next load."""
+        self._free[peer] = 0
+        self.turned_away.add(peer)
+
+    def awarded(self, peer: str, task_id: str, attempt: int, taken: Position | None) -> None:
+        self._free[peer] = max(0, self._free.get(peer, 1) - 1)
+        self.ledger.awarded(peer, task_id, attempt, taken)
+
+    def result(self, peer: str, task_id: str, attempt: int, at: Position, refilled: bool,
+               at_most: int | None) -> None:
+        """A result frees its slot, unless the contractor gave it at once to a queued attempt; never
+        believe more than `at_most` (its slots less our other attempts holding one there)."""
+        self.ledger.ended(peer, task_id, attempt, at)
+        if not refilled:
+            believed = self._free.get(peer, 0) + 1
+            self._free[peer] = max(0, believed if at_most is None else min(believed, at_most))
+
+    def died(self, peer: str) -> None:
+        self._free[peer] = 0
+        self.ledger.forget(peer)

@@ -15,6 +15,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from .errors import RemoteProtocolError
@@ -23,6 +24,33 @@ MAX_STR = 4096                 # names, reasons, ids, argv elements
 MAX_ITEMS = 1024               # list and map entries
 MAX_OUTPUT_BYTES = 1 << 20     # captured output carried in one result
 PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class RefusalCode(StrEnum):
+    """Why a contractor refuses a cfp or rejects an award (`Refuse.code`, `Reject.code` on the wire)."""
+
+    NOT_ALLOWED = "not_allowed"     # the command is not in this node's allow-list
+    LABEL = "label"                 # a required label is missing
+    NO_SLOTS = "no_slots"           # every slot (and queue place) is taken
+    OVERLOADED = "overloaded"       # CPU above overload_cpu_percent
+    CPUS = "cpus"
+    MEM = "mem"
+    GPUS = "gpus"
+    GPU_MEM = "gpu_mem"
+
+
+BUSY_CODES = frozenset({RefusalCode.NO_SLOTS, RefusalCode.OVERLOADED})    # busy now, not unable
+ROOM_CODES = BUSY_CODES | {RefusalCode.CPUS, RefusalCode.MEM, RefusalCode.GPUS, RefusalCode.GPU_MEM}
+
+
+class Outcome(StrEnum):
+    """How an attempt ended (`Result.outcome`, `TaskExited.outcome`)."""
+
+    EXITED = "exited"               # the process exited; see the exit code
+    TIMEOUT = "timeout"             # killed at its timeout
+    CANCELLED = "cancelled"         # killed or dropped on a cancel
+    ERROR = "error"                 # could not be started
+    LOST = "lost"                   # its contractor restarted while it ran
 
 
 def priority_level(name: str) -> int:

@@ -266,7 +266,7 @@ class Node:
                          queue=own.queue_free)]
         for peer in self.membership.healthy():
             load = peer.load
-            free = self.manager.free_hint.get(peer.id, load.slots_free)
+            free = self.manager.beliefs.free(peer.id, load.slots_free)
             out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
                                  queue=load.queue_free))
         return out

@@ -1,33 +1,35 @@
-"""The manager's task records and the index it keeps them in.
+"""The manager's task records, and the index that holds them and makes every change of state.
 
 Records: a `Task` holds its spec, its state and its `Attempt`s (one per award); a `Round` is an open
 call for proposals. `to_doc`/`from_doc` are the JSON documents the store keeps and the control socket
 shows; fields after `counter` are transient and rebuilt after a restart.
 
-Rules of the index (`TaskIndex`), so that a daemon running for months keeps bounded memory and does
-per-event work in proportion to its unfinished tasks, not to everything it ever ran:
-- Every unfinished task (queued, assigned, running) is in memory and in `active`, in submission order.
-- A task that reaches a terminal state (succeeded, failed, cancelled) moves to the finished list;
-  only the `retention` most recently finished stay in memory. Older ones are evicted: their last
-  persisted document (the store) is the only copy, and the driver serves them from there.
-- A terminal task never becomes active again; an evicted task is unknown to the manager, so a late
-  message about it is answered as one about any superseded attempt (a result is acknowledged and
-  ignored) and can never bring it back. Task ids must be unique for good (the daemon draws 80 random
-  bits): the id of an evicted task is not remembered.
+Rules of the index (`TaskIndex`):
+- Every change of a task's or an attempt's state goes through `move` / `move_attempt`, which check
+  it against the lifecycle tables (lifecycle.py) and keep the counts the manager reads instead of
+  walking its tasks: tasks per unfinished state, and per peer the attempts holding a slot there
+  (`awarded` or `running`: a `waiting` attempt holds a queue place, not a slot).
+- Leaving a state drops the timers that belonged to it: a task back in the queue or finished has no
+  award, run or queue deadline; a running one no award or queue deadline.
+- Memory is bounded for a daemon running for months: every unfinished task is in memory and in
+  `active`, in submission order; only the `retention` most recently finished stay in memory. Older
+  ones are evicted: their last persisted document (the store) is the only copy, and the driver
+  serves them from there. A terminal task never becomes active again; an evicted task is unknown to
+  the manager, so a late message about it is answered as one about any superseded attempt and can
+  never bring it back. Task ids must be unique for good (the daemon draws 80 random bits).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from .codec import Envelope
+from .errors import LocalProtocolError
+from .lifecycle import (HOLDS_SLOT, LIVE_ATTEMPT, TERMINAL, AttemptState, TaskState, check_attempt_move,
+                        check_task_move)
 from .messages import Refuse, TaskSpec, from_body, priority_level, to_body
 
-QUEUED, ASSIGNED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "assigned", "running", "succeeded", "failed", "cancelled")
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-LIVE_ATTEMPT = ("awarded", "waiting", "running")   # awarded: no answer yet; waiting: queued on its node
 AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
 FINISHED_RETENTION = 1000       # finished tasks kept in memory (older ones live only in the store)
 
@@ -37,7 +39,7 @@ class Attempt:
     attempt: int
     node: str
     node_name: str
-    state: str                  # awarded | running | succeeded | failed | timeout | lost | rejected | cancelled | superseded
+    state: AttemptState
     score: float = 0.0
     exit_code: int | None = None
     reason: str = ""
@@ -48,13 +50,13 @@ class Attempt:
 
     def to_doc(self) -> dict:
         return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
-                "state": self.state, "score": round(self.score, 4), "exit_code": self.exit_code,
+                "state": str(self.state), "score": round(self.score, 4), "exit_code": self.exit_code,
                 "reason": self.reason, "started": self.started, "ended": self.ended,
                 "awarded": self.awarded, "estimate_ms": self.estimate_ms}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Attempt":
-        return cls(doc["attempt"], doc["node_id"], doc["node"], doc["state"], doc.get("score", 0.0),
+        return cls(doc["attempt"], doc["node_id"], doc["node"], AttemptState(doc["state"]), doc.get("score", 0.0),
                    doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
                    doc.get("awarded"), doc.get("estimate_ms"))
 
@@ -74,7 +76,7 @@ class Task:
     spec: TaskSpec
     submitted: int              # wall ms
     order: int                  # submission order, for FIFO among equals
-    state: str = QUEUED
+    state: TaskState = TaskState.QUEUED
     attempts: list[Attempt] = field(default_factory=list)
     exit_code: int | None = None
     reason: str = ""
@@ -85,21 +87,23 @@ class Task:
     avoid: set[str] = field(default_factory=set)
     counter: int = 0            # last attempt number handed out
     # transient, rebuilt after a restart
+    stimulus: str = ""          # the input that last changed the task: what its next effects answer to
     queued_since: float = 0.0
     not_before: float = 0.0
     backoff: float = 0.0
     round: Round | None = None
-    standby: list[tuple[str, float, Envelope]] = field(default_factory=list)
-    award_deadline: float | None = None
+    standby: list[tuple[str, float, Envelope | None]] = field(default_factory=list)
+    award_deadline: float | None = None     # assigned, no answer yet: award the next bid after it
     last_heard: float = 0.0
-    run_deadline: float | None = None
-    wait_since: float | None = None      # queued at its contractor since (see Manager._promise_start)
+    run_deadline: float | None = None       # running with a timeout: act ourselves after it
+    wait_since: float | None = None         # queued at its contractor since (Manager._promise_start)
     promised_start: float = 0.0
     wait_deadline: float | None = None
     spec_body: dict | None = None   # the spec as a plain map, built once (the spec never changes)
 
     @property
     def current(self) -> Attempt | None:
+        """The live attempt (awarded, waiting or running), if any: always the last one."""
         return self.attempts[-1] if self.attempts and self.attempts[-1].state in LIVE_ATTEMPT else None
 
     def new_attempt(self) -> int:
@@ -122,8 +126,8 @@ class Task:
         if self.spec_body is None:
             self.spec_body = to_body(self.spec)
         return {
-            "id": self.id, "state": self.state, "priority": self.spec.priority,
-            "node": last.node_name if last and last.state != "rejected" else None,
+            "id": self.id, "state": str(self.state), "priority": self.spec.priority,
+            "node": last.node_name if last and last.state != AttemptState.REJECTED else None,
             "attempts": [a.to_doc() for a in self.attempts], "exit_code": self.exit_code,
             "reason": self.reason, "submitted": self.submitted, "finished": self.finished,
             "command": list(self.spec.argv), "name": self.spec.name, "spec": self.spec_body,
@@ -133,14 +137,15 @@ class Task:
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Task":
-        return cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"], doc["state"],
-                   [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"), doc.get("reason", ""),
-                   doc.get("finished"), doc.get("boost", 0), doc.get("failures", 0), doc.get("losses", 0),
-                   set(doc.get("avoid", ())), doc.get("counter", 0))
+        return cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
+                   TaskState(doc["state"]), [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"),
+                   doc.get("reason", ""), doc.get("finished"), doc.get("boost", 0), doc.get("failures", 0),
+                   doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0))
 
 
 class TaskIndex:
-    """The tasks in memory: all unfinished ones, and the `retention` most recently finished ones."""
+    """The tasks in memory (all unfinished ones, the `retention` most recently finished ones), the
+    one place their states change, and the counts kept as they do."""
 
     def __init__(self, retention: int = FINISHED_RETENTION):
         if retention < 0:
@@ -150,24 +155,75 @@ class TaskIndex:
         self.active: dict[str, Task] = {}                   # the unfinished ones, in insertion order
         self._finished: OrderedDict[str, None] = OrderedDict()   # retained finished ids, oldest first
         self.evicted = 0                                    # finished tasks dropped from memory so far
+        self.counts: Counter[TaskState] = Counter()         # unfinished tasks per state
+        self.holding: Counter[str] = Counter()              # peer -> our attempts holding a slot there
 
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def count(self, state: TaskState) -> int:
+        return self.counts[state]
+
     def add(self, task: Task) -> None:
+        """A submitted task, or one recovered from the store."""
+        if task.id in self.tasks:
+            raise LocalProtocolError(f"task {task.id} added twice")
         self.tasks[task.id] = task
         if task.state in TERMINAL:
             self._retire(task.id)
+            return
+        self.active[task.id] = task
+        self.counts[task.state] += 1
+        att = task.current
+        if att is not None and att.state in HOLDS_SLOT:
+            self.holding[att.node] += 1
+
+    def move(self, task: Task, new: TaskState) -> None:
+        """Change a task's state (checked against lifecycle.TASK_MOVES), dropping what the old one kept."""
+        check_task_move(task.id, task.state, new)
+        self.counts[task.state] -= 1
+        task.state = new
+        if new is TaskState.RUNNING or new is TaskState.QUEUED or new in TERMINAL:
+            task.award_deadline = task.wait_deadline = task.wait_since = None
+        if new is TaskState.QUEUED or new in TERMINAL:
+            task.run_deadline = None
+        if new in TERMINAL:
+            task.round = None
+            att = task.current
+            if att is not None and att.state in HOLDS_SLOT:     # finished before its attempt ended
+                self._release(att.node)
+            if self.active.pop(task.id, None) is not None:
+                self._retire(task.id)
         else:
-            self.active[task.id] = task
+            self.counts[new] += 1
 
-    def finished(self, task: Task) -> None:
-        """`task` reached a terminal state: stop treating it as active, evict the oldest finished."""
-        if self.active.pop(task.id, None) is not None:
-            self._retire(task.id)
+    def award(self, task: Task, attempt: Attempt) -> None:
+        """A new attempt (state awarded) becomes the task's current one."""
+        if task.current is not None or attempt.state is not AttemptState.AWARDED:
+            raise LocalProtocolError(f"task {task.id}: award of {attempt.attempt} over a live attempt")
+        task.attempts.append(attempt)
+        self.holding[attempt.node] += 1
 
-    def queued(self) -> int:
-        return sum(1 for t in self.active.values() if t.state == QUEUED)
+    def move_attempt(self, task: Task, att: Attempt, new: AttemptState, reason: str | None = None,
+                     ended: int | None = None) -> None:
+        """Change an attempt's state (checked against lifecycle.ATTEMPT_MOVES); `reason` and `ended`
+        (wall ms) are recorded with it when given."""
+        check_attempt_move(task.id, att.attempt, att.state, new)
+        if att is task.current and task.id in self.active:
+            if new in HOLDS_SLOT and att.state not in HOLDS_SLOT:
+                self.holding[att.node] += 1
+            elif att.state in HOLDS_SLOT and new not in HOLDS_SLOT:
+                self._release(att.node)
+        att.state = new
+        if reason is not None:
+            att.reason = reason
+        if ended is not None:
+            att.ended = ended
+
+    def _release(self, peer: str) -> None:
+        self.holding[peer] -= 1
+        if self.holding[peer] <= 0:
+            del self.holding[peer]
 
     def _retire(self, task_id: str) -> None:
         self._finished[task_id] = None
@@ -175,3 +231,15 @@ class TaskIndex:
             old, _ = self._finished.popitem(last=False)
             self.tasks.pop(old, None)
             self.evicted += 1
+
+    def validate(self) -> None:
+        """The kept counts equal a recount (called by Node.validate_state)."""
+        counts = Counter(t.state for t in self.active.values())
+        holding = Counter(a.node for t in self.active.values() if (a := t.current) and a.state in HOLDS_SLOT)
+        if +counts != +self.counts:
+            raise LocalProtocolError(f"task counts {dict(+self.counts)} != recount {dict(counts)}")
+        if holding != +self.holding:
+            raise LocalProtocolError(f"slots held {dict(+self.holding)} != recount {dict(holding)}")
+        for task in self.tasks.values():
+            if (task.id in self.active) == (task.state in TERMINAL):
+                raise LocalProtocolError(f"task {task.id}: state {task.state}, active {task.id in self.active}")

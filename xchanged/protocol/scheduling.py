@@ -1,0 +1,177 @@
+"""The manager's scheduling decision: which waiting tasks to announce now, to whom, and why the
+others wait. Pure functions over the manager's tasks and its beliefs about its peers; the manager
+carries the decisions out (manager.py: `pump`).
+
+Rules:
+- Announcing is pull-based: a task is announced only to peers believed to have an unclaimed free
+  slot (their last load, corrected by free_slots.PeerBeliefs), so bids rarely collide. A slot is
+  claimed by each peer asked in an open round and each standby bid of ours, and by an award of ours
+  to our own contractor not yet answered.
+- Waiting tasks go best first: highest level (priority, plus one per failure, plus one per
+  AGING_STEP waited), then earliest deadline, then submission order.
+- Each peer asked holds a unit of room until it answers, so when more tasks wait than slots are
+  free, every task asks one peer (and all free slots fill in one round trip); with room to spare a
+  task asks up to `max_candidates` and the bids pick the best (policy.sample_candidates).
+- A lone candidate that has succeeded for us before (breaker closed) gets a direct award, with no
+  cfp/bid round, unless that task's direct award was rejected before.
+- Contractors' local queues (prefetch) are offered only while the backlog is deep and of one
+  priority (`use_queues`).
+- A round whose best bidder could serve a waiting task of a higher level is outranked: its bids are
+  released and that task goes first (`outranked`).
+- A task that cannot go says why (`reason`): no peer can run it (and why not), or how many could
+  and why they are busy, or why its last round had no bids.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import policy
+from .lifecycle import AttemptState, TaskState
+from .messages import Load
+from .tasks import Round, Task
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A peer as the manager sees it when choosing whom to ask."""
+
+    id: str
+    name: str
+    address: str
+    slots: int
+    free: int
+    labels: dict[str, str]
+    load: Load                  # its last load signal (for fit checks)
+    queue: int = 0              # room in its local queue: used only while our own queue is deep
+
+
+@dataclass(slots=True)
+class Announcement:
+    task: Task
+    chosen: list[Candidate]
+    direct: bool                # award at once, without a cfp/bid round
+
+
+def unclaimed(candidates: list[Candidate], active: Iterable[Task], self_id: str,
+              now: float) -> tuple[dict[str, int], list[Task], bool]:
+    """(free units per peer not yet claimed by our rounds, standby bids and unanswered awards to
+    ourselves; the tasks waiting to be announced now; whether the queued tasks have mixed levels)."""
+    units = {c.id: c.free for c in candidates}
+    waiting: list[Task] = []
+    levels: set[int] = set()
+    for task in active:
+        if task.state is TaskState.QUEUED:
+            levels.add(task.base_level)
+            if task.round is None and task.not_before <= now:
+                waiting.append(task)
+        if task.round is not None:
+            for peer in task.round.candidates:
+                units[peer] = units.get(peer, 0) - 1
+        for peer, _, _ in task.standby:
+            units[peer] = units.get(peer, 0) - 1
+        att = task.current
+        if att is not None and att.state is AttemptState.AWARDED and att.node == self_id:
+            units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
+    waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
+    return units, waiting, len(levels) > 1
+
+
+def use_queues(candidates: list[Candidate], units: dict[str, int], waiting: int, mixed: bool,
+               active: Iterable[Task], turned_away: set[str]) -> bool:
+    """Offer contractors' local queues (prefetch) only while the backlog is deep: more tasks wait than
+    there are free slots plus two rounds of every slot we know. Then a queued task starts the moment
+    a slot frees, and many tasks still follow it. Toward the tail of a workload, a task queued behind
+    a busy node while another idles would lengthen it, so free slots alone are used. And only while
+    every waiting task has the same priority: a task queued on one node cannot be overtaken there,
+    but a less urgent one given a slot that frees elsewhere would start first (`mixed`). Adds the
+    queue room (less our attempts awarded or waiting there) to `units`."""
+    if mixed or not any(c.queue for c in candidates):
+        return False
+    if waiting <= sum(u for u in units.values() if u > 0) + 2 * sum(c.slots for c in candidates):
+        return False
+    queued_at = Counter(a.node for t in active if (a := t.current) is not None
+                        and a.state in (AttemptState.AWARDED, AttemptState.WAITING))
+    used = False
+    for c in candidates:
+        room = 0 if c.id in turned_away else c.queue - queued_at[c.id]
+        if room > 0:
+            units[c.id] = units.get(c.id, 0) + room
+            used = True
+    return used
+
+
+def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int],
+         record: Callable[[str], policy.ContractorRecord], may_award_directly: Callable[[Task, Candidate], bool],
+         max_candidates: int, rng: random.Random, now: float) -> list[Announcement]:
+    """Whom each waiting task asks, best task first, while unclaimed room lasts; sets the reason of
+    each task that cannot go yet."""
+    room = sum(u for u in units.values() if u > 0)     # unclaimed units, kept up to date below
+    out: list[Announcement] = []
+    if room <= 0:
+        return out
+    for left, task in enumerate(waiting):
+        fitting: list[Candidate] = []
+        reasons: Counter[str] = Counter()
+        for c in candidates:
+            why = policy.unfit_reason(c.load, task.spec.requirements)
+            if why is None and not record(c.id).allows_award(now):
+                why = "circuit breaker open"
+            if why is None:
+                fitting.append(c)
+            else:
+                reasons[why] += 1
+        free = [c for c in fitting if units.get(c.id, 0) > 0]
+        if not free:
+            task.reason = waiting_reason(fitting, reasons, task.reason)
+            continue
+        d = max(1, min(max_candidates, room // (len(waiting) - left)))
+        chosen = policy.sample_candidates(free, units, task.avoid, d, rng)
+        for c in chosen:
+            units[c.id] -= 1
+        room -= len(chosen)                             # each was a free (positive) unit
+        out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
+        if room <= 0:
+            break
+    return out
+
+
+def waiting_reason(fitting: list[Candidate], reasons: Counter[str], last: str) -> str:
+    """Why a task that no free peer can take waits (`last`: its reason so far)."""
+    if not fitting:
+        return ("no peer can run it: " + "; ".join(f"{n} {why}" for why, n in reasons.items())
+                if reasons else "no peers known yet")
+    if last.startswith("no bids"):
+        return last                         # what its last round heard says more
+    withheld = sum(1 for c in fitting if c.load.slots_free == 0 and c.load.running < c.slots)
+    parts = [f"{len(fitting) - withheld} busy"] if len(fitting) > withheld else []
+    if withheld:
+        parts.append(f"{withheld} not taking work (cpu or memory overloaded)")
+    parts += [f"{n} {why}" for why, n in reasons.items()]
+    return f"waiting for a free slot: {len(fitting)} peers can run it; " + "; ".join(parts)
+
+
+def outranked(task: Task, best: Candidate | None, active: Iterable[Task], now: float) -> bool:
+    """Is a waiting task of a higher level than `task` able to use the best bidder's room?"""
+    if best is None or best.load is None:
+        return False
+    level = task.level(now)
+    for other in active:
+        if other is task or other.state is not TaskState.QUEUED or other.round is not None or other.not_before > now:
+            continue
+        if other.level(now) > level and policy.unfit_reason(best.load, other.spec.requirements) is None:
+            return True
+    return False
+
+
+def why_no_bids(rnd: Round) -> str:
+    silent = len(rnd.candidates) - len(rnd.refusals)
+    counts = Counter(r.reason for r in rnd.refusals.values())
+    parts = [f"{n} refused: {why}" for why, n in counts.most_common()]
+    if silent > 0:
+        parts.append(f"{silent} did not answer")
+    return "no bids (" + "; ".join(parts) + ")" if parts else "no bids"
