@@ -30,8 +30,8 @@ REQ = Requirements()
 def test_weights_are_seed_003s():
     assert (policy.W_AVAILABILITY, policy.W_SUCCESS, policy.W_SPEED) == (0.5, 0.3, 0.2)
     fresh = policy.ContractorRecord()
-    # idle, perfect-looking bidder with no history: 0.5*1 + 0.3*0.5 + 0.2*1 + fairness 0.05
-    assert policy.score(bid(), fresh, REQ, 0.0, avoid=False) == pytest.approx(0.5 + 0.15 + 0.2 + 0.05)
+    # idle bidder with no history, of average speed (1/(1+1)): 0.5*1 + 0.3*0.5 + 0.2*0.5 + fairness 0.05
+    assert policy.score(bid(), fresh, REQ, 0.0, avoid=False) == pytest.approx(0.5 + 0.15 + 0.1 + 0.05)
 
 
 def test_availability_success_and_speed_each_raise_the_score():
@@ -153,3 +153,34 @@ def test_failed_trial_reopens_with_a_longer_cooldown():
     assert r.breaker == policy.OPEN
     assert not r.allows_award(t + policy.BREAKER_COOLDOWN)          # cool-down doubled
     assert r.allows_award(t + 2 * policy.BREAKER_COOLDOWN)
+
+
+def test_speed_is_measured_per_command_against_the_other_peers():
+    table = policy.SpeedTable()
+    assert table.relative("render", "fast") == 1.0                  # nothing seen
+    table.observe("render", "fast", 1000)
+    assert table.relative("render", "fast") == 1.0                  # one peer: nothing to compare with
+    table.observe("render", "slow", 3000)
+    fast, slow = table.relative("render", "fast"), table.relative("render", "slow")
+    assert fast > 1.0 > slow
+    assert table.relative("other", "fast") == 1.0                   # per command
+    bid = Bid("T", 1, slots=2, slots_free=1, cpu_percent=10.0, mem_available=1 << 30)
+    record = policy.ContractorRecord()
+    assert policy.score(bid, record, Requirements(), 0.0, False, fast) > \
+        policy.score(bid, record, Requirements(), 0.0, False, slow)
+
+
+def test_millisecond_jitter_is_not_speed():
+    table = policy.SpeedTable()
+    table.observe("true", "a", 1)
+    table.observe("true", "b", 4)
+    assert 0.95 < table.relative("true", "a") < 1.05
+
+
+def test_speed_table_memory_is_bounded():
+    table = policy.SpeedTable()
+    for i in range(policy.SPEED_COMMANDS + 10):
+        for p in range(policy.SPEED_PEERS + 5):
+            table.observe(f"cmd{i}", f"p{p}", 100)
+    assert len(table.runtimes) == policy.SPEED_COMMANDS
+    assert all(len(peers) == policy.SPEED_PEERS for peers in table.runtimes.values())

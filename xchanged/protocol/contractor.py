@@ -42,10 +42,11 @@ from .codec import Envelope
 from .errors import LocalProtocolError
 from .effects import AFTER, LAZY, Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .events import Capacity, TaskExited
-from .messages import (Accept, Bid, Cfp, Progress, Refuse, Reject, Requirements, Result, TaskSpec, Award,
-                       from_body, to_body)
+from .messages import (ROOM_CODES, Accept, Award, Bid, Cfp, Outcome, Progress, Refuse, RefusalCode, Reject,
+                       Requirements, Result, TaskSpec, from_body, to_body)
 
-CAPACITY_CODES = ("no_slots", "overloaded", "cpus", "mem", "gpus", "gpu_mem")  # refusals for want of room now
+R = RefusalCode
+
 RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
 LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
 UNKNOWN_RUNTIME_MS = 1000.0     # run time assumed for a command never seen here
@@ -165,63 +166,63 @@ class Contractor:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
 
     def refusal(self, req: Requirements, command: str, now: float, exclude: tuple[str, str] | None = None,
-                queue_ok: bool = False) -> tuple[str, str, tuple[int, ...]]:
+                queue_ok: bool = False) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s = self.settings
         if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
-            return "not_allowed", f"command {command!r} not allowed here", ()
+            return R.NOT_ALLOWED, f"command {command!r} not allowed here", ()
         for key, value in req.labels.items():
             if s.labels.get(key) != value:
-                return "label", f"label {key}={value} missing", ()
+                return R.LABEL, f"label {key}={value} missing", ()
         claims = self._claims(exclude)
         holding = [c for c in claims if not c.queued]
         if len(holding) >= s.slots:
             if not queue_ok or len(claims) - len(holding) >= s.prefetch or not self._queue_open(now):
-                return "no_slots", f"all {s.slots} slots busy", ()
+                return R.NO_SLOTS, f"all {s.slots} slots busy", ()
             return self._queue_refusal(req)
         return self._fits_now(req, holding)
 
     def _fits_now(self, req: Requirements, claims: list[Claim],
-                  check_overload: bool = True) -> tuple[str, str, tuple[int, ...]]:
+                  check_overload: bool = True) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
         """Resource admission against what `claims` (started attempts and slot reservations) hold.
         The CPU-overload rule refuses new work only: an accepted, queued attempt ignores it."""
         s, cap = self.settings, self.capacity
         if check_overload and self.overloaded:
-            return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
+            return R.OVERLOADED, f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
         cpus = max(cap.cpus, s.slots)
         used_cpus = sum(c.req.cpus for c in claims)
         if used_cpus + req.cpus > cpus:
-            return "cpus", f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
+            return R.CPUS, f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
         if self.memory_short:
-            return "mem", f"memory short: {cap.mem_available >> 20} MiB available", ()
+            return R.MEM, f"memory short: {cap.mem_available >> 20} MiB available", ()
         if req.mem:
             reserved_mem = sum(c.req.mem for c in claims if c.spec is None)
             committed_mem = sum(c.req.mem for c in claims)
             if req.mem > cap.mem_available - reserved_mem or req.mem > cap.mem_total - committed_mem:
-                return "mem", "not enough memory free", ()
+                return R.MEM, "not enough memory free", ()
         gpus: tuple[int, ...] = ()
         if req.gpus:
             taken = {g for c in claims for g in c.gpus}
             usable = [g.index for g in cap.gpus if g.index not in taken and g.mem_free >= req.gpu_mem]
             if len(usable) < req.gpus:
                 big_enough = [g for g in cap.gpus if g.mem_total >= req.gpu_mem]
-                code = "gpu_mem" if req.gpu_mem and len(big_enough) >= req.gpus else "gpus"
+                code = R.GPU_MEM if req.gpu_mem and len(big_enough) >= req.gpus else R.GPUS
                 return code, f"{len(usable)} GPUs free with enough memory, task needs {req.gpus}", ()
             gpus = tuple(usable[: req.gpus])
-        return "", "", gpus
+        return None, "", gpus
 
-    def _queue_refusal(self, req: Requirements) -> tuple[str, str, tuple[int, ...]]:
+    def _queue_refusal(self, req: Requirements) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
         """Admission to the local queue: the task must fit the node as a whole; GPUs are chosen at start."""
         s, cap = self.settings, self.capacity
         if self.overloaded:
-            return "overloaded", f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
+            return R.OVERLOADED, f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
         if req.cpus > max(cap.cpus, s.slots):
-            return "cpus", f"has {max(cap.cpus, s.slots)} CPUs, task needs {req.cpus:g}", ()
+            return R.CPUS, f"has {max(cap.cpus, s.slots)} CPUs, task needs {req.cpus:g}", ()
         if req.mem > cap.mem_total:
-            return "mem", "not enough memory in total", ()
+            return R.MEM, "not enough memory in total", ()
         if req.gpus > sum(1 for g in cap.gpus if g.mem_total >= req.gpu_mem):
-            return "gpus", f"has too few GPUs for {req.gpus}", ()
-        return "", "", ()
+            return R.GPUS, f"has too few GPUs for {req.gpus}", ()
+        return None, "", ()
 
     def start_queued(self, now: float) -> None:
         """The liveness rule: while a slot is free and the head of the local queue fits, start it.
@@ -254,7 +255,7 @@ class Contractor:
         cap = self.capacity
         self._send(env.sender, Bid(cfp.task_id, cfp.attempt, slots=self.settings.slots,
                                    slots_free=self.slots_free, cpu_percent=cap.cpu_percent,
-                                   mem_available=cap.mem_available, queue_len=len(self.running),
+                                   mem_available=cap.mem_available,
                                    affinity=sum(1 for k, v in cfp.requirements.prefer.items()
                                                 if self.settings.labels.get(k) == v),
                                    est_runtime_ms=self.estimate_ms(cfp), queued=queued,
@@ -291,8 +292,8 @@ class Contractor:
         else:
             code, reason, gpus = self.refusal(award.spec.requirements, award.spec.argv[0], now,
                                               queue_ok=award.queue_ok or reservation is not None)
-            if code in CAPACITY_CODES and reservation is not None:
-                code = ""           # the bid held a place in the queue: wait there until the task fits
+            if code in ROOM_CODES and reservation is not None:
+                code = None         # the bid held a place in the queue: wait there until the task fits
             if code:
                 self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
                 return
@@ -336,7 +337,7 @@ class Contractor:
         if running is not None and running.manager == env.sender:
             if running.queued:               # never started: nothing to kill, report it cancelled
                 self.waiting.remove((msg.task_id, msg.attempt))
-                self.on_exited(TaskExited(msg.task_id, msg.attempt, "cancelled", None, 0, reason=msg.reason), now)
+                self.on_exited(TaskExited(msg.task_id, msg.attempt, Outcome.CANCELLED, None, 0, reason=msg.reason), now)
             else:
                 self.out.emit(KillTask, task_id=msg.task_id, attempt=msg.attempt, reason=msg.reason)
 
@@ -362,7 +363,7 @@ class Contractor:
         if claim is None:
             return
         self.completed += 1
-        if ev.outcome == "exited" and claim.spec is not None:
+        if ev.outcome == Outcome.EXITED and claim.spec is not None:
             command = claim.spec.argv[0]
             if command not in self.runtime_ewma and len(self.runtime_ewma) >= RUNTIME_HISTORY:
                 self.runtime_ewma.pop(next(iter(self.runtime_ewma)))
@@ -391,7 +392,7 @@ class Contractor:
                 why = "contractor restarted while the attempt ran"
                 if doc.get("orphan"):
                     why += f" ({doc['orphan']})"
-                result = Result(doc["task_id"], doc["attempt"], "lost", None, why, 0, b"", b"", doc.get("pid"))
+                result = Result(doc["task_id"], doc["attempt"], Outcome.LOST, None, why, 0, b"", b"", doc.get("pid"))
             pending = PendingResult(doc["manager"], result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
                                     doc.get("manager_address", ""))
             self.pending[key] = pending

@@ -29,7 +29,6 @@ class Capacity:
     cpu_percent: float
     mem_total: int
     mem_available: int
-    load_avg: float = 0.0
     gpus: tuple[GpuInfo, ...] = ()
 
 

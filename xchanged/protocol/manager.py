@@ -81,6 +81,7 @@ class Manager:
         self.index = TaskIndex(settings.finished_retention)
         self.beliefs = PeerBeliefs()
         self.records: dict[str, policy.ContractorRecord] = {}
+        self.speeds = policy.SpeedTable()
         self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
         self.queue_ok = False                          # our queue is deep: contractors may queue our tasks
         self.bid_first: set[str] = set()               # tasks whose direct award was rejected: cfp from now on
@@ -257,6 +258,7 @@ class Manager:
             record.succeeded()
             if att.estimate_ms is not None:
                 record.observe_runtime(att.estimate_ms, res.runtime_ms)
+            self.speeds.observe(task.spec.argv[0], env.sender, res.runtime_ms)
             self._finish(task, T.SUCCEEDED, 0, "", wall_ms)
             self.stats["succeeded"] += 1
         elif res.outcome in (Outcome.CANCELLED, Outcome.LOST):
@@ -379,7 +381,8 @@ class Manager:
         offer = Bid(task.id, 0, slots=cand.slots, slots_free=max(0, cand.free - 1),
                     cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
                     affinity=policy.affinity(cand.labels, req))
-        score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid)
+        score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
+                             self.speeds.relative(task.spec.argv[0], cand.id))
         task.standby = [(cand.id, score, None)]
         self.stats["direct_awards"] += 1
         self._award_next(task, now, wall_ms)
@@ -389,7 +392,9 @@ class Manager:
         if rnd is None:
             return
         req = task.spec.requirements
-        scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid)
+        command = task.spec.argv[0]
+        scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid,
+                                     self.speeds.relative(command, peer))
                   for peer, env in rnd.bids.items()}
         order = policy.rank(scored)
         if not order:

@@ -233,7 +233,6 @@ class Load:
     cpu_percent: float
     mem_total: int
     mem_available: int
-    load_avg: float = 0.0
     gpus: list[GpuInfo] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
@@ -268,10 +267,8 @@ class Bid:
     slots_free: int                   # after reserving this task
     cpu_percent: float
     mem_available: int
-    queue_len: int = 0
     est_start_ms: int = 0
     affinity: int = 0                 # how many `prefer` labels match
-    speed: float = 1.0                # relative speed (1.0 = reference machine)
     est_runtime_ms: int | None = None # the bidder's estimate of the run time (checked against the result)
     queued: bool = False              # no slot is free: the task would wait in the bidder's local queue
 
@@ -450,5 +447,3 @@ MESSAGE_TYPES: dict[str, type] = {
                 Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip)
 }
 
-Message = typing.Union[Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result,
-                       Ack, Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip]

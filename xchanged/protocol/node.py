@@ -257,7 +257,7 @@ class Node:
                     queue_free=self.contractor.offer_queue(now),
                     queued=self.manager.queued() if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
-                    mem_available=cap.mem_available, load_avg=cap.load_avg, gpus=list(cap.gpus),
+                    mem_available=cap.mem_available, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)
 
     def candidates(self, now: float) -> list[Candidate]:

@@ -4,9 +4,11 @@ Score of a bid (seed 003's weights, then adjustments), higher is better:
 
     0.5 * availability   free share of the bidder's slots after this task, and idle CPU
   + 0.3 * success rate   this manager's own record of the bidder: (successes+1) / (attempts+2)
-  + 0.2 * speed          the bidder's relative speed, discounted by when it expects to start and by
-                         its bid accuracy (reputation: how its run-time estimates compared with the
-                         run times measured; a node that overpromises loses this term)
+  + 0.2 * speed          s / (1 + s), where s is how fast the bidder ran this command for us compared
+                         with the other peers that ran it (`SpeedTable`; 0.5 when unknown), discounted
+                         by when it expects to start and by its bid accuracy (reputation: how its
+                         run-time estimates compared with the run times measured; a node that
+                         overpromises loses this term)
   + 0.1 * affinity       share of the task's `prefer` labels the bidder carries
   + 0.05 * fairness      grows with how long the bidder has gone without an award from us
   - 0.2 * avoid          the task already failed on this bidder (prefer another node)
@@ -25,6 +27,7 @@ whose success closes the breaker and whose failure opens it again.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .messages import Bid, Load, Requirements
@@ -36,6 +39,11 @@ BREAKER_COOLDOWN = 10.0
 BREAKER_MAX_COOLDOWN = 300.0
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 ACCURACY_WEIGHT = 0.2            # weight of the newest sample in the bid-accuracy average
+SPEED_COMMANDS = 256             # commands whose run times per peer a manager remembers
+SPEED_PEERS = 64                 # peers remembered per command
+SPEED_WEIGHT = 0.2               # weight of the newest run time in a peer's average
+SPEED_FLOOR_MS = 100.0           # added to run times before comparing: jitter of short tasks is not speed
+SPEED_RANGE = (0.25, 4.0)
 
 
 @dataclass(slots=True)
@@ -95,6 +103,35 @@ class ContractorRecord:
             self.breaker, self.open_until = OPEN, now + self.cooldown
 
 
+class SpeedTable:
+    """How fast each peer runs each command, relative to the other peers that ran it for us: the
+    mean of their average run times over its own (both plus SPEED_FLOOR_MS), clamped to SPEED_RANGE;
+    1.0 until at least two peers have run the command. Learnt from successful results only."""
+
+    def __init__(self) -> None:
+        self.runtimes: OrderedDict[str, dict[str, float]] = OrderedDict()   # command -> peer -> ms
+
+    def observe(self, command: str, peer: str, runtime_ms: int) -> None:
+        peers = self.runtimes.pop(command, None)
+        if peers is None:
+            peers = {}
+            while len(self.runtimes) >= SPEED_COMMANDS:
+                self.runtimes.popitem(last=False)
+        self.runtimes[command] = peers                  # most recently used last
+        old = peers.pop(peer, None)
+        peers[peer] = float(runtime_ms) if old is None else (1 - SPEED_WEIGHT) * old + SPEED_WEIGHT * runtime_ms
+        if len(peers) > SPEED_PEERS:
+            del peers[next(iter(peers))]
+
+    def relative(self, command: str, peer: str) -> float:
+        peers = self.runtimes.get(command)
+        own = peers.get(peer) if peers else None
+        if peers is None or own is None or len(peers) < 2:
+            return 1.0
+        mean = sum(peers.values()) / len(peers)
+        return min(SPEED_RANGE[1], max(SPEED_RANGE[0], (mean + SPEED_FLOOR_MS) / (own + SPEED_FLOOR_MS)))
+
+
 def unfit_reason(load: Load, req: Requirements) -> str | None:
     """Why a peer's gossiped capacity cannot take a task, or None if it might."""
     for key, value in req.labels.items():
@@ -115,9 +152,10 @@ def affinity(labels: dict[str, str], req: Requirements) -> int:
     return sum(1 for k, v in req.prefer.items() if labels.get(k) == v)
 
 
-def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avoid: bool) -> float:
+def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avoid: bool,
+          relative_speed: float = 1.0) -> float:
     availability = 0.5 * bid.slots_free / max(1, bid.slots) + 0.5 * (1 - min(100.0, bid.cpu_percent) / 100)
-    speed = min(1.0, bid.speed) * record.accuracy / (1 + bid.est_start_ms / 1000)
+    speed = relative_speed / (1 + relative_speed) * record.accuracy / (1 + bid.est_start_ms / 1000)
     affinity_share = bid.affinity / len(req.prefer) if req.prefer else 0.0
     idle = now - record.last_award if record.last_award is not None else FAIRNESS_HORIZON
     fairness = min(1.0, idle / FAIRNESS_HORIZON)

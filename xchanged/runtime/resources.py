@@ -7,7 +7,6 @@ percentage, NVML calls), so the daemon takes them in a worker thread and caches 
 from __future__ import annotations
 
 import logging
-import os
 
 import psutil
 
@@ -69,12 +68,8 @@ class ResourceReader:
 
     def read(self) -> Capacity:
         mem = psutil.virtual_memory()
-        try:
-            load_avg = os.getloadavg()[0]
-        except OSError:
-            load_avg = 0.0
         return Capacity(cpus=psutil.cpu_count() or 1, cpu_percent=float(psutil.cpu_percent(interval=None)),
-                        mem_total=int(mem.total), mem_available=int(mem.available), load_avg=load_avg,
+                        mem_total=int(mem.total), mem_available=int(mem.available),
                         gpus=self.gpus.read())
 
     def close(self) -> None:
