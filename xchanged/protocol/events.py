@@ -2,7 +2,10 @@
 
 The drivers (daemon, simulator, tests) build these and pass them to `Node.handle(event, now)`
 together with the current `Instant`. Each event carries a `stimulus_id`, which the effects it causes
-inherit, so any log line or audit entry can name the input that led to it.
+inherit (and audit entries and log lines show), so "why did this happen" can be answered from the
+log. The driver sets it where it knows more (a control request, the time a timer fired); otherwise
+`stimulus_of` derives it from the input itself: a frame's type, sender and sequence number, a task's
+id and attempt.
 """
 
 from __future__ import annotations
@@ -116,6 +119,14 @@ class FrameDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditHeadSigned:
+    """The driver signed a new head of our audit log (over records on disk); it goes into our load."""
+
+    head: dict
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StateRecovered:
     """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), and
     the attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs)."""
@@ -123,3 +134,26 @@ class StateRecovered:
     tasks: list[dict] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)
     stimulus_id: str = ""
+
+
+def stimulus_of(event: object) -> str:
+    """The id an input is known by, from what it is (see the module docstring)."""
+    given = getattr(event, "stimulus_id", "")
+    if given:
+        return given
+    if isinstance(event, MessageReceived):
+        env = event.envelope
+        return f"{env.type}:{env.sender}:{env.incarnation}.{env.seq}"
+    if isinstance(event, (TaskStarted, TaskExited)):
+        return f"{'started' if isinstance(event, TaskStarted) else 'exited'}:{event.task_id}/{event.attempt}"
+    if isinstance(event, TaskSubmitted):
+        return f"submit:{event.task_id}"
+    if isinstance(event, CancelRequested):
+        return f"cancel:{event.task_id}"
+    if isinstance(event, SeedConfigured):
+        return f"seed:{event.address}"
+    if isinstance(event, FrameDropped):
+        return f"dropped:{event.reason}"
+    if isinstance(event, AuditHeadSigned):
+        return f"audit-head:{event.head.get('size')}"
+    return {TimerFired: "timer", ResourcesRead: "resources", StateRecovered: "recovered"}.get(type(event), "input")

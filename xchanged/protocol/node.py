@@ -23,8 +23,9 @@ from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
 from .effects import Log, Outbox, ProveAudit, Relay, Send
-from .events import (CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
-                     SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired)
+from .errors import LocalProtocolError
+from .events import (AuditHeadSigned, CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
+                     SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired, stimulus_of)
 from .manager import Candidate, Manager, ManagerSettings
 from .tasks import FINISHED_RETENTION
 from .membership import DEAD, GossipSettings, Membership
@@ -69,17 +70,16 @@ class Node:
                                prefetch=settings.prefetch),
             self.out, self.lookup)
         self.drops: Counter[str] = Counter()
-        self.audit_head: dict | None = None       # our latest signed audit head, set by the driver
+        self.audit_head: dict | None = None       # our latest signed audit head (AuditHeadSigned)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
-        self._stimulus = 0
         self._pump_due = False                    # an input changed state since the last pump
 
     # -- the one entry point --------------------------------------------------------------------
 
     def handle(self, event, now: Instant, pump: bool = True) -> list:
-        self._stimulus += 1
-        self.out.stimulus_id = event.stimulus_id or f"{type(event).__name__}-{self._stimulus}"
+        self.out.stimulus_id = stimulus_of(event)
         mono, wall = now
+        changed = True                          # tasks or slots may have changed: pump at the end
         if isinstance(event, MessageReceived):
             self._on_message(event.envelope, mono, wall)
         elif isinstance(event, TimerFired):
@@ -100,14 +100,19 @@ class Node:
         elif isinstance(event, SeedConfigured):
             self.membership.add_seed(event.address, event.source)
         elif isinstance(event, FrameDropped):
-            self.drops[event.reason] += 1       # nothing changed: a flood of bad frames costs no pump
+            self.drops[event.reason] += 1
+            changed = False                     # a flood of bad frames costs no pump
+        elif isinstance(event, AuditHeadSigned):
+            self.audit_head = event.head        # gossiped with our next load
+            changed = False
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
             self.contractor.recover(event.attempts, mono)
         else:
-            raise TypeError(f"unknown event {event!r}")
-        self.contractor.start_queued(mono)      # liveness: any input may have made room for the queue
-        self._pump_due = self._pump_due or not isinstance(event, FrameDropped)
+            raise LocalProtocolError(f"no such input: {event!r}")
+        if changed:
+            self.contractor.start_queued(mono)  # liveness: any input may have made room for the queue
+            self._pump_due = True
         return self.settle(now) if pump else self.out.take()
 
     def settle(self, now: Instant) -> list:

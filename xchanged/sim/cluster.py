@@ -1,7 +1,10 @@
 """A virtual cluster: real protocol Nodes, real signed frames, a fake clock and a fake network.
 
-Frames are encoded and verified exactly as in the daemon; only the transport and the executor are
-replaced. A task's command is simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
+Frames are encoded and verified exactly as in the daemon, and each node is driven by the daemon's
+own loop (driver.py: batches, one pump per batch, writes staged and committed around the effects
+that depend on them); only the transport, the executor and the disk are replaced. The disk
+(sim/store.py) keeps the daemon's durability levels, so a crash loses what a real one would: staged
+writes, and on a power cut (`crash(power_loss=True)`) commits not yet fsynced. A task's command is simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
 `["exit", N]` exits N at once, `["hang"]` never exits. Links can be cut and nodes crashed, so tests
 and benchmarks can explore failures deterministically from a seed.
 """
@@ -11,22 +14,44 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from ..driver import Driver
 from ..protocol import codec
-from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, Relay, Reply,
-                                Send, StartTask, StoreOutput)
+from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, ProveAudit, Relay,
+                                Reply, Send, StartTask, StoreOutput)
 from ..protocol.events import (CancelRequested, Capacity, Instant, ResourcesRead, SeedConfigured, StateRecovered,
-                               TaskExited, TaskStarted, TaskSubmitted, TimerFired)
+                               TaskExited, TaskStarted, TaskSubmitted)
 from ..protocol.inbound import FrameGate
-from ..protocol.messages import TaskSpec
+from ..protocol.messages import AuditProof, Outcome, TaskSpec
 from ..protocol.node import Node, NodeSettings
 from ..protocol.tasks import Task
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
+from .store import SimStore
 
 WALL_EPOCH_MS = 1_790_000_000_000
 SEEDS = 3                      # a new node is seeded with the first few nodes, as a real cluster is
+
+
+class TableView(Mapping):
+    """One table of a node's disk as the node itself sees it (its latest writes, staged or not)."""
+
+    def __init__(self, disk: SimStore, table: str):
+        self.disk, self.table = disk, table
+
+    def __getitem__(self, key: Any) -> Any:
+        doc = self.disk.get(self.table, key)
+        if doc is None:
+            raise KeyError(key)
+        return doc
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.disk.latest(self.table))
+
+    def __len__(self) -> int:
+        return len(self.disk.latest(self.table))
 
 
 @dataclass
@@ -38,13 +63,23 @@ class SimNode:
     up: bool = True
     replies: dict[int, Any] = field(default_factory=dict)
     started: dict[tuple[str, int], float] = field(default_factory=dict)
-    store: dict[str, dict] = field(default_factory=dict)
+    disk: SimStore = field(default_factory=SimStore)
     audit: list[dict] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     outputs: dict[tuple[str, int], tuple[bytes, bytes]] = field(default_factory=dict)
     timer_at: float = float("inf")
-    attempts: dict[tuple[str, int], dict] = field(default_factory=dict)   # the contractor's durable records
     key: Any = None
+    driver: Driver | None = None
+
+    @property
+    def store(self) -> TableView:
+        """The manager's task documents (as the store keeps them)."""
+        return TableView(self.disk, "tasks")
+
+    @property
+    def attempts(self) -> TableView:
+        """The contractor's durable attempt records."""
+        return TableView(self.disk, "attempts")
 
 
 class SimCluster:
@@ -81,6 +116,7 @@ class SimCluster:
                                 **{**self.settings, **overrides})
         node = Node(nid, settings, random.Random(self.rng.random()))
         sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), FrameGate(self.trust), address, key=key)
+        sim.driver = self._driver(nid, sim)
         self.nodes[nid] = sim
         self.by_address[address] = nid
         cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
@@ -106,12 +142,13 @@ class SimCluster:
         return WALL_EPOCH_MS + int(self.now * 1000)
 
     def deliver(self, nid: str, event: Any) -> None:
+        self._batch(nid, [event])
+
+    def _batch(self, nid: str, events: list[Any]) -> None:
         sim = self.nodes[nid]
         if not sim.up:
             return
-        effects = sim.node.handle(event, Instant(self.now, self.wall_ms()))
-        for effect in effects:
-            self._perform(nid, sim, effect)
+        sim.driver.batch(events)
         if self.validate:
             sim.node.validate_state()
         deadline = sim.node.next_deadline()
@@ -124,7 +161,7 @@ class SimCluster:
         if sim.timer_at != deadline:
             return
         sim.timer_at = float("inf")
-        self.deliver(nid, TimerFired())
+        self._batch(nid, [])                 # the driver fires the core's timer when it is due
 
     def _at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.now), next(self._seq), fn))
@@ -164,11 +201,13 @@ class SimCluster:
 
     # -- failures -------------------------------------------------------------------------------
 
-    def crash(self, name: str) -> None:
-        """The node stops at once, its processes with it (what it persisted stays)."""
+    def crash(self, name: str, power_loss: bool = False) -> None:
+        """The node stops at once, its processes with it. What it had committed stays (on a power
+        cut, only what was also fsynced: see sim/store.py)."""
         sim = self.node(name)
         sim.up = False
         sim.started.clear()
+        sim.disk.crash(self.now, power_loss)
 
     def restart(self, name: str) -> None:
         """Start a crashed node again from what it persisted: same key, a new incarnation, a fresh
@@ -180,10 +219,11 @@ class SimCluster:
         sim.node = Node(old.id, old.settings, random.Random(self.rng.random()))
         sim.encoder = codec.Encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
         sim.gate = FrameGate(self.trust)
+        sim.driver = self._driver(old.id, sim)
         self.deliver(old.id, ResourcesRead(old.contractor.capacity))
-        unfinished = [d for d in sim.store.values() if d["state"] in ("queued", "assigned", "running")]
+        unfinished = [d for d in sim.disk.table("tasks").values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
-                                            list(sim.attempts.values())))
+                                            list(sim.disk.table("attempts").values())))
         for address in self.seed_addresses(old.id):
             self.deliver(old.id, SeedConfigured(address))
 
@@ -195,37 +235,43 @@ class SimCluster:
 
     # -- effects --------------------------------------------------------------------------------
 
-    def _perform(self, nid: str, sim: SimNode, effect: Any) -> None:
-        if isinstance(effect, Send):
+    def _driver(self, nid: str, sim: SimNode) -> Driver:
+        """The daemon's loop (driver.py) over this node, with simulated disk, network and processes."""
+        def send(effect: Send) -> None:
             frame = sim.encoder.encode(effect.message, self.wall_ms())
             for _, address in effect.targets:
                 self._transmit(nid, address, frame)
-        elif isinstance(effect, Relay):
+
+        def relay(effect: Relay) -> None:
             for _, address in effect.targets:
                 for frame in effect.frames:
                     self._transmit(nid, address, frame)
-        elif isinstance(effect, StartTask):
-            self._start(nid, effect)
-        elif isinstance(effect, KillTask):
+
+        def kill(effect: KillTask) -> None:
             key = (effect.task_id, effect.attempt)
             if key in sim.started:
                 del sim.started[key]
                 self._at(self.now, lambda: self.deliver(nid, TaskExited(
-                    effect.task_id, effect.attempt, "cancelled", None, 0, reason=effect.reason)))
-        elif isinstance(effect, PersistTask):
-            sim.store[effect.doc["id"]] = effect.doc
-        elif isinstance(effect, PersistAttempt):
-            sim.attempts[(effect.doc["task_id"], effect.doc["attempt"])] = effect.doc
-        elif isinstance(effect, ForgetAttempt):
-            sim.attempts.pop((effect.task_id, effect.attempt), None)
-        elif isinstance(effect, StoreOutput):
-            sim.outputs[(effect.task_id, effect.attempt)] = (effect.stdout, effect.stderr)
-        elif isinstance(effect, Audit):
-            sim.audit.append(effect.entry)
-        elif isinstance(effect, Reply):
-            sim.replies[effect.request_id] = effect
-        elif isinstance(effect, Log):
-            sim.logs.append(effect.text)
+                    effect.task_id, effect.attempt, Outcome.CANCELLED, None, 0, reason=effect.reason)))
+
+        def prove(effect: ProveAudit) -> None:          # nodes here sign no audit heads: nothing to prove
+            send(Send(targets=(effect.target,), message=AuditProof(
+                effect.old_size, effect.new_size, [], error="the simulator keeps no audit log")))
+
+        disk = sim.disk
+        handlers: dict[type, Callable[[Any], None]] = {
+            Send: send, Relay: relay, KillTask: kill, ProveAudit: prove,
+            StartTask: lambda e: self._start(nid, e),
+            PersistTask: lambda e: disk.put("tasks", e.doc["id"], e.doc, e.when),
+            PersistAttempt: lambda e: disk.put("attempts", (e.doc["task_id"], e.doc["attempt"]), e.doc, e.when),
+            ForgetAttempt: lambda e: disk.delete("attempts", (e.task_id, e.attempt)),
+            StoreOutput: lambda e: sim.outputs.__setitem__((e.task_id, e.attempt), (e.stdout, e.stderr)),
+            Audit: lambda e: sim.audit.append(e.entry),
+            Reply: lambda e: sim.replies.__setitem__(e.request_id, e),
+            Log: lambda e: sim.logs.append(e.text),
+        }
+        return Driver(sim.node, lambda: Instant(self.now, self.wall_ms()), handlers,
+                      lambda phase: disk.commit_due(self.now, phase))
 
     def _transmit(self, src: str, address: str, frame: bytes) -> None:
         dst = self.by_address.get(address)
