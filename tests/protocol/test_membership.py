@@ -15,41 +15,36 @@ import pytest
 from xchanged.protocol import codec
 from xchanged.protocol.membership import ALIVE, DEAD, SUSPECT, GossipSettings, Membership
 from xchanged.protocol.messages import Load, Ping, PingReq, Pong
-from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
+from xchanged.protocol.signing import TrustStore
 from xchanged.sim.cluster import SimCluster
 
+from .fakes import FakePeer
+
 S = GossipSettings()                    # the shipped defaults: 0.5 s / 1.5 s / 4 s, fanout 3, k 3
-TRUST = TrustStore({})
 WALL = 1_790_000_000_000
 
 
-class Ident:
-    """A node identity that signs frames; `env(msg)` is what the codec hands the core."""
+class Ident(FakePeer):
+    """A node identity that signs frames; `env(msg)` (its load by default) is what the codec hands the core."""
 
-    def __init__(self, name: str, incarnation: int = 1):
-        self.name = name
-        self.key = generate_key()
-        self.pub = public_bytes(self.key)
-        self.id = node_id(self.pub)
+    def __init__(self, name: str, trust: TrustStore):
+        super().__init__(name, trust)
         self.address = f"{name}:7946"
-        TRUST.keys[self.pub] = name
-        self.enc = codec.Encoder(self.key, self.pub, incarnation)
-
-    def restart(self) -> None:
-        self.enc = codec.Encoder(self.key, self.pub, self.enc.incarnation + 1)
 
     def load(self, slots_free: int = 2) -> Load:
         return Load(name=self.name, address=self.address, slots=2, slots_free=slots_free, running=0, queued=0,
                     cpus=2, cpu_percent=5.0, mem_total=1 << 30, mem_available=1 << 29)
 
-    def env(self, message=None):
-        return codec.decode(self.enc.encode(message or self.load(), WALL), TRUST)
+    def env(self, message=None, t: float = 0.0):
+        return super().env(message or self.load(), t)
 
 
 def table(n_peers: int, **settings):
-    me = Ident("me")
+    """A membership table of a node that has heard one load from each of `n_peers` peers."""
+    trust = TrustStore({})
+    me = Ident("me", trust)
     m = Membership(me.id, GossipSettings(**settings) if settings else S, random.Random(1))
-    peers = [Ident(f"p{i}") for i in range(n_peers)]
+    peers = [Ident(f"p{i}", trust) for i in range(n_peers)]
     for p in peers:
         m.on_load(p.env(), 0.0)
     return m, peers
@@ -152,7 +147,8 @@ def test_seeds_get_our_load_until_a_live_peer_answers_from_that_address():
 
 def test_an_indirect_probe_through_a_helper_proves_the_target_alive():
     """asker cannot reach target; helper can. The pong the asker gets is signed by the target."""
-    asker, helper, target = Ident("asker"), Ident("helper"), Ident("target")
+    trust = TrustStore({})
+    asker, helper, target = Ident("asker", trust), Ident("helper", trust), Ident("target", trust)
     tables = {}
     for me in (asker, helper, target):
         tables[me.id] = Membership(me.id, S, random.Random(0))
@@ -173,7 +169,7 @@ def test_an_indirect_probe_through_a_helper_proves_the_target_alive():
     pong_env = target.env(pong)
     _, forward = mh.on_pong(pong_env, 2.0)
     assert forward == (asker.id, asker.address)
-    relayed = codec.decode(pong_env.raw, TRUST)           # the helper forwards the target's own bytes
+    relayed = codec.decode(pong_env.raw, trust)           # the helper forwards the target's own bytes
     transitions, forward = ma.on_pong(relayed, 2.0)
     assert forward is None and [(t.peer.id, t.health) for t in transitions] == [(target.id, ALIVE)]
 
@@ -277,7 +273,8 @@ def test_sim_relayed_loads_are_the_origins_signed_bytes():
 
 def rounds_to_reach_all(n: int, seed: int) -> int:
     """Synchronous rounds until one fresh load of node 0 is held by all n nodes (relays only)."""
-    idents = [Ident(f"g{i}") for i in range(n)]
+    trust = TrustStore({})
+    idents = [Ident(f"g{i}", trust) for i in range(n)]
     tables = [Membership(i.id, S, random.Random(seed * 1000 + k)) for k, i in enumerate(idents)]
     first = [i.env() for i in idents]
     for t in tables:
@@ -296,7 +293,7 @@ def rounds_to_reach_all(n: int, seed: int) -> int:
         rounds += 1
         now = rounds * S.interval
         for k, raw in inbox:
-            env = decoded[raw] = decoded.get(raw) or codec.decode(raw, TRUST)
+            env = decoded[raw] = decoded.get(raw) or codec.decode(raw, trust)
             tables[k].on_load(env, now)
         if all(t.peers[origin.id].load_version >= version for t in tables[1:]):
             return rounds

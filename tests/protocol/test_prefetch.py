@@ -43,7 +43,7 @@ def test_queued_attempt_is_shown_waiting_then_running_with_its_real_start():
     c.run_for(0.5)
     task = c.task("n0", second)
     assert task.state == "assigned" and task.attempts[-1].state == "waiting"
-    assert "queued there for a slot" in task.reason
+    assert task.why == "queued_there"
     assert c.task("n0", third).state == "queued"
     assert c.run_until(lambda: c.task("n0", second).state == "running", 5)
     t_first = c.task("n0", first)

@@ -11,16 +11,15 @@ import random
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from xchanged.protocol import codec
-from xchanged.protocol.effects import Send, StartTask
-from xchanged.protocol.events import Capacity, Instant, MessageReceived, ResourcesRead, TimerFired
+from xchanged.protocol.effects import StartTask
+from xchanged.protocol.events import Capacity, ResourcesRead, TimerFired
+from xchanged.protocol.lifecycle import Why
 from xchanged.protocol.manager import QUEUE_WAIT_CAP
 from xchanged.protocol.messages import Accept, Award, Bid, Cancel, Cfp, Progress, RejectBid, Requirements, TaskSpec
-from xchanged.protocol.node import Node, NodeSettings
-from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from xchanged.sim.cluster import SimCluster
 
-from .test_contract_net import Manager, Peer, TRUST
+from .fakes import FakePeer, NodeUnderTest
+from .test_contract_net import Manager
 
 WALL = 1_790_000_000_000
 IDLE = Capacity(cpus=4, cpu_percent=5.0, mem_total=64 << 30, mem_available=60 << 30)
@@ -55,37 +54,22 @@ def test_a_queued_attempt_starts_when_its_slot_frees_while_the_cpu_is_overloaded
     assert c.run_until(lambda: c.task("n0", second).state == "running", 0.1)
 
 
-class Contractor:
+class Contractor(NodeUnderTest):
     """A 1-slot node under test, driven by a fake manager's signed frames."""
 
-    def __init__(self, prefetch=1):
-        key = generate_key()
-        trust = TrustStore({public_bytes(key): "c"})
-        self.manager = Peer("mgr", trust)
-        self.trust = trust
-        self.node = Node(node_id(public_bytes(key)), NodeSettings(name="c", address="c:1", slots=1, prefetch=prefetch,
-                                                                 bid_window=0.05, award_timeout=1.0),
-                         random.Random(1))
-        self.t = 0.0
-        self.effects = []
+    def __init__(self, trust, prefetch=1):
+        super().__init__(trust, name="c", slots=1, prefetch=prefetch, bid_window=0.05, award_timeout=1.0)
+        self.manager = FakePeer("mgr", trust)
         self.handle(ResourcesRead(IDLE))
 
-    def handle(self, event, t=None):
-        self.t = self.t if t is None else t
-        out = self.node.handle(event, Instant(self.t, WALL + int(self.t * 1000)))
-        self.node.validate_state()
-        self.effects += out
-        return out
-
     def hear(self, message, t=None):
-        env = codec.decode(self.manager.encoder.encode(message, WALL + int(self.t * 1000)), self.trust)
-        return self.handle(MessageReceived(env), t)
+        return super().hear(self.manager, message, t)
 
     def started(self):
         return [e.task_id for e in self.effects if isinstance(e, StartTask)]
 
     def accepts(self):
-        return [e.message for e in self.effects if isinstance(e, Send) and isinstance(e.message, Accept)]
+        return [m for _, m in self.sent(Accept)]
 
 
 def award(task_id, attempt=1, queue_ok=True):
@@ -96,8 +80,8 @@ def cfp(task_id, attempt=1, queue_ok=False):
     return Cfp(task_id, attempt, Requirements(), 1, 50, queue_ok=queue_ok, command="true")
 
 
-def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_is_rejected():
-    c = Contractor()
+def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_is_rejected(trust):
+    c = Contractor(trust)
     c.hear(cfp("T-A"))                      # a bid for A holds the only slot
     c.hear(award("T-B"))                    # B is awarded with queue_ok: it waits for the slot
     assert c.started() == [] and c.accepts()[-1].queued == 1
@@ -106,8 +90,8 @@ def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_is_reject
     assert c.node.contractor.slots_free == 0 and c.node.contractor.started == 1
 
 
-def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_expires():
-    c = Contractor()
+def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_expires(trust):
+    c = Contractor(trust)
     c.hear(cfp("T-A"))
     c.hear(award("T-B"))
     assert c.started() == []
@@ -116,17 +100,17 @@ def test_a_queued_attempt_starts_when_the_reservation_holding_its_slot_expires()
     assert c.started() == ["T-B"]
 
 
-def test_an_award_on_a_held_slot_starts_at_once_and_the_queue_follows():
-    c = Contractor()
+def test_an_award_on_a_held_slot_starts_at_once_and_the_queue_follows(trust):
+    c = Contractor(trust)
     c.hear(cfp("T-A"))
     c.hear(award("T-B"))
     c.hear(award("T-A"))                    # the bid's slot was promised to A: it starts first
     assert c.started() == ["T-A"] and c.accepts()[-1].queued == 0
 
 
-def test_slots_and_queue_places_always_add_up():
+def test_slots_and_queue_places_always_add_up(trust):
     """slots_free + started + slot reservations == slots at every step (validate_state, after each input)."""
-    c = Contractor(prefetch=2)
+    c = Contractor(trust, prefetch=2)
     c.hear(award("T-1"))
     c.hear(cfp("T-2", queue_ok=True))
     c.hear(award("T-3"))
@@ -139,9 +123,9 @@ def test_slots_and_queue_places_always_add_up():
 # -- manager: a queued attempt is held to its promise ---------------------------------------------
 
 
-def queued_at_peer(est_start_ms=500):
-    mgr = Manager(bid_window=0.05, award_timeout=1.0)
-    peer = Peer("p1", TRUST)
+def queued_at_peer(trust, est_start_ms=500):
+    mgr = Manager(trust, bid_window=0.05, award_timeout=1.0)
+    peer = FakePeer("p1", trust)
     mgr.handle(peer.say(peer.load(slots=1, free=1, labels={"role": "worker"})))
     mgr.submit()
     cfps = mgr.sent(Cfp)
@@ -158,20 +142,20 @@ def _bid(cfp_msg):
     return Bid(cfp_msg.task_id, cfp_msg.attempt, slots=1, slots_free=0, cpu_percent=5.0, mem_available=1 << 33)
 
 
-def test_a_queued_attempt_past_its_promised_start_is_reclaimed_and_the_task_requeued():
-    mgr, peer, task, attempt = queued_at_peer(est_start_ms=500)
+def test_a_queued_attempt_past_its_promised_start_is_reclaimed_and_the_task_requeued(trust):
+    mgr, peer, task, attempt = queued_at_peer(trust, est_start_ms=500)
     margin = mgr.node.manager.settings.heartbeat_timeout
     for t in (1.0, 2.0, 3.0, 4.0):                          # heartbeats: still queued, nothing to wait for
         mgr.handle(peer.say(Progress("T-1", attempt, int(t * 1000), None, est_start_ms=0), t), t)
     assert task.attempts[-1].state == "waiting"
     mgr.tick(0.5 + margin + 0.01)
-    assert task.attempts[-1].state == "lost" and "promised start" in task.attempts[-1].reason
+    assert task.attempts[-1].state == "lost" and task.attempts[-1].why == Why.PROMISE_BROKEN
     assert task.state == "queued"
     assert [m.attempt for _, m in mgr.sent(Cancel, to=peer.id)] == [attempt]
 
 
-def test_renewed_promises_cannot_hold_an_attempt_past_the_cap():
-    mgr, peer, task, attempt = queued_at_peer(est_start_ms=1000)
+def test_renewed_promises_cannot_hold_an_attempt_past_the_cap(trust):
+    mgr, peer, task, attempt = queued_at_peer(trust, est_start_ms=1000)
     t = 0.0
     while t < QUEUE_WAIT_CAP - 1:
         t += 1.0
@@ -194,7 +178,7 @@ def test_a_node_whose_memory_runs_short_loses_its_queued_task_to_another():
     c.deliver(n1, ResourcesRead(SHORT_MEMORY))
     assert c.run_until(lambda: all(c.task("n0", t).state == "succeeded" for t in ids), 120)
     attempts = c.task("n0", waiting).attempts
-    assert attempts[0].state == "lost" and "promised start" in attempts[0].reason
+    assert attempts[0].state == "lost" and attempts[0].why == Why.PROMISE_BROKEN
     assert attempts[-1].node != n1
 
 

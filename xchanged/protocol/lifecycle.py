@@ -64,6 +64,36 @@ class AttemptState(StrEnum):
     SUPERSEDED = "superseded"
 
 
+class Why(StrEnum):
+    """Stable codes for why a task waits or ended and why an attempt ended (`reason_code` in status
+    documents; the `reason` beside it is for people, and may change wording). A rejected attempt's
+    code is the contractor's refusal code (messages.RefusalCode)."""
+
+    # a task waits
+    NO_PEERS = "no_peers"                   # no peer known yet
+    NO_PEER_FITS = "no_peer_fits"           # no known peer can run it (labels, resources, breaker)
+    BUSY = "busy"                           # peers can run it; none has a free slot now
+    NO_BIDS = "no_bids"                     # its last round got refusals or silence
+    ALL_REJECTED = "all_rejected"           # every bidder rejected the award
+    QUEUED_THERE = "queued_there"           # accepted into a contractor's local queue
+    RETRYING = "retrying"                   # its last attempt ended without success; retries left
+    # a task ended
+    RETRIES_SPENT = "retries_spent"
+    LOST_TOO_OFTEN = "lost_too_often"
+    CANCELLED = "cancelled"                 # by a user (a task), or on its contractor (an attempt)
+    # an attempt ended
+    EXIT_CODE = "exit_code"                 # non-zero exit
+    TIMEOUT = "timeout"                     # killed at its timeout by its contractor
+    START_ERROR = "start_error"             # could not be started
+    RUN_DEADLINE = "run_deadline"           # no result by its timeout plus a margin: the manager gave up
+    CONTRACTOR_DEAD = "contractor_dead"
+    NO_HEARTBEAT = "no_heartbeat"
+    PROMISE_BROKEN = "promise_broken"       # queued at its contractor past the start it promised
+    NO_ANSWER = "no_answer"                 # no accept or reject within the award timeout
+    CONTRACTOR_RESTARTED = "contractor_restarted"
+    LATE_RESULT = "late_result"             # a result of an attempt already given up on
+
+
 T, A = TaskState, AttemptState
 
 TASK_MOVES: dict[TaskState, frozenset[TaskState]] = {

@@ -44,18 +44,18 @@ from .codec import Envelope
 from .effects import BEFORE, SYNC, Audit, Outbox, PersistTask, Reply, Send, StoreOutput
 from .errors import LocalProtocolError
 from .free_slots import PeerBeliefs
-from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState
+from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState, Why
 from .messages import (BUSY_CODES, PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Load, Outcome, Progress,
                        Refuse, Reject, RejectBid, Result, TaskSpec)
 from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
 
-A, T = AttemptState, TaskState
+A, T, W = AttemptState, TaskState, Why
 MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
 QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's queue, whatever it promises
-FAILED_ATTEMPT = {Outcome.TIMEOUT: A.TIMEOUT, Outcome.EXITED: A.FAILED, Outcome.ERROR: A.FAILED}
+FAILED_ATTEMPT = {Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
 # names the drivers import (to move to lifecycle.py imports)
 QUEUED, ASSIGNED, RUNNING = T.QUEUED, T.ASSIGNED, T.RUNNING
 
@@ -117,9 +117,9 @@ class Manager:
             self.out.emit(Reply, request_id=request_id, ok=False, error=f"no such task: {task_id}")
             return
         if task.state not in TERMINAL:
-            self._stop_current(task, A.CANCELLED, "cancelled by user", wall_ms)
+            self._stop_current(task, A.CANCELLED, W.CANCELLED, "cancelled by user", wall_ms)
             self._release_standby(task, "task cancelled")
-            self._finish(task, T.CANCELLED, None, "cancelled by user", wall_ms)
+            self._finish(task, T.CANCELLED, None, W.CANCELLED, "cancelled by user", wall_ms)
             self._audit(task, "cancel", wall_ms)
             self._persist(task, SYNC)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
@@ -180,7 +180,8 @@ class Manager:
         self._arm(task, now + self.settings.heartbeat_timeout)
         if acc.queued:
             self.index.move_attempt(task, att, A.WAITING)
-            task.reason = f"accepted by {att.node_name or att.node}, queued there for a slot (position {acc.queued})"
+            task.says(W.QUEUED_THERE,
+                      f"accepted by {att.node_name or att.node}, queued there for a slot (position {acc.queued})")
             self._promise_start(task, now, acc.est_start_ms, first=True)
         else:
             self._started(task, att, now, wall_ms)
@@ -193,7 +194,7 @@ class Manager:
         task, att = self._attempt_of(env, rej.task_id, rej.attempt)
         if task is None or att is None or att.state is not A.AWARDED:
             return
-        self.index.move_attempt(task, att, A.REJECTED, f"{rej.code}: {rej.reason}", wall_ms)
+        self.index.move_attempt(task, att, A.REJECTED, rej.code, f"{rej.code}: {rej.reason}", wall_ms)
         self.beliefs.busy(env.sender)
         task.stimulus = self.out.stimulus_id
         self._audit(task, "reject", wall_ms, att, message=env.raw)
@@ -242,7 +243,7 @@ class Manager:
             if res.outcome in (Outcome.EXITED, Outcome.TIMEOUT, Outcome.ERROR) \
                     and att.state in (A.LOST, A.REJECTED):
                 att.exit_code = res.exit_code
-                self.index.move_attempt(task, att, A.SUPERSEDED,
+                self.index.move_attempt(task, att, A.SUPERSEDED, W.LATE_RESULT,
                                         f"late result ({res.outcome}) of a superseded attempt", wall_ms)
                 self._persist(task)
             return
@@ -259,16 +260,19 @@ class Manager:
             if att.estimate_ms is not None:
                 record.observe_runtime(att.estimate_ms, res.runtime_ms)
             self.speeds.observe(task.spec.argv[0], env.sender, res.runtime_ms)
-            self._finish(task, T.SUCCEEDED, 0, "", wall_ms)
+            self._finish(task, T.SUCCEEDED, 0, "", "", wall_ms)
             self.stats["succeeded"] += 1
-        elif res.outcome in (Outcome.CANCELLED, Outcome.LOST):
-            state = A.CANCELLED if res.outcome == Outcome.CANCELLED else A.LOST
-            default = "cancelled" if state is A.CANCELLED else "contractor lost the attempt"
-            self.index.move_attempt(task, att, state, res.reason or default, wall_ms)
+        elif res.outcome == Outcome.CANCELLED:
+            self.index.move_attempt(task, att, A.CANCELLED, W.CANCELLED, res.reason or "cancelled", wall_ms)
+            self._retry(task, now, wall_ms, failure=False, reason=att.reason)
+        elif res.outcome == Outcome.LOST:
+            self.index.move_attempt(task, att, A.LOST, W.CONTRACTOR_RESTARTED,
+                                    res.reason or "contractor lost the attempt", wall_ms)
             self._retry(task, now, wall_ms, failure=False, reason=att.reason)
         else:
-            why = res.reason or (f"exit code {res.exit_code}" if res.exit_code is not None else str(res.outcome))
-            self.index.move_attempt(task, att, FAILED_ATTEMPT.get(res.outcome, A.FAILED), why, wall_ms)
+            state, why = FAILED_ATTEMPT.get(res.outcome, (A.FAILED, W.EXIT_CODE))
+            text = res.reason or (f"exit code {res.exit_code}" if res.exit_code is not None else str(res.outcome))
+            self.index.move_attempt(task, att, state, why, text, wall_ms)
             record.failed(now)
             self._retry(task, now, wall_ms, failure=True, reason=att.reason, exit_code=res.exit_code)
         self._persist(task)
@@ -291,7 +295,7 @@ class Manager:
             att = task.current
             if att is not None and att.node == peer_id:
                 task.stimulus = self.out.stimulus_id
-                self.index.move_attempt(task, att, A.LOST, "contractor declared dead", wall_ms)
+                self.index.move_attempt(task, att, A.LOST, W.CONTRACTOR_DEAD, "contractor declared dead", wall_ms)
                 self._audit(task, "reassign", wall_ms, att, reason=att.reason)
                 self._retry(task, now, wall_ms, failure=False, reason=att.reason)
                 self._persist(task)
@@ -310,24 +314,25 @@ class Manager:
                 self._close_round(task, now, wall_ms)
             elif att is not None and att.state is A.AWARDED and task.award_deadline is not None \
                     and now >= task.award_deadline:
-                self.index.move_attempt(task, att, A.REJECTED, "no answer to the award", wall_ms)
+                self.index.move_attempt(task, att, A.REJECTED, W.NO_ANSWER, "no answer to the award", wall_ms)
                 self._send(att.node, Cancel(task.id, att.attempt, "award timed out"))
                 self._award_next(task, now, wall_ms)
             elif att is not None and task.wait_deadline is not None and now >= task.wait_deadline:
-                self._stop_current(task, A.LOST, f"queued at {att.node_name or att.node} past its promised start",
-                                   wall_ms)
+                self._stop_current(task, A.LOST, W.PROMISE_BROKEN,
+                                   f"queued at {att.node_name or att.node} past its promised start", wall_ms)
                 self._audit(task, "reassign", wall_ms, att, reason=att.reason)
                 self.stats["reclaimed"] += 1
                 self._retry(task, now, wall_ms, failure=False, reason=att.reason)
                 self._persist(task)
             elif att is not None and task.run_deadline is not None and now >= task.run_deadline:
-                self._stop_current(task, A.TIMEOUT, f"no result {task.spec.timeout:g}s timeout + margin", wall_ms)
+                self._stop_current(task, A.TIMEOUT, W.RUN_DEADLINE,
+                                   f"no result {task.spec.timeout:g}s timeout + margin", wall_ms)
                 self._record(att.node).failed(now)
                 self._retry(task, now, wall_ms, failure=True, reason=att.reason)
                 self._persist(task)
             elif att is not None and task.award_deadline is None and \
                     now >= task.last_heard + self.settings.heartbeat_timeout:
-                self._stop_current(task, A.LOST, "no heartbeat from the contractor", wall_ms)
+                self._stop_current(task, A.LOST, W.NO_HEARTBEAT, "no heartbeat from the contractor", wall_ms)
                 self._retry(task, now, wall_ms, failure=False, reason="no heartbeat from the contractor")
                 self._persist(task)
 
@@ -398,7 +403,7 @@ class Manager:
                   for peer, env in rnd.bids.items()}
         order = policy.rank(scored)
         if not order:
-            task.reason = scheduling.why_no_bids(rnd)
+            task.says(W.NO_BIDS, scheduling.why_no_bids(rnd))
             if len(rnd.refusals) == len(rnd.candidates) and all(r.code in BUSY_CODES for r in rnd.refusals.values()):
                 task.not_before = now           # they are full, not unable: wait for the next free slot
                 return
@@ -419,9 +424,10 @@ class Manager:
             last = task.attempts[-1] if task.attempts else None
             if task.state is not T.QUEUED:
                 self.index.move(task, T.QUEUED)
-            task.reason = "every bidder rejected the award" + (f" (last: {last.reason})" if last and last.reason else "")
+            task.says(W.ALL_REJECTED,
+                      "every bidder rejected the award" + (f" (last: {last.reason})" if last and last.reason else ""))
             task.not_before = now
-            if last is not None and last.state is A.REJECTED and not last.reason.startswith(tuple(BUSY_CODES)):
+            if last is not None and last.state is A.REJECTED and last.why not in BUSY_CODES:
                 self._back_off(task, now)                 # it cannot run there: don't hammer it
                 self.bid_first.add(task.id)               # and ask with a cfp next time (a refusal adds no attempt)
             self._persist(task)
@@ -434,7 +440,8 @@ class Manager:
                       estimate_ms=bid_env.message.est_runtime_ms if bid_env else None)
         self.index.award(task, att)
         self.index.move(task, T.ASSIGNED)
-        task.reason, task.backoff = "", 0.0
+        task.says("", "")
+        task.backoff = 0.0
         task.award_deadline = now + self.settings.award_timeout
         self._record(peer).awarded(now)
         self._arm(task, task.award_deadline)
@@ -467,7 +474,7 @@ class Manager:
         self.index.move_attempt(task, att, A.RUNNING)
         self.index.move(task, T.RUNNING)
         att.started = att.started or wall_ms - int(elapsed * 1000)
-        task.reason = ""
+        task.says("", "")
         if task.spec.timeout:
             task.run_deadline = now - elapsed + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
             self._arm(task, task.run_deadline)
@@ -483,11 +490,11 @@ class Manager:
                 self._send(peer, RejectBid(task.id, env.message.attempt, reason))
         task.standby = []
 
-    def _stop_current(self, task: Task, state: AttemptState, reason: str, wall_ms: int) -> None:
+    def _stop_current(self, task: Task, state: AttemptState, why: Why, reason: str, wall_ms: int) -> None:
         att = task.current
         if att is None:
             return
-        self.index.move_attempt(task, att, state, reason, wall_ms)
+        self.index.move_attempt(task, att, state, why, reason, wall_ms)
         self._send(att.node, Cancel(task.id, att.attempt, reason))
 
     def _retry(self, task: Task, now: float, wall_ms: int, *, failure: bool, reason: str,
@@ -499,24 +506,27 @@ class Manager:
         if failure:
             task.failures += 1
             if task.failures > task.spec.retries:
-                self._finish(task, T.FAILED, exit_code, f"{reason} (after {task.failures} failed attempts)", wall_ms)
+                self._finish(task, T.FAILED, exit_code, W.RETRIES_SPENT,
+                             f"{reason} (after {task.failures} failed attempts)", wall_ms)
                 self.stats["failed"] += 1
                 return
             task.boost = min(task.boost + 1, len(PRIORITIES))
         else:
             task.losses += 1
             if task.losses > MAX_LOST_ATTEMPTS:
-                self._finish(task, T.FAILED, None, f"{reason} (lost {task.losses} times)", wall_ms)
+                self._finish(task, T.FAILED, None, W.LOST_TOO_OFTEN, f"{reason} (lost {task.losses} times)", wall_ms)
                 self.stats["failed"] += 1
                 return
         self.stats["retries"] += 1
         self.index.move(task, T.QUEUED)
-        task.reason = f"retrying: {reason}"
+        task.says(W.RETRYING, f"retrying: {reason}")
         task.queued_since, task.not_before = now, now
 
-    def _finish(self, task: Task, state: TaskState, exit_code: int | None, reason: str, wall_ms: int) -> None:
+    def _finish(self, task: Task, state: TaskState, exit_code: int | None, why: str, reason: str,
+                wall_ms: int) -> None:
         self.index.move(task, state)
-        task.exit_code, task.reason, task.finished = exit_code, reason, wall_ms
+        task.says(why, reason)
+        task.exit_code, task.finished = exit_code, wall_ms
         self.bid_first.discard(task.id)
 
     def _attempt_of(self, env: Envelope, task_id: str, attempt: int) -> tuple[Task | None, Attempt | None]:

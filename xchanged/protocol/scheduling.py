@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import policy
-from .lifecycle import AttemptState, TaskState
+from .lifecycle import AttemptState, TaskState, Why
 from .messages import Load
 from .tasks import Round, Task
 
@@ -127,7 +127,7 @@ def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int]
                 reasons[why] += 1
         free = [c for c in fitting if units.get(c.id, 0) > 0]
         if not free:
-            task.reason = waiting_reason(fitting, reasons, task.reason)
+            task.says(*waiting_reason(fitting, reasons, task))
             continue
         d = max(1, min(max_candidates, room // (len(waiting) - left)))
         chosen = policy.sample_candidates(free, units, task.avoid, d, rng)
@@ -140,19 +140,20 @@ def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int]
     return out
 
 
-def waiting_reason(fitting: list[Candidate], reasons: Counter[str], last: str) -> str:
-    """Why a task that no free peer can take waits (`last`: its reason so far)."""
+def waiting_reason(fitting: list[Candidate], reasons: Counter[str], task: Task) -> tuple[str, str]:
+    """Why a task that no free peer can take waits: (code, sentence)."""
     if not fitting:
-        return ("no peer can run it: " + "; ".join(f"{n} {why}" for why, n in reasons.items())
-                if reasons else "no peers known yet")
-    if last.startswith("no bids"):
-        return last                         # what its last round heard says more
+        if not reasons:
+            return Why.NO_PEERS, "no peers known yet"
+        return Why.NO_PEER_FITS, "no peer can run it: " + "; ".join(f"{n} {why}" for why, n in reasons.items())
+    if task.why == Why.NO_BIDS:
+        return task.why, task.reason        # what its last round heard says more
     withheld = sum(1 for c in fitting if c.load.slots_free == 0 and c.load.running < c.slots)
     parts = [f"{len(fitting) - withheld} busy"] if len(fitting) > withheld else []
     if withheld:
         parts.append(f"{withheld} not taking work (cpu or memory overloaded)")
     parts += [f"{n} {why}" for why, n in reasons.items()]
-    return f"waiting for a free slot: {len(fitting)} peers can run it; " + "; ".join(parts)
+    return Why.BUSY, f"waiting for a free slot: {len(fitting)} peers can run it; " + "; ".join(parts)
 
 
 def outranked(task: Task, best: Candidate | None, active: Iterable[Task], now: float) -> bool:

@@ -47,18 +47,19 @@ class Attempt:
     ended: int | None = None
     awarded: int | None = None  # wall ms of the award
     estimate_ms: int | None = None  # the winning bid's run-time estimate
+    why: str = ""               # reason code (lifecycle.Why, or a refusal code)
 
     def to_doc(self) -> dict:
         return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
                 "state": str(self.state), "score": round(self.score, 4), "exit_code": self.exit_code,
-                "reason": self.reason, "started": self.started, "ended": self.ended,
+                "reason": self.reason, "reason_code": self.why, "started": self.started, "ended": self.ended,
                 "awarded": self.awarded, "estimate_ms": self.estimate_ms}
 
     @classmethod
     def from_doc(cls, doc: dict) -> "Attempt":
         return cls(doc["attempt"], doc["node_id"], doc["node"], AttemptState(doc["state"]), doc.get("score", 0.0),
                    doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
-                   doc.get("awarded"), doc.get("estimate_ms"))
+                   doc.get("awarded"), doc.get("estimate_ms"), doc.get("reason_code", ""))
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class Task:
     exit_code: int | None = None
     reason: str = ""
     finished: int | None = None
+    why: str = ""               # reason code (lifecycle.Why): `reason`, for programs
     boost: int = 0              # priority levels gained by failures
     failures: int = 0
     losses: int = 0
@@ -129,7 +131,7 @@ class Task:
             "id": self.id, "state": str(self.state), "priority": self.spec.priority,
             "node": last.node_name if last and last.state != AttemptState.REJECTED else None,
             "attempts": [a.to_doc() for a in self.attempts], "exit_code": self.exit_code,
-            "reason": self.reason, "submitted": self.submitted, "finished": self.finished,
+            "reason": self.reason, "reason_code": self.why, "submitted": self.submitted, "finished": self.finished,
             "command": list(self.spec.argv), "name": self.spec.name, "spec": self.spec_body,
             "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
             "avoid": sorted(self.avoid), "counter": self.counter,
@@ -139,8 +141,12 @@ class Task:
     def from_doc(cls, doc: dict) -> "Task":
         return cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
                    TaskState(doc["state"]), [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"),
-                   doc.get("reason", ""), doc.get("finished"), doc.get("boost", 0), doc.get("failures", 0),
-                   doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0))
+                   doc.get("reason", ""), doc.get("finished"), doc.get("reason_code", ""), doc.get("boost", 0),
+                   doc.get("failures", 0), doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0))
+
+    def says(self, why: str, reason: str) -> None:
+        """Why the task waits (or ended): a code for programs and a sentence for people."""
+        self.why, self.reason = why, reason
 
 
 class TaskIndex:
@@ -204,10 +210,10 @@ class TaskIndex:
         task.attempts.append(attempt)
         self.holding[attempt.node] += 1
 
-    def move_attempt(self, task: Task, att: Attempt, new: AttemptState, reason: str | None = None,
-                     ended: int | None = None) -> None:
-        """Change an attempt's state (checked against lifecycle.ATTEMPT_MOVES); `reason` and `ended`
-        (wall ms) are recorded with it when given."""
+    def move_attempt(self, task: Task, att: Attempt, new: AttemptState, why: str | None = None,
+                     reason: str | None = None, ended: int | None = None) -> None:
+        """Change an attempt's state (checked against lifecycle.ATTEMPT_MOVES); its reason code and
+        sentence, and `ended` (wall ms), are recorded with it when given."""
         check_attempt_move(task.id, att.attempt, att.state, new)
         if att is task.current and task.id in self.active:
             if new in HOLDS_SLOT and att.state not in HOLDS_SLOT:
@@ -215,6 +221,8 @@ class TaskIndex:
             elif att.state in HOLDS_SLOT and new not in HOLDS_SLOT:
                 self._release(att.node)
         att.state = new
+        if why is not None:
+            att.why = why
         if reason is not None:
             att.reason = reason
         if ended is not None:
