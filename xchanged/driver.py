@@ -22,8 +22,22 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .protocol.effects import (AFTER, BEFORE, Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask,
-                               ProveAudit, Relay, Reply, Send, StartTask, StoreOutput)
+from .protocol.effects import (
+    AFTER,
+    BEFORE,
+    Audit,
+    ForgetAttempt,
+    KillTask,
+    Log,
+    PersistAttempt,
+    PersistTask,
+    ProveAudit,
+    Relay,
+    Reply,
+    Send,
+    StartTask,
+    StoreOutput,
+)
 from .protocol.errors import LocalProtocolError
 from .protocol.events import Instant, TimerFired
 from .protocol.node import Node

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from xchanged.protocol import policy
 from xchanged.protocol.events import Capacity, ResourcesRead
-from xchanged.protocol.tasks import AGING_STEP
 from xchanged.protocol.membership import GossipSettings
 from xchanged.protocol.messages import GpuInfo, Requirements, TaskSpec
+from xchanged.protocol.tasks import AGING_STEP
 from xchanged.sim.cluster import WALL_EPOCH_MS, SimCluster
 
 TERMINAL = ("succeeded", "failed", "cancelled")

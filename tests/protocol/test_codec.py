@@ -2,7 +2,8 @@
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xchanged.protocol import codec
 from xchanged.protocol.codec import DecodeError, Encoder, decode

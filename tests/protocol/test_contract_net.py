@@ -9,8 +9,18 @@ import pytest
 
 from xchanged.protocol.effects import Audit, PersistTask, Reply
 from xchanged.protocol.events import Capacity, Instant, ResourcesRead, TaskSubmitted, TimerFired
-from xchanged.protocol.messages import (Accept, Award, Bid, Cfp, Refuse, Reject, RejectBid, Requirements, Result,
-                                        TaskSpec)
+from xchanged.protocol.messages import (
+    Accept,
+    Award,
+    Bid,
+    Cfp,
+    Refuse,
+    Reject,
+    RejectBid,
+    Requirements,
+    Result,
+    TaskSpec,
+)
 from xchanged.sim.cluster import SimCluster
 
 from .fakes import WALL, NodeUnderTest

@@ -6,16 +6,27 @@ writes right after (protocol/effects.py). These tests pin the choice per write, 
 core emits, because each one is a crash-safety argument (protocol/contractor.py, manager.py).
 """
 
-from xchanged.protocol import codec
-from xchanged.protocol.contractor import Contractor, ContractorSettings
 import random
 
-from xchanged.protocol.effects import (AFTER, BEFORE, LAZY, SYNC, Audit, ForgetAttempt, Outbox, PersistAttempt,
-                                       PersistTask, Reply, Send, StartTask)
-from xchanged.protocol.events import CancelRequested, Instant, TaskSubmitted
-from xchanged.protocol.node import Node, NodeSettings
-from xchanged.protocol.events import TaskExited
+from xchanged.protocol import codec
+from xchanged.protocol.contractor import Contractor, ContractorSettings
+from xchanged.protocol.effects import (
+    AFTER,
+    BEFORE,
+    LAZY,
+    SYNC,
+    Audit,
+    ForgetAttempt,
+    Outbox,
+    PersistAttempt,
+    PersistTask,
+    Reply,
+    Send,
+    StartTask,
+)
+from xchanged.protocol.events import CancelRequested, Instant, TaskExited, TaskSubmitted
 from xchanged.protocol.messages import Ack, Award, TaskSpec
+from xchanged.protocol.node import Node, NodeSettings
 from xchanged.protocol.signing import TrustStore, generate_key, public_bytes
 
 WALL = 1_790_000_000_000

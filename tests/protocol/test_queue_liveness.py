@@ -9,7 +9,8 @@ attempt is held to the start its contractor promised, plus a margin.
 
 import random
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from xchanged.protocol.effects import StartTask
 from xchanged.protocol.events import Capacity, ResourcesRead, TimerFired

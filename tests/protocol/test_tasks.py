@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from xchanged.protocol import codec
-from xchanged.protocol.effects import PersistTask, Send
-from xchanged.protocol.events import Instant, MessageReceived
-from xchanged.protocol.messages import Ack, Accept, Cancel, Progress, Result, TaskSpec
 import pytest
 
+from xchanged.protocol import codec
+from xchanged.protocol.effects import PersistTask, Send
 from xchanged.protocol.errors import LocalProtocolError
+from xchanged.protocol.events import Instant, MessageReceived
 from xchanged.protocol.lifecycle import ATTEMPT_MOVES, TASK_MOVES, TERMINAL, AttemptState, TaskState
+from xchanged.protocol.messages import Accept, Ack, Cancel, Progress, Result, TaskSpec
 from xchanged.protocol.tasks import Attempt, Task, TaskIndex
 from xchanged.sim.cluster import SimCluster
 

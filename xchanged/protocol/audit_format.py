@@ -35,7 +35,10 @@ from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from .merkle import leaf_hash
 
@@ -142,7 +145,7 @@ class AuditRecord:
     """One record as read back from the log; `offset` is where its frame starts in the file."""
 
     index: int
-    entry: dict
+    entry: dict[str, Any]
     prev: bytes
     signature: bytes
     offset: int
@@ -165,14 +168,15 @@ class AuditRecord:
 
 
 def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
-def pack_payload(index: int, prev: bytes, entry: dict, signature: bytes) -> bytes:
+def pack_payload(index: int, prev: bytes, entry: dict[str, Any], signature: bytes) -> bytes:
     return _pack({"i": index, "prev": prev, "entry": entry, "sig": signature})
 
 
-def record_message(node_id: str, index: int, prev: bytes, entry: dict) -> bytes:
+def record_message(node_id: str, index: int, prev: bytes, entry: dict[str, Any]) -> bytes:
     return _pack([RECORD_DOMAIN, node_id, index, prev, entry])
 
 
@@ -337,6 +341,7 @@ class Scan:
             raise BadRecord("its link to the previous record is broken (prev hash mismatch)")
         if (
             self._public_key is not None
+            and self._node_id is not None
             and index >= self._verify_from
             and not record.verify(self._public_key, self._node_id)
         ):

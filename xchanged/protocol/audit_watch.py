@@ -24,6 +24,7 @@ load, i.e. per key in the trust store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .audit_format import SignedTreeHead, verify_head_dict
 from .merkle import verify_consistency
@@ -43,9 +44,9 @@ class Watched:
     requests: int = 0
     verified: int = 0                         # proofs that checked out
     status: str = UNKNOWN
-    evidence: dict | None = None
+    evidence: dict[str, Any] | None = None
 
-    def doc(self) -> dict:
+    def doc(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id, "status": self.status, "verified_proofs": self.verified,
             "head": self.head.to_dict() if self.head else None,
@@ -64,7 +65,7 @@ class AuditWatch:
     # -- input ----------------------------------------------------------------------------------
 
     def on_head(self, node_id: str, public_key: bytes, head_dict: object, now: float,
-                wall_ms: int) -> tuple[AuditProofReq | None, dict | None]:
+                wall_ms: int) -> tuple[AuditProofReq | None, dict[str, Any] | None]:
         """A head from `node_id`'s verified load signal. Returns (proof request to send, fork evidence)."""
         w = self.nodes.get(node_id)
         if w is None:
@@ -72,7 +73,7 @@ class AuditWatch:
         if w.status == FORKED:
             return None, None
         head, why = verify_head_dict(head_dict, public_key, node_id)
-        if why:
+        if why or head is None:
             raw = head.to_dict() if head else head_dict
             return None, self._fork(w, f"bad audit head: {why}", wall_ms, new=raw)
         base = w.head
@@ -105,7 +106,7 @@ class AuditWatch:
         w.pending, w.asked_at, w.requests, w.status = head, now, w.requests + 1, PENDING
         return AuditProofReq(old_size=base.size, new_size=head.size), None
 
-    def on_proof(self, node_id: str, answer: AuditProof, wall_ms: int) -> dict | None:
+    def on_proof(self, node_id: str, answer: AuditProof, wall_ms: int) -> dict[str, Any] | None:
         """`node_id`'s answer to our request. Returns fork evidence, or None."""
         w = self.nodes.get(node_id)
         if w is None or w.status == FORKED or w.pending is None or w.head is None:
@@ -129,7 +130,7 @@ class AuditWatch:
         w = self.nodes.get(node_id)
         return w.status if w else UNKNOWN
 
-    def evidence(self, node_id: str) -> dict | None:
+    def evidence(self, node_id: str) -> dict[str, Any] | None:
         w = self.nodes.get(node_id)
         return w.evidence if w else None
 
@@ -138,8 +139,8 @@ class AuditWatch:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _fork(self, w: Watched, reason: str, wall_ms: int, *, new: object, other: dict | None = None,
-              proof: list[str] | None = None) -> dict:
+    def _fork(self, w: Watched, reason: str, wall_ms: int, *, new: object, other: dict[str, Any] | None = None,
+              proof: list[str] | None = None) -> dict[str, Any]:
         heads = [h for h in (w.head.to_dict() if w.head else None, other, new) if h is not None]
         w.status, w.pending = FORKED, None
         w.evidence = {"node_id": w.node_id, "reason": reason, "detected_ms": wall_ms, "heads": heads,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import messages
 from .errors import RemoteProtocolError
@@ -64,7 +65,7 @@ class Envelope:
 
     @property
     def type(self) -> str:
-        return self.message.TYPE
+        return str(self.message.TYPE)
 
 
 def _unpack(payload: bytes) -> Any:
@@ -84,7 +85,7 @@ def _unpack(payload: bytes) -> Any:
 class Encoder:
     """Signs outgoing messages for one node incarnation; owns the sequence counter."""
 
-    def __init__(self, private_key, public_key: bytes, incarnation: int):
+    def __init__(self, private_key: Ed25519PrivateKey, public_key: bytes, incarnation: int):
         self._key = private_key
         self._header = MAGIC + bytes([VERSION]) + public_key
         self.incarnation = incarnation
@@ -92,8 +93,8 @@ class Encoder:
 
     def encode(self, message: Any, ts_ms: int) -> bytes:
         self.seq += 1
-        payload = msgpack.packb([message.TYPE, self.incarnation, self.seq, ts_ms, messages.to_body(message)],
-                                use_bin_type=True)
+        payload: bytes = msgpack.packb([message.TYPE, self.incarnation, self.seq, ts_ms, messages.to_body(message)],
+                                       use_bin_type=True)
         signed = self._header + payload
         frame = signed + sign(self._key, signed)
         if len(frame) > MAX_FRAME:

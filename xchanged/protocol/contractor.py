@@ -36,14 +36,39 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .codec import Envelope
+from .effects import (
+    AFTER,
+    LAZY,
+    Audit,
+    ForgetAttempt,
+    KillTask,
+    Outbox,
+    PersistAttempt,
+    Send,
+    StartTask,
+)
 from .errors import LocalProtocolError
-from .effects import AFTER, LAZY, Audit, ForgetAttempt, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .events import Capacity, TaskExited
-from .messages import (ROOM_CODES, Accept, Award, Bid, Cfp, Outcome, Progress, Refuse, RefusalCode, Reject,
-                       Requirements, Result, TaskSpec, from_body, to_body)
+from .messages import (
+    ROOM_CODES,
+    Accept,
+    Award,
+    Bid,
+    Cfp,
+    Outcome,
+    Progress,
+    RefusalCode,
+    Refuse,
+    Reject,
+    Requirements,
+    Result,
+    TaskSpec,
+    from_body,
+    to_body,
+)
 
 R = RefusalCode
 
@@ -381,7 +406,7 @@ class Contractor:
 
     # -- restart --------------------------------------------------------------------------------
 
-    def recover(self, docs: list[dict], now: float) -> None:
+    def recover(self, docs: list[dict[str, Any]], now: float) -> None:
         """Take back the attempts persisted before a restart: results are resent; attempts that were
         running (their processes are gone: the driver killed any orphan) are reported as lost."""
         for doc in docs:
@@ -440,7 +465,7 @@ class Contractor:
         times += [p.next_send for p in self.pending.values()]
         return min(times, default=float("inf"))
 
-    def _send(self, peer: str, message, fallback_address: str = "") -> None:
+    def _send(self, peer: str, message: object, fallback_address: str = "") -> None:
         self.out.emit(Send, targets=((peer, self.lookup(peer)[0] or fallback_address),), message=message)
 
     def _persist_running(self, claim: Claim) -> None:

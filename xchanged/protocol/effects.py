@@ -66,7 +66,7 @@ class KillTask:
 class PersistTask:
     """Write this task's document to the store (see the module docstring for `when`)."""
 
-    doc: dict
+    doc: dict[str, Any]
     when: str = BEFORE
     stimulus_id: str = ""
 
@@ -77,7 +77,7 @@ class PersistAttempt:
     `doc["state"]` is "running" (with pid and pid_start once the process started) or "result" (with
     the unacknowledged `Result` body, resent until `ack`). See the module docstring for `when`."""
 
-    doc: dict
+    doc: dict[str, Any]
     when: str = BEFORE
     stimulus_id: str = ""
 
@@ -107,7 +107,7 @@ class StoreOutput:
 class Audit:
     """Append an entry to the tamper-evident award log (written before what follows)."""
 
-    entry: dict
+    entry: dict[str, Any]
     stimulus_id: str = ""
 
 

@@ -11,7 +11,7 @@ id and attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .codec import Envelope
 from .messages import GpuInfo, TaskSpec
@@ -122,7 +122,7 @@ class FrameDropped:
 class AuditHeadSigned:
     """The driver signed a new head of our audit log (over records on disk); it goes into our load."""
 
-    head: dict
+    head: dict[str, Any]
     stimulus_id: str = ""
 
 
@@ -131,8 +131,8 @@ class StateRecovered:
     """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), and
     the attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs)."""
 
-    tasks: list[dict] = field(default_factory=list)
-    attempts: list[dict] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     stimulus_id: str = ""
 
 

@@ -23,13 +23,13 @@ class FrameGate:
         self.duplicates = DuplicateFilter()
         self.duplicate_frames = 0            # gossip redundancy, not an error: not counted as a drop
 
-    def admit(self, frame: bytes, wall_ms: int) -> list:
+    def admit(self, frame: bytes, wall_ms: int) -> list[MessageReceived | FrameDropped]:
         """The events one received frame gives the core: MessageReceived and/or FrameDropped."""
-        events: list = []
+        events: list[MessageReceived | FrameDropped] = []
         self._admit(frame, wall_ms, False, events)
         return events
 
-    def _admit(self, frame: bytes, wall_ms: int, batched: bool, events: list) -> None:
+    def _admit(self, frame: bytes, wall_ms: int, batched: bool, events: list[MessageReceived | FrameDropped]) -> None:
         if self.duplicates.seen_before(frame):
             self.duplicate_frames += 1
             return

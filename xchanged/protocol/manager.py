@@ -44,9 +44,32 @@ from .codec import Envelope
 from .effects import BEFORE, SYNC, Audit, Outbox, PersistTask, Reply, Send, StoreOutput
 from .errors import LocalProtocolError
 from .free_slots import PeerBeliefs
-from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState, Why
-from .messages import (BUSY_CODES, PRIORITIES, Accept, Ack, Award, Bid, Cancel, Cfp, Load, Outcome, Progress,
-                       Refuse, Reject, RejectBid, Result, TaskSpec)
+from .lifecycle import (
+    HOLDS_SLOT,
+    TASK_OF_ATTEMPT,
+    TERMINAL,
+    AttemptState,
+    TaskState,
+    Why,
+)
+from .messages import (
+    BUSY_CODES,
+    PRIORITIES,
+    Accept,
+    Ack,
+    Award,
+    Bid,
+    Cancel,
+    Cfp,
+    Load,
+    Outcome,
+    Progress,
+    Refuse,
+    Reject,
+    RejectBid,
+    Result,
+    TaskSpec,
+)
 from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
 
@@ -55,7 +78,8 @@ MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
 QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's queue, whatever it promises
-FAILED_ATTEMPT = {Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
+OUTCOMES = frozenset(str(o) for o in Outcome)
+FAILED_ATTEMPT: dict[Outcome, tuple[AttemptState, Why]] = {Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
 # names the drivers import (to move to lifecycle.py imports)
 QUEUED, ASSIGNED, RUNNING = T.QUEUED, T.ASSIGNED, T.RUNNING
 
@@ -124,7 +148,7 @@ class Manager:
             self._persist(task, SYNC)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 
-    def recover(self, docs: list[dict], now: float) -> None:
+    def recover(self, docs: list[dict[str, Any]], now: float) -> None:
         """Resume tasks from the store after a restart; in-flight attempts wait for their contractor."""
         for doc in docs:
             task = Task.from_doc(doc)
@@ -230,8 +254,8 @@ class Manager:
         current = task.current if task is not None else None
         ending = current is not None and current.attempt == res.attempt and current.node == env.sender
         known = self.known.get(env.sender)
-        at_most = None if known is None else known.slots - self.index.holding[env.sender] + (
-            ending and current.state in HOLDS_SLOT)
+        holding = self.index.holding[env.sender] - (current is not None and ending and current.state in HOLDS_SLOT)
+        at_most = None if known is None else known.slots - holding
         self.beliefs.result(env.sender, res.task_id, res.attempt, (env.incarnation, env.seq), res.slot_refilled,
                             at_most)
         if task is None:                        # unknown, or finished and evicted: acked, nothing else
@@ -270,7 +294,8 @@ class Manager:
                                     res.reason or "contractor lost the attempt", wall_ms)
             self._retry(task, now, wall_ms, failure=False, reason=att.reason)
         else:
-            state, why = FAILED_ATTEMPT.get(res.outcome, (A.FAILED, W.EXIT_CODE))
+            state, why = FAILED_ATTEMPT.get(Outcome(res.outcome), (A.FAILED, W.EXIT_CODE)) \
+                if res.outcome in OUTCOMES else (A.FAILED, W.EXIT_CODE)
             text = res.reason or (f"exit code {res.exit_code}" if res.exit_code is not None else str(res.outcome))
             self.index.move_attempt(task, att, state, why, text, wall_ms)
             record.failed(now)
@@ -434,8 +459,8 @@ class Manager:
             return
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
-        slot_bid = bid_env is not None and not bid_env.message.queued     # a queued bid holds no slot yet
-        self.beliefs.awarded(peer, task.id, attempt, (bid_env.incarnation, bid_env.seq) if slot_bid else None)
+        taken = (bid_env.incarnation, bid_env.seq) if bid_env is not None and not bid_env.message.queued else None
+        self.beliefs.awarded(peer, task.id, attempt, taken)      # a queued bid holds no slot yet
         att = Attempt(attempt, peer, self.lookup(peer)[1], A.AWARDED, score, awarded=wall_ms,
                       estimate_ms=bid_env.message.est_runtime_ms if bid_env else None)
         self.index.award(task, att)

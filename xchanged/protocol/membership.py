@@ -161,11 +161,12 @@ class Membership:
 
     # -- time -----------------------------------------------------------------------------------
 
-    def check_health(self, now: float) -> tuple[list[Transition], list[tuple[tuple[str, str], object]]]:
+    def check_health(self, now: float) -> tuple[list[Transition], list[tuple[tuple[str, str], Ping | PingReq]]]:
         """Suspect and kill silent peers. Returns transitions and probe messages to send."""
         s = self.settings
         suspect_after, dead_after = self.suspect_after, self.dead_after
-        transitions, probes = [], []
+        transitions: list[Transition] = []
+        probes: list[tuple[tuple[str, str], Ping | PingReq]] = []
         for peer in self.peers.values():
             if peer.health == DEAD:
                 continue

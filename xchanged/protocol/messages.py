@@ -113,7 +113,7 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             raise RemoteProtocolError("invalid_body", f"{where}: expected map (<= {MAX_ITEMS})")
         key_hint, value_hint = typing.get_args(hint)
         return {_check(k, key_hint, where): _check(v, value_hint, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise RemoteProtocolError("invalid_body", f"{where}: expected map")
         return _build(hint, value, where)
@@ -129,7 +129,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _build(cls: type, body: dict, where: str = "") -> Any:
+def _build(cls: type, body: dict[str, Any], where: str = "") -> Any:
     hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -175,7 +175,7 @@ class Requirements:
     labels: dict[str, str] = field(default_factory=dict)
     prefer: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.cpus < 0 or self.mem < 0 or self.gpus < 0 or self.gpu_mem < 0:
             raise ValueError("resource requirements must not be negative")
 
@@ -195,7 +195,7 @@ class TaskSpec:
     name: str = ""
     est_runtime: float | None = None # seconds, the submitter's estimate (used for EDF and bids)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.argv or not all(self.argv):
             raise ValueError("a task needs a non-empty command")
         priority_level(self.priority)
@@ -399,7 +399,7 @@ class AuditProofReq:
     old_size: int
     new_size: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 <= self.old_size <= self.new_size:
             raise ValueError("need 0 <= old_size <= new_size")
 
@@ -414,7 +414,7 @@ class AuditProof:
     proof: list[bytes] = field(default_factory=list)
     error: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 <= self.old_size <= self.new_size:
             raise ValueError("need 0 <= old_size <= new_size")
         if len(self.proof) > 128 or any(len(h) != 32 for h in self.proof):
@@ -436,7 +436,7 @@ class Gossip:
     TYPE: ClassVar[str] = "gossip"
     frames: list[bytes]
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if len(self.frames) > MAX_GOSSIP_FRAMES or sum(len(f) for f in self.frames) > MAX_GOSSIP_BYTES:
             raise ValueError(f"a gossip batch is at most {MAX_GOSSIP_FRAMES} frames of {MAX_GOSSIP_BYTES} bytes")
 

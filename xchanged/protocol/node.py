@@ -18,19 +18,53 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
 from .effects import Log, Outbox, ProveAudit, Relay, Send
 from .errors import LocalProtocolError
-from .events import (AuditHeadSigned, CancelRequested, Capacity, FrameDropped, Instant, MessageReceived, ResourcesRead,
-                     SeedConfigured, StateRecovered, TaskExited, TaskStarted, TaskSubmitted, TimerFired, stimulus_of)
-from .manager import Candidate, Manager, ManagerSettings
+from .events import (
+    AuditHeadSigned,
+    CancelRequested,
+    Capacity,
+    FrameDropped,
+    Instant,
+    MessageReceived,
+    ResourcesRead,
+    SeedConfigured,
+    StateRecovered,
+    TaskExited,
+    TaskStarted,
+    TaskSubmitted,
+    TimerFired,
+    stimulus_of,
+)
+from .manager import Manager, ManagerSettings
+from .membership import DEAD, GossipSettings, Membership, Transition
+from .messages import (
+    Accept,
+    Ack,
+    AuditProof,
+    AuditProofReq,
+    Award,
+    Bid,
+    Cancel,
+    Cfp,
+    Gossip,
+    Load,
+    Ping,
+    PingReq,
+    Pong,
+    Progress,
+    Refuse,
+    Reject,
+    RejectBid,
+    Result,
+)
+from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION
-from .membership import DEAD, GossipSettings, Membership
-from .messages import (Accept, Ack, AuditProof, AuditProofReq, Award, Bid, Cancel, Cfp, Load, Ping, PingReq, Pong, Progress, Refuse,
-                       Reject, RejectBid, Result, Gossip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +104,13 @@ class Node:
                                prefetch=settings.prefetch),
             self.out, self.lookup)
         self.drops: Counter[str] = Counter()
-        self.audit_head: dict | None = None       # our latest signed audit head (AuditHeadSigned)
+        self.audit_head: dict[str, Any] | None = None       # our latest signed audit head (AuditHeadSigned)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
         self._pump_due = False                    # an input changed state since the last pump
 
     # -- the one entry point --------------------------------------------------------------------
 
-    def handle(self, event, now: Instant, pump: bool = True) -> list:
+    def handle(self, event: object, now: Instant, pump: bool = True) -> list[Any]:
         self.out.stimulus_id = stimulus_of(event)
         mono, wall = now
         changed = True                          # tasks or slots may have changed: pump at the end
@@ -115,7 +149,7 @@ class Node:
             self._pump_due = True
         return self.settle(now) if pump else self.out.take()
 
-    def settle(self, now: Instant) -> list:
+    def settle(self, now: Instant) -> list[Any]:
         """Run the pump that inputs handled with `pump=False` left due (the end of a driver's batch)."""
         if self._pump_due:
             self._pump_due = False
@@ -210,7 +244,7 @@ class Node:
             self.out.emit(Send, targets=((env.sender, load.address),), message=request)
         self._audit_fork(env.sender, fork)
 
-    def _audit_fork(self, peer_id: str, evidence: dict | None) -> None:
+    def _audit_fork(self, peer_id: str, evidence: dict[str, Any] | None) -> None:
         if evidence is None:
             return
         name = self.lookup(peer_id)[1] or peer_id
@@ -218,7 +252,7 @@ class Node:
                       text=f"audit: node {name} ({peer_id}) forked its audit log: {evidence['reason']}; "
                            f"evidence: xchanged audit evidence {peer_id}")
 
-    def _apply(self, transitions, now: float, wall: int) -> None:
+    def _apply(self, transitions: list[Transition], now: float, wall: int) -> None:
         for t in transitions:
             self.out.emit(Log, level="warning" if t.health != "alive" else "info",
                           text=f"peer {t.peer.name or t.peer.id} ({t.peer.id}) is {t.health}")
@@ -238,7 +272,8 @@ class Node:
             free -= 1
         if free <= 0:
             return
-        waiting = [p for p in self.membership.healthy() if p.load.queued > 0 and p.id != skip and p.address]
+        waiting = [p for p in self.membership.healthy()
+                   if p.load is not None and p.load.queued > 0 and p.id != skip and p.address]
         if len(waiting) > free:
             waiting = self.membership.rng.sample(waiting, free)
         if waiting:
@@ -271,6 +306,8 @@ class Node:
                          queue=own.queue_free)]
         for peer in self.membership.healthy():
             load = peer.load
+            if load is None:
+                continue
             free = self.manager.beliefs.free(peer.id, load.slots_free)
             out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
                                  queue=load.queue_free))

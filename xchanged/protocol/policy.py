@@ -27,10 +27,22 @@ whose success closes the breaker and whose failure opens it again.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from .messages import Bid, Load, Requirements
+
+
+class _Candidate(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def slots(self) -> int: ...
+
+
+C = TypeVar("C", bound=_Candidate)
 
 W_AVAILABILITY, W_SUCCESS, W_SPEED, W_AFFINITY, W_FAIRNESS, W_AVOID = 0.5, 0.3, 0.2, 0.1, 0.05, 0.2
 FAIRNESS_HORIZON = 30.0          # seconds without an award for the full fairness bonus
@@ -163,7 +175,8 @@ def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avo
             + W_AFFINITY * affinity_share + W_FAIRNESS * fairness - (W_AVOID if avoid else 0.0))
 
 
-def sample_candidates(free: list, units: dict[str, int], avoid: set[str], d: int, rng) -> list:
+def sample_candidates(free: list[C], units: dict[str, int], avoid: set[str], d: int,
+                      rng: random.Random) -> list[C]:
     """Power of d choices: at most `d` of the `free` candidates, preferring ones not in `avoid`.
 
     Half of the picks go to the candidates with the largest share of unclaimed slots (ties broken at

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .lifecycle import TaskState
@@ -63,13 +63,13 @@ class Counters:
     audit_forked_nodes: tuple[str, ...]
 
 
-def task_doc(node: Node, task_id: str) -> dict | None:
+def task_doc(node: Node, task_id: str) -> dict[str, Any] | None:
     """A task's status document, or None when not in memory (unknown, or finished long ago)."""
     task = node.manager.tasks.get(task_id)
     return task.to_doc() if task is not None else None
 
 
-def task_docs(node: Node, state: str | None = None) -> list[dict]:
+def task_docs(node: Node, state: str | None = None) -> list[dict[str, Any]]:
     """The documents of the tasks in memory (every unfinished one), in submission order."""
     return [t.to_doc() for t in sorted(node.manager.tasks.values(), key=lambda t: t.order)
             if state in (None, "", t.state)]
@@ -118,7 +118,7 @@ def counters(node: Node) -> Counters:
         attempts_completed=c.completed, audit_forks=watch.forks, audit_forked_nodes=tuple(watch.forked()))
 
 
-def audit_evidence(node: Node, wanted: str = "") -> list[dict]:
+def audit_evidence(node: Node, wanted: str = "") -> list[dict[str, Any]]:
     """What we saw of `wanted`'s (a node id or name; "": every node's) audit heads, with the evidence
     of a fork where we found one."""
     found = [w for w in node.audit_watch.nodes.values()

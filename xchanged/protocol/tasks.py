@@ -23,11 +23,19 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from .codec import Envelope
 from .errors import LocalProtocolError
-from .lifecycle import (HOLDS_SLOT, LIVE_ATTEMPT, TERMINAL, AttemptState, TaskState, check_attempt_move,
-                        check_task_move)
+from .lifecycle import (
+    HOLDS_SLOT,
+    LIVE_ATTEMPT,
+    TERMINAL,
+    AttemptState,
+    TaskState,
+    check_attempt_move,
+    check_task_move,
+)
 from .messages import Refuse, TaskSpec, from_body, priority_level, to_body
 
 AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
@@ -49,14 +57,14 @@ class Attempt:
     estimate_ms: int | None = None  # the winning bid's run-time estimate
     why: str = ""               # reason code (lifecycle.Why, or a refusal code)
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
                 "state": str(self.state), "score": round(self.score, 4), "exit_code": self.exit_code,
                 "reason": self.reason, "reason_code": self.why, "started": self.started, "ended": self.ended,
                 "awarded": self.awarded, "estimate_ms": self.estimate_ms}
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "Attempt":
+    def from_doc(cls, doc: dict[str, Any]) -> "Attempt":
         return cls(doc["attempt"], doc["node_id"], doc["node"], AttemptState(doc["state"]), doc.get("score", 0.0),
                    doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
                    doc.get("awarded"), doc.get("estimate_ms"), doc.get("reason_code", ""))
@@ -101,7 +109,7 @@ class Task:
     wait_since: float | None = None         # queued at its contractor since (Manager._promise_start)
     promised_start: float = 0.0
     wait_deadline: float | None = None
-    spec_body: dict | None = None   # the spec as a plain map, built once (the spec never changes)
+    spec_body: dict[str, Any] | None = None   # the spec as a plain map, built once (the spec never changes)
 
     @property
     def current(self) -> Attempt | None:
@@ -122,7 +130,7 @@ class Task:
         waited = max(0.0, now - self.queued_since)
         return self.base_level + int(waited // AGING_STEP)
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         """The task as persisted and shown to clients (read-only: its parts may be shared)."""
         last = self.attempts[-1] if self.attempts else None
         if self.spec_body is None:
@@ -138,7 +146,7 @@ class Task:
         }
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "Task":
+    def from_doc(cls, doc: dict[str, Any]) -> "Task":
         return cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
                    TaskState(doc["state"]), [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"),
                    doc.get("reason", ""), doc.get("finished"), doc.get("reason_code", ""), doc.get("boost", 0),

@@ -20,15 +20,36 @@ from typing import Any, Callable, Iterator
 
 from ..driver import Driver
 from ..protocol import codec
-from ..protocol.effects import (Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask, ProveAudit, Relay,
-                                Reply, Send, StartTask, StoreOutput)
-from ..protocol.events import (CancelRequested, Capacity, Instant, ResourcesRead, SeedConfigured, StateRecovered,
-                               TaskExited, TaskStarted, TaskSubmitted)
+from ..protocol.effects import (
+    Audit,
+    ForgetAttempt,
+    KillTask,
+    Log,
+    PersistAttempt,
+    PersistTask,
+    ProveAudit,
+    Relay,
+    Reply,
+    Send,
+    StartTask,
+    StoreOutput,
+)
+from ..protocol.events import (
+    CancelRequested,
+    Capacity,
+    Instant,
+    ResourcesRead,
+    SeedConfigured,
+    StateRecovered,
+    TaskExited,
+    TaskStarted,
+    TaskSubmitted,
+)
 from ..protocol.inbound import FrameGate
 from ..protocol.messages import AuditProof, Outcome, TaskSpec
 from ..protocol.node import Node, NodeSettings
-from ..protocol.tasks import Task
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
+from ..protocol.tasks import Task
 from .store import SimStore
 
 WALL_EPOCH_MS = 1_790_000_000_000
