@@ -5,14 +5,7 @@ attempt number fences every message about it). Every change of state goes throug
 `TaskIndex.move` / `TaskIndex.move_attempt` (tasks.py), which check the move against these tables
 and raise `LocalProtocolError` on any other: an illegal move is our bug, never a peer's doing.
 
-Task states
-
-    queued ----> assigned ----> running ----> succeeded | failed | cancelled
-      ^  \\          |  \\  ^        |
-      |   \\         |   \\_|(next   |
-      |    \\        |      bid)    |
-      +-----\\-------+--------------+   a lost or failed attempt, retries left
-             \\-----> cancelled
+Task states (docs/protocol.md shows both tables with what triggers each move)
 
     queued:    waiting for a contractor (announced, or waiting for a free slot)
     assigned:  awarded; its attempt is `awarded` (no answer yet) or `waiting` (queued at the contractor)
@@ -20,10 +13,6 @@ Task states
     succeeded | failed | cancelled: final; exactly one completion is recorded
 
 Attempt states
-
-    awarded --> waiting --> running --> succeeded | failed | timeout | lost | cancelled
-       |           \\___________\\____/
-       +--> rejected --> superseded             lost --> superseded
 
     awarded:    the award is sent; no accept yet
     waiting:    accepted into the contractor's local queue (prefetch), not started

@@ -1,20 +1,16 @@
-"""The manager side of the Contract Net: announce, collect bids, award, follow up, retry.
+"""The manager side of the Contract Net: the tasks submitted to this node, from submit to their one
+recorded completion.
 
-The task and attempt lifecycles are tables in lifecycle.py; every change of state goes through
-`TaskIndex` (tasks.py). Whom to ask and in what order is decided in scheduling.py; what we believe
-of each peer's free slots is kept in free_slots.py. This module reacts to inputs.
+The task and attempt lifecycles are tables in lifecycle.py, and every change of state goes through
+`TaskIndex` (tasks.py). Announcing, bidding and awarding are in negotiation.py (the base class);
+whom to ask in scheduling.py; what we believe of each peer's free slots in free_slots.py. This
+module follows an attempt from its award to its end.
 
 Rules:
-- Every award has its own attempt number; every message of a contract names (task_id, attempt),
-  and a message about any other attempt than the current one is stale: a late bid gets a
-  `reject_bid`, a late accept or progress a `cancel`, a late result is acknowledged and kept as a
-  superseded attempt, and never changes the task (exactly one recorded completion).
-- The round closes when every candidate answered or the bid window ends; the best bid wins, the
-  others stay on standby until the winner accepts (a `reject` or no answer within the award timeout
-  awards the next standby bid). If a waiting task of a higher level fits the best bidder by then, the
-  bids are released and that task goes first (priority beats an open round).
-- Refusals and rejects for lack of room ("busy") put a task back without back-off; other ones back
-  off, and a task whose direct award was rejected asks with a cfp from then on.
+- Every message of a contract names (task_id, attempt), and a message about any other attempt than
+  the current one is stale: a late accept or progress gets a `cancel`, a late result is
+  acknowledged and kept as a superseded attempt, and never changes the task (exactly one recorded
+  completion).
 - An attempt accepted into a contractor's queue is held to the start the contractor promised, plus a
   margin (`_promise_start`); past it, the attempt is reclaimed and the task re-announced.
 - An attempt is lost when its contractor is declared dead or stays silent past the heartbeat
@@ -34,95 +30,33 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from . import policy, scheduling
 from .codec import Envelope
-from .effects import BEFORE, SYNC, Audit, Outbox, PersistTask, Reply, Send, StoreOutput
+from .effects import SYNC, Reply, StoreOutput
 from .errors import LocalProtocolError
-from .free_slots import PeerBeliefs
-from .lifecycle import (
-    HOLDS_SLOT,
-    TASK_OF_ATTEMPT,
-    TERMINAL,
-    AttemptState,
-    TaskState,
-    Why,
-)
-from .messages import (
-    BUSY_CODES,
-    PRIORITIES,
-    Accept,
-    Ack,
-    Award,
-    Bid,
-    Cancel,
-    Cfp,
-    Load,
-    Outcome,
-    Progress,
-    Refuse,
-    Reject,
-    RejectBid,
-    Result,
-    TaskSpec,
-)
-from .scheduling import Candidate
-from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
+from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState, Why
+from .messages import PRIORITIES, Accept, Ack, Cancel, Load, Outcome, Progress, Result, TaskSpec
+from .negotiation import ManagerSettings, Negotiation
+from .tasks import Attempt, Task
+
+__all__ = ["Manager", "ManagerSettings", "QUEUE_WAIT_CAP"]
 
 A, T, W = AttemptState, TaskState, Why
 MAX_LOST_ATTEMPTS = 10
 RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout before acting itself
-NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
 QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's queue, whatever it promises
 OUTCOMES = frozenset(str(o) for o in Outcome)
-FAILED_ATTEMPT: dict[Outcome, tuple[AttemptState, Why]] = {Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
+FAILED_ATTEMPT: dict[Outcome, tuple[AttemptState, Why]] = {
+    Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
 # names the drivers import (to move to lifecycle.py imports)
 QUEUED, ASSIGNED, RUNNING = T.QUEUED, T.ASSIGNED, T.RUNNING
 
 
-@dataclass(slots=True)
-class ManagerSettings:
-    self_id: str
-    bid_window: float
-    award_timeout: float
-    heartbeat_timeout: float
-    max_candidates: int
-    direct_award: bool = True       # one candidate only: award without a cfp/bid round (see _award_direct)
-    finished_retention: int = FINISHED_RETENTION   # finished tasks kept in memory (see tasks.TaskIndex)
+class Manager(Negotiation):
+    """The manager of the tasks submitted to this node (the negotiation: negotiation.py)."""
 
-
-class Manager:
-    def __init__(self, settings: ManagerSettings, outbox: Outbox, rng: random.Random,
-                 lookup: Callable[[str], tuple[str, str]]):
-        self.settings = settings
-        self.lookup = lookup                           # peer id -> (address, name)
-        self.out = outbox
-        self.rng = rng
-        self.index = TaskIndex(settings.finished_retention)
-        self.beliefs = PeerBeliefs()
-        self.records: dict[str, policy.ContractorRecord] = {}
-        self.speeds = policy.SpeedTable()
-        self.known: dict[str, Candidate] = {}          # the candidates of the last pump, by id
-        self.queue_ok = False                          # our queue is deep: contractors may queue our tasks
-        self.bid_first: set[str] = set()               # tasks whose direct award was rejected: cfp from now on
-        self._timers: list[tuple[float, int, str]] = []
-        self._timer_seq = 0
-        self._order = 0
-        self.stats: Counter[str] = Counter()
-
-    @property
-    def tasks(self) -> dict[str, Task]:
-        """Every task in memory: the unfinished ones and the most recently finished (read-only use)."""
-        return self.index.tasks
-
-    def queued(self) -> int:
-        return self.index.count(T.QUEUED)
-
-    # -- client requests ------------------------------------------------------------------------
+    # -- client requests ------------------------------------------------------------------------------
 
     def submit(self, request_id: int, task_id: str, spec: TaskSpec, now: float, wall_ms: int) -> None:
         if task_id in self.tasks:
@@ -162,33 +96,7 @@ class Manager:
                     task.run_deadline = now + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
                     self._arm(task, task.run_deadline)
 
-    # -- messages from contractors --------------------------------------------------------------
-
-    def on_bid(self, env: Envelope, now: float, wall_ms: int) -> None:
-        bid: Bid = env.message
-        task = self.tasks.get(bid.task_id)
-        rnd = task.round if task else None
-        if task is None or rnd is None or rnd.attempt != bid.attempt or env.sender not in rnd.candidates \
-                or now > rnd.deadline:
-            self.stats["late_bids"] += 1
-            self._send(env.sender, RejectBid(bid.task_id, bid.attempt, "bid window closed"))
-            return
-        rnd.bids[env.sender] = env
-        self.beliefs.on_bid(env.sender, bid.slots_free, bid.queued)
-        if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
-            self._close_round(task, now, wall_ms)
-
-    def on_refuse(self, env: Envelope, now: float, wall_ms: int) -> None:
-        refuse: Refuse = env.message
-        task = self.tasks.get(refuse.task_id)
-        rnd = task.round if task else None
-        if task is None or rnd is None or rnd.attempt != refuse.attempt or env.sender not in rnd.candidates:
-            return
-        rnd.refusals[env.sender] = refuse
-        if refuse.code in BUSY_CODES:
-            self.beliefs.busy(env.sender)
-        if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
-            self._close_round(task, now, wall_ms)
+    # -- following an awarded attempt -----------------------------------------------------------------
 
     def on_accept(self, env: Envelope, now: float, wall_ms: int) -> None:
         acc: Accept = env.message
@@ -212,17 +120,6 @@ class Manager:
         self._release_standby(task, "another bid was accepted")
         self._audit(task, "accept", wall_ms, att, score=att.score, message=env.raw)
         self._persist(task)
-
-    def on_reject(self, env: Envelope, now: float, wall_ms: int) -> None:
-        rej: Reject = env.message
-        task, att = self._attempt_of(env, rej.task_id, rej.attempt)
-        if task is None or att is None or att.state is not A.AWARDED:
-            return
-        self.index.move_attempt(task, att, A.REJECTED, rej.code, f"{rej.code}: {rej.reason}", wall_ms)
-        self.beliefs.busy(env.sender)
-        task.stimulus = self.out.stimulus_id
-        self._audit(task, "reject", wall_ms, att, message=env.raw)
-        self._award_next(task, now, wall_ms)
 
     def on_progress(self, env: Envelope, now: float, wall_ms: int = 0) -> None:
         prog: Progress = env.message
@@ -302,7 +199,72 @@ class Manager:
             self._retry(task, now, wall_ms, failure=True, reason=att.reason, exit_code=res.exit_code)
         self._persist(task)
 
-    # -- membership and time --------------------------------------------------------------------
+    def _promise_start(self, task: Task, now: float, est_start_ms: int, first: bool = False) -> None:
+        """A contractor queued the attempt and expects to start it in `est_start_ms`. The manager holds
+        it to that (defence in depth: whatever the contractor does, a queued attempt cannot wait
+        forever): past the promise plus a margin the attempt is reclaimed and the task re-awarded.
+        A heartbeat may renew the promise with a later expected start (the task ahead of it runs
+        longer than the contractor thought); "any moment now" (0) renews nothing. The promise never
+        reaches past QUEUE_WAIT_CAP from the accept, so a contractor that keeps promising cannot
+        hold the attempt either."""
+        promised = now + est_start_ms / 1000
+        if first or task.wait_since is None:
+            task.wait_since, task.promised_start = now, promised
+        elif est_start_ms > 0:
+            task.promised_start = max(task.promised_start, promised)
+        task.wait_deadline = min(task.promised_start + self.settings.heartbeat_timeout,
+                                 task.wait_since + QUEUE_WAIT_CAP)
+        self._arm(task, task.wait_deadline)
+
+    def _started(self, task: Task, att: Attempt, now: float, wall_ms: int, elapsed: float = 0.0) -> None:
+        self.index.move_attempt(task, att, A.RUNNING)
+        self.index.move(task, T.RUNNING)
+        att.started = att.started or wall_ms - int(elapsed * 1000)
+        task.says("", "")
+        if task.spec.timeout:
+            task.run_deadline = now - elapsed + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
+            self._arm(task, task.run_deadline)
+
+    def _stop_current(self, task: Task, state: AttemptState, why: Why, reason: str, wall_ms: int) -> None:
+        att = task.current
+        if att is None:
+            return
+        self.index.move_attempt(task, att, state, why, reason, wall_ms)
+        self._send(att.node, Cancel(task.id, att.attempt, reason))
+
+    def _retry(self, task: Task, now: float, wall_ms: int, *, failure: bool, reason: str,
+               exit_code: int | None = None) -> None:
+        """The current attempt ended without success: queue the task again, or fail it."""
+        att = task.attempts[-1] if task.attempts else None
+        if att is not None:
+            task.avoid.add(att.node)
+        if failure:
+            task.failures += 1
+            if task.failures > task.spec.retries:
+                self._finish(task, T.FAILED, exit_code, W.RETRIES_SPENT,
+                             f"{reason} (after {task.failures} failed attempts)", wall_ms)
+                self.stats["failed"] += 1
+                return
+            task.boost = min(task.boost + 1, len(PRIORITIES))
+        else:
+            task.losses += 1
+            if task.losses > MAX_LOST_ATTEMPTS:
+                self._finish(task, T.FAILED, None, W.LOST_TOO_OFTEN, f"{reason} (lost {task.losses} times)", wall_ms)
+                self.stats["failed"] += 1
+                return
+        self.stats["retries"] += 1
+        self.index.move(task, T.QUEUED)
+        task.says(W.RETRYING, f"retrying: {reason}")
+        task.queued_since, task.not_before = now, now
+
+    def _finish(self, task: Task, state: TaskState, exit_code: int | None, why: str, reason: str,
+                wall_ms: int) -> None:
+        self.index.move(task, state)
+        task.says(why, reason)
+        task.exit_code, task.finished = exit_code, wall_ms
+        self.bid_first.discard(task.id)
+
+    # -- membership and time --------------------------------------------------------------------------
 
     def on_load(self, env: Envelope) -> None:
         """A newer load signal of a peer: its free slots, less our awards it could not show yet."""
@@ -364,230 +326,7 @@ class Manager:
     def next_deadline(self) -> float:
         return self._timers[0][0] if self._timers else math.inf
 
-    # -- scheduling -----------------------------------------------------------------------------
-
-    def pump(self, candidates: list[Candidate], now: float, wall_ms: int) -> None:
-        """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot
-        (the decision: scheduling.py)."""
-        self.known = {c.id: c for c in candidates}
-        active = self.index.active.values()
-        units, waiting, mixed = scheduling.unclaimed(candidates, active, self.settings.self_id, now)
-        self.queue_ok = scheduling.use_queues(candidates, units, len(waiting), mixed, active,
-                                              self.beliefs.turned_away)
-        for a in scheduling.plan(waiting, candidates, units, self._record, self._may_award_directly,
-                                 self.settings.max_candidates, self.rng, now):
-            with self.out.caused_by(a.task.stimulus):
-                if a.direct:
-                    self._award_direct(a.task, a.chosen[0], now, wall_ms)
-                else:
-                    self._announce(a.task, a.chosen, now, wall_ms)
-
-    def _may_award_directly(self, task: Task, cand: Candidate) -> bool:
-        """A peer we may award to without a bid: it has run tasks for us and its breaker is closed."""
-        record = self.records.get(cand.id)
-        return (self.settings.direct_award and task.id not in self.bid_first and record is not None
-                and record.successes > 0 and record.breaker == policy.CLOSED)
-
-    def _announce(self, task: Task, chosen: list[Candidate], now: float, wall_ms: int) -> None:
-        attempt = task.new_attempt()
-        task.round = Round(attempt, {c.id for c in chosen}, now + self.settings.bid_window)
-        spec = task.spec
-        deadline_in = spec.deadline_ms - wall_ms if spec.deadline_ms is not None else None
-        cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
-                  queue_ok=self.queue_ok,
-                  command=spec.argv[0], est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
-                  deadline_in_ms=deadline_in)
-        self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
-        self._arm(task, task.round.deadline)
-        self.stats["announcements"] += 1
-
-    def _award_direct(self, task: Task, cand: Candidate, now: float, wall_ms: int) -> None:
-        """Only one peer (one we know) can take the task now, so there is nothing to compare: skip the
-        cfp/bid round trip and award at once. The award is the offer and its accept the bid; the
-        contractor checks admission on the award as it would on a cfp and rejects what does not fit.
-        This halves the hops between a freed slot and its next start (pull-based work stealing)."""
-        req = task.spec.requirements
-        load = cand.load
-        offer = Bid(task.id, 0, slots=cand.slots, slots_free=max(0, cand.free - 1),
-                    cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
-                    affinity=policy.affinity(cand.labels, req))
-        score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
-                             self.speeds.relative(task.spec.argv[0], cand.id))
-        task.standby = [(cand.id, score, None)]
-        self.stats["direct_awards"] += 1
-        self._award_next(task, now, wall_ms)
-
-    def _close_round(self, task: Task, now: float, wall_ms: int) -> None:
-        rnd, task.round = task.round, None
-        if rnd is None:
-            return
-        req = task.spec.requirements
-        command = task.spec.argv[0]
-        scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid,
-                                     self.speeds.relative(command, peer))
-                  for peer, env in rnd.bids.items()}
-        order = policy.rank(scored)
-        if not order:
-            task.says(W.NO_BIDS, scheduling.why_no_bids(rnd))
-            if len(rnd.refusals) == len(rnd.candidates) and all(r.code in BUSY_CODES for r in rnd.refusals.values()):
-                task.not_before = now           # they are full, not unable: wait for the next free slot
-                return
-            self._back_off(task, now)
-            return
-        if scheduling.outranked(task, self.known.get(order[0]), self.index.active.values(), now):
-            for peer in rnd.bids:               # a more urgent task arrived: it gets the room instead
-                self._send(peer, RejectBid(task.id, rnd.attempt, "a higher-priority task came first"))
-            task.not_before = now
-            self.stats["outranked"] += 1
-            return
-        task.standby = [(peer, scored[peer], rnd.bids[peer]) for peer in order]
-        self._award_next(task, now, wall_ms, attempt=rnd.attempt)
-
-    def _award_next(self, task: Task, now: float, wall_ms: int, attempt: int | None = None) -> None:
-        task.award_deadline = None
-        if not task.standby:
-            last = task.attempts[-1] if task.attempts else None
-            if task.state is not T.QUEUED:
-                self.index.move(task, T.QUEUED)
-            task.says(W.ALL_REJECTED,
-                      "every bidder rejected the award" + (f" (last: {last.reason})" if last and last.reason else ""))
-            task.not_before = now
-            if last is not None and last.state is A.REJECTED and last.why not in BUSY_CODES:
-                self._back_off(task, now)                 # it cannot run there: don't hammer it
-                self.bid_first.add(task.id)               # and ask with a cfp next time (a refusal adds no attempt)
-            self._persist(task)
-            return
-        peer, score, bid_env = task.standby.pop(0)
-        attempt = attempt if attempt is not None else task.new_attempt()
-        taken = (bid_env.incarnation, bid_env.seq) if bid_env is not None and not bid_env.message.queued else None
-        self.beliefs.awarded(peer, task.id, attempt, taken)      # a queued bid holds no slot yet
-        att = Attempt(attempt, peer, self.lookup(peer)[1], A.AWARDED, score, awarded=wall_ms,
-                      estimate_ms=bid_env.message.est_runtime_ms if bid_env else None)
-        self.index.award(task, att)
-        self.index.move(task, T.ASSIGNED)
-        task.says("", "")
-        task.backoff = 0.0
-        task.award_deadline = now + self.settings.award_timeout
-        self._record(peer).awarded(now)
-        self._arm(task, task.award_deadline)
-        extra: dict[str, Any] = {"message": bid_env.raw} if bid_env is not None else {"direct": True}
-        self._audit(task, "award", wall_ms, att, score=round(score, 4), **extra)
-        self._persist(task)
-        self._send(peer, Award(task.id, attempt, task.spec, score, queue_ok=self.queue_ok))
-        self.stats["awards"] += 1
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _promise_start(self, task: Task, now: float, est_start_ms: int, first: bool = False) -> None:
-        """A contractor queued the attempt and expects to start it in `est_start_ms`. The manager holds
-        it to that (defence in depth: whatever the contractor does, a queued attempt cannot wait
-        forever): past the promise plus a margin the attempt is reclaimed and the task re-awarded.
-        A heartbeat may renew the promise with a later expected start (the task ahead of it runs
-        longer than the contractor thought); "any moment now" (0) renews nothing. The promise never
-        reaches past QUEUE_WAIT_CAP from the accept, so a contractor that keeps promising cannot
-        hold the attempt either."""
-        promised = now + est_start_ms / 1000
-        if first or task.wait_since is None:
-            task.wait_since, task.promised_start = now, promised
-        elif est_start_ms > 0:
-            task.promised_start = max(task.promised_start, promised)
-        task.wait_deadline = min(task.promised_start + self.settings.heartbeat_timeout,
-                                 task.wait_since + QUEUE_WAIT_CAP)
-        self._arm(task, task.wait_deadline)
-
-    def _started(self, task: Task, att: Attempt, now: float, wall_ms: int, elapsed: float = 0.0) -> None:
-        self.index.move_attempt(task, att, A.RUNNING)
-        self.index.move(task, T.RUNNING)
-        att.started = att.started or wall_ms - int(elapsed * 1000)
-        task.says("", "")
-        if task.spec.timeout:
-            task.run_deadline = now - elapsed + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
-            self._arm(task, task.run_deadline)
-
-    def _back_off(self, task: Task, now: float) -> None:
-        task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])
-        task.not_before = now + task.backoff
-        self._arm(task, task.not_before)
-
-    def _release_standby(self, task: Task, reason: str) -> None:
-        for peer, _, env in task.standby:
-            if env is not None:                           # a direct award holds no reservation
-                self._send(peer, RejectBid(task.id, env.message.attempt, reason))
-        task.standby = []
-
-    def _stop_current(self, task: Task, state: AttemptState, why: Why, reason: str, wall_ms: int) -> None:
-        att = task.current
-        if att is None:
-            return
-        self.index.move_attempt(task, att, state, why, reason, wall_ms)
-        self._send(att.node, Cancel(task.id, att.attempt, reason))
-
-    def _retry(self, task: Task, now: float, wall_ms: int, *, failure: bool, reason: str,
-               exit_code: int | None = None) -> None:
-        """The current attempt ended without success: queue the task again, or fail it."""
-        att = task.attempts[-1] if task.attempts else None
-        if att is not None:
-            task.avoid.add(att.node)
-        if failure:
-            task.failures += 1
-            if task.failures > task.spec.retries:
-                self._finish(task, T.FAILED, exit_code, W.RETRIES_SPENT,
-                             f"{reason} (after {task.failures} failed attempts)", wall_ms)
-                self.stats["failed"] += 1
-                return
-            task.boost = min(task.boost + 1, len(PRIORITIES))
-        else:
-            task.losses += 1
-            if task.losses > MAX_LOST_ATTEMPTS:
-                self._finish(task, T.FAILED, None, W.LOST_TOO_OFTEN, f"{reason} (lost {task.losses} times)", wall_ms)
-                self.stats["failed"] += 1
-                return
-        self.stats["retries"] += 1
-        self.index.move(task, T.QUEUED)
-        task.says(W.RETRYING, f"retrying: {reason}")
-        task.queued_since, task.not_before = now, now
-
-    def _finish(self, task: Task, state: TaskState, exit_code: int | None, why: str, reason: str,
-                wall_ms: int) -> None:
-        self.index.move(task, state)
-        task.says(why, reason)
-        task.exit_code, task.finished = exit_code, wall_ms
-        self.bid_first.discard(task.id)
-
-    def _attempt_of(self, env: Envelope, task_id: str, attempt: int) -> tuple[Task | None, Attempt | None]:
-        task = self.tasks.get(task_id)
-        att = task.current if task else None
-        if att is None or att.attempt != attempt or att.node != env.sender:
-            return task, None
-        return task, att
-
-    def _record(self, peer: str) -> policy.ContractorRecord:
-        record = self.records.get(peer)
-        if record is None:
-            record = self.records[peer] = policy.ContractorRecord()
-        return record
-
-    def _arm(self, task: Task, when: float) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (when, self._timer_seq, task.id))
-
-    def _send(self, peer: str, message: Any) -> None:
-        self.out.emit(Send, targets=((peer, self.lookup(peer)[0]),), message=message)
-
-    def _audit(self, task: Task, event: str, wall_ms: int, att: Attempt | None = None, **fields: Any) -> None:
-        entry: dict[str, Any] = {"event": event, "task": task.id}
-        if att is not None:
-            entry.update(attempt=att.attempt)
-        entry["manager"] = self.settings.self_id
-        if att is not None:
-            entry["contractor"] = att.node
-        entry.update(fields, time_ms=wall_ms, stimulus=self.out.stimulus_id)
-        self.out.emit(Audit, entry=entry)
-
-    def _persist(self, task: Task, when: str = BEFORE) -> None:
-        self.out.emit(PersistTask, doc=task.to_doc(), when=when)
-
-    # -- checks ---------------------------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------------------------------
 
     def validate_state(self) -> None:
         """The manager's invariants (tests and chaos runs call this after every input)."""
