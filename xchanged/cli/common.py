@@ -1,4 +1,5 @@
-"""What every `xchanged` command shares: the -c/--json options and how errors become exit codes.
+"""What every `xchanged` command shares: the -c/--json options, output helpers, and how errors become
+exit codes.
 
 Exit codes: 0 success; 1 the task failed (or the daemon refused the request); 2 usage or config
 error; 3 daemon not reachable (the message names the socket tried).
@@ -6,14 +7,20 @@ error; 3 daemon not reachable (the message names the socket tried).
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Callable, TypeVar
 
 import click
+from rich.console import Console
 
-from .client import Client, DaemonUnreachable, RequestFailed
-from .config import ConfigError
+from ..client import Client, DaemonUnreachable, RequestFailed
+from ..config import ConfigError
 
 T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
 
 config_option = click.option("-c", "--config", "config", type=click.Path(dir_okay=False),
                              envvar="XCHANGED_CONFIG", help="config file (default: $XCHANGED_CONFIG, "
@@ -43,3 +50,23 @@ def call_daemon(fn: Callable[[], T]) -> T:
 
 def client_for(config: str | None) -> Client:
     return call_daemon(lambda: Client(config=config))
+
+
+def print_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def clock_time(ms: int | None) -> str:
+    """An epoch-ms time as HH:MM:SS local time, "-" when unset."""
+    return datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S") if ms else "-"
+
+
+def key_values(pairs: tuple[str, ...], option: str) -> dict[str, str]:
+    """Repeated K=V options as a dict; a usage error (exit 2) names the option otherwise."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected K=V, got {pair!r}", param_hint=option)
+        out[key] = value
+    return out

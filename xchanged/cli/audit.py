@@ -19,14 +19,13 @@ from typing import Any
 
 import click
 
-from .config import ConfigError, default_config_path, load_config
-from .protocol import codec
-from .protocol.merkle import MerkleAccumulator, verify_inclusion
-from .protocol.signing import TrustError, TrustStore, load_private_key, node_id, public_bytes
-from .protocol.audit_format import parse_head
-from .runtime.audit import HEAD_SUFFIX, AuditCorrupted, AuditRecord, read_records, verify_log
-
-from .cli_common import Exit, call_daemon, config_option, json_option
+from ..config import ConfigError, default_config_path, load_config
+from ..protocol import codec
+from ..protocol.audit_format import parse_head
+from ..protocol.merkle import MerkleAccumulator, verify_inclusion
+from ..protocol.signing import TrustError, TrustStore, load_private_key, node_id, public_bytes
+from ..runtime.audit import HEAD_SUFFIX, AuditCorrupted, AuditRecord, read_records, verify_log
+from .common import Exit, call_daemon, config_option, json_option
 
 
 # -- where things are -----------------------------------------------------------------------------
@@ -308,7 +307,7 @@ def prove(config, path, entry) -> None:
 @click.argument("node", required=False, default="")
 def evidence(config, as_json, node) -> None:
     """What the running daemon saw of NODE's (or every peer's) audit heads, with evidence of a fork."""
-    from .client import Client
+    from ..client import Client
 
     def evidence():
         with Client(config=config) as client:
@@ -325,3 +324,6 @@ def evidence(config, as_json, node) -> None:
         if d.get("evidence"):
             line += f"  FORK: {d['evidence']['reason']}"
         click.echo(line)
+
+
+COMMANDS = [audit]

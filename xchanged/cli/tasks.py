@@ -1,0 +1,181 @@
+"""`xchanged submit | status | tasks | logs | cancel`: a task's life, from the node that manages it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..client import Client, build_spec
+from .common import (call_daemon, client_for, clock_time, config_option, console, err_console, json_option,
+                     key_values, print_json)
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@config_option
+@click.option("-f", "--file", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="task spec TOML ([task] or [[task]] tables)")
+@click.option("--cpus", type=float, default=1.0, show_default=True)
+@click.option("--mem", default="0", help="memory, e.g. 512M, 4G")
+@click.option("--gpus", type=int, default=0)
+@click.option("--gpu-mem", default="0", help="free memory per GPU, e.g. 20G")
+@click.option("--label", multiple=True, help="K=V the node must carry (repeatable)")
+@click.option("--prefer", multiple=True, help="K=V the node should carry (repeatable)")
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "urgent"]), default="normal")
+@click.option("--timeout", type=float, default=None, help="run-time limit in seconds")
+@click.option("--retries", type=int, default=3, show_default=True, help="attempts after the first")
+@click.option("--deadline", default=None, help="ISO 8601 time, for earliest-deadline-first ordering")
+@click.option("--env", multiple=True, help="K=V environment variable (repeatable)")
+@click.option("--cwd", default=None, help="working directory of the command")
+@click.option("--name", default="", help="a name to show in listings")
+@click.option("--wait", is_flag=True, help="wait for the task; exit with its exit code")
+@json_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority, timeout, retries, deadline,
+           env, cwd, name, wait, as_json, command) -> None:
+    """Submit a task: xchanged submit [options] -- CMD ARG..."""
+    try:
+        if spec_file is not None:
+            specs = _specs_from_file(spec_file)
+        elif command:
+            specs = [build_spec(list(command), cpus=cpus, mem=mem, gpus=gpus, gpu_mem=gpu_mem,
+                                labels=key_values(label, "--label"), prefer=key_values(prefer, "--prefer"),
+                                priority=priority, timeout=timeout, retries=retries, deadline=deadline,
+                                env=key_values(env, "--env"), cwd=cwd, name=name)]
+        else:
+            raise click.UsageError("give a command after --, or a spec file with -f")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with client_for(config) as client:
+        docs = call_daemon(lambda: client.submit_specs(specs))
+        if not wait:
+            if as_json:
+                print_json(docs[0] if len(docs) == 1 else docs)
+            else:
+                for doc in docs:
+                    click.echo(doc["id"])
+            return
+        finals = [_wait_with_progress(client, doc["id"], quiet=as_json) for doc in docs]
+    if as_json:
+        print_json(finals[0] if len(finals) == 1 else finals)
+    failed = [d for d in finals if d["state"] != "succeeded"]
+    if failed:
+        code = failed[0].get("exit_code")
+        sys.exit(code if isinstance(code, int) and 0 < code < 256 else 1)
+
+
+def _specs_from_file(path: Path) -> list[dict]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    tables = data.get("task")
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not tables:
+        raise ValueError(f"{path}: expected a [task] table or [[task]] tables")
+    specs = []
+    for i, table in enumerate(tables):
+        table = dict(table)
+        command = table.pop("command", None)
+        if isinstance(command, str):
+            command = ["sh", "-c", command]
+        if not isinstance(command, list):
+            raise ValueError(f"{path}: task {i}: 'command' must be a list of strings or a shell string")
+        try:
+            specs.append(build_spec(command, **table))
+        except TypeError as exc:
+            raise ValueError(f"{path}: task {i}: {exc}") from None
+    return specs
+
+
+def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
+    if quiet or not err_console.is_terminal:
+        return call_daemon(lambda: client.wait(task_id))
+    with err_console.status(f"{task_id}: submitted") as status:
+        def update(doc: dict) -> None:
+            status.update(f"{task_id}: {doc['state']}" + (f" on {doc['node']}" if doc.get("node") else "")
+                          + (f" ({doc['reason']})" if doc.get("reason") else ""))
+        doc = call_daemon(lambda: client.wait(task_id, on_update=update))
+    err_console.print(f"{task_id}: {doc['state']}" + (f" on {doc['node']}" if doc.get("node") else ""))
+    return doc
+
+
+@click.command()
+@config_option
+@json_option
+@click.argument("task_id")
+def status(config, as_json, task_id) -> None:
+    """One task: state, node, attempts, exit code, times."""
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.status(task_id))
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"[bold]{doc['id']}[/]  {doc['state']}  priority {doc['priority']}  "
+                  f"node {doc.get('node') or '-'}  exit {doc.get('exit_code') if doc.get('exit_code') is not None else '-'}")
+    console.print(f"command: {' '.join(doc.get('command', []))}")
+    if doc.get("reason"):
+        console.print(f"reason: {doc['reason']}")
+    table = Table("attempt", "node", "state", "exit", "started", "ended", "reason")
+    for a in doc["attempts"]:
+        table.add_row(str(a["attempt"]), a["node"] or "-", a["state"],
+                      "-" if a["exit_code"] is None else str(a["exit_code"]), clock_time(a["started"]),
+                      clock_time(a["ended"]), a["reason"] or "")
+    if doc["attempts"]:
+        console.print(table)
+
+
+@click.command()
+@config_option
+@json_option
+@click.option("--state", default=None, help="only tasks in this state")
+def tasks(config, as_json, state) -> None:
+    """Tasks this node manages."""
+    with client_for(config) as client:
+        docs = call_daemon(lambda: client.tasks(state))
+    if as_json:
+        print_json(docs)
+        return
+    table = Table("id", "state", "priority", "node", "attempts", "exit", "command")
+    for d in docs:
+        table.add_row(d["id"], d["state"], d["priority"], d.get("node") or "-", str(len(d["attempts"])),
+                      "-" if d.get("exit_code") is None else str(d["exit_code"]), " ".join(d.get("command", []))[:60])
+    console.print(table)
+
+
+@click.command()
+@config_option
+@click.option("--stderr", "show_stderr", is_flag=True, help="print the captured stderr instead")
+@click.option("--attempt", type=int, default=None)
+@json_option
+@click.argument("task_id")
+def logs(config, show_stderr, attempt, as_json, task_id) -> None:
+    """Captured output of the task's last attempt."""
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.logs(task_id, attempt))
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(doc["stderr"] if show_stderr else doc["stdout"], nl=False)
+
+
+@click.command()
+@config_option
+@json_option
+@click.argument("task_id")
+def cancel(config, as_json, task_id) -> None:
+    """Cancel a task, killing its running attempt."""
+    with client_for(config) as client:
+        doc = call_daemon(lambda: client.cancel(task_id))
+    if as_json:
+        print_json(doc)
+    else:
+        click.echo(f"{doc['id']}: {doc['state']}")
+
+
+COMMANDS = [submit, status, tasks, logs, cancel]
