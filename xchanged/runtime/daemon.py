@@ -14,7 +14,6 @@ fsynced before its reply (protocol/effects.py: SYNC).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import random
@@ -31,22 +30,21 @@ from ..config import Config, parse_host_port
 from ..protocol import codec
 from ..protocol.effects import (AFTER, BEFORE, Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask,
                                 ProveAudit, Relay, Reply, Send, StartTask, StoreOutput)
-from ..protocol.events import (CancelRequested, FrameDropped, Instant, ResourcesRead,
-                               SeedConfigured, StateRecovered, TaskSubmitted, TimerFired)
-from ..protocol.errors import RemoteProtocolError
+from ..protocol.events import (FrameDropped, Instant, ResourcesRead,
+                               SeedConfigured, StateRecovered, TimerFired)
 from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
-from ..protocol.messages import AuditProof, TaskSpec, from_body
+from ..protocol.messages import AuditProof
 from ..protocol.node import Node, NodeSettings
 from ..protocol.inbound import FrameGate
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
-from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import serve_metrics
 from .resources import ResourceReader
 from .store import Store
+from .control import Control
 from .transport import ControlError, ControlServer, PeerTransport
 
 log = logging.getLogger("xchanged")
@@ -62,11 +60,6 @@ class DaemonError(Exception):
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def new_task_id() -> str:
-    """Cluster-unique task id: 'T-' + 16 base32 characters of randomness (80 bits)."""
-    return "T-" + base64.b32encode(os.urandom(10)).decode()
 
 
 def advertised_address(config: Config, port: int) -> str:
@@ -100,15 +93,16 @@ class Daemon:
         self.gate = FrameGate(self.trust)
         self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
         self.transport: PeerTransport | None = None
-        self.control: ControlServer | None = None
+        self.control = Control(self)
+        self.control_server: ControlServer | None = None
         self.executor: Executor | None = None
         self.node: Node | None = None
         self.address = ""
         self.started = time.monotonic()
-        self._requests: dict[int, asyncio.Future] = {}
-        self._request_ids = 0
-        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._requests = self.control.requests     # resolved by the Reply effect (_carry_out)
+        self._waiters = self.control.waiters       # resolved when their task is finished (_handle_batch)
         self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()              # set once every socket answers (in-process users wait on it)
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
@@ -192,24 +186,25 @@ class Daemon:
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
         self._sign_head()
-        self.executor = Executor(self._put, self.config.executor.max_output, self.config.executor.kill_grace)
+        self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace)
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
         self._handle(StateRecovered(self.store.unfinished_tasks(), self._recover_attempts()))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
-        self.control = ControlServer(self.config.network.control, self._control)
-        await self.control.start()
+        self.control_server = ControlServer(self.config.network.control, self.control.handle)
+        await self.control_server.start()
         self.metrics = serve_metrics(self.config.metrics.listen, lambda: self.node)
         if self.config.network.mdns:
             await self._start_discovery()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
                        loop.create_task(self._sync_to_disk())]
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.ready.set()
         try:
             await self._main_loop()
         finally:
@@ -222,8 +217,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.discovery is not None:
             await self.discovery.close()
-        if self.control:
-            await self.control.close()
+        if self.control_server:
+            await self.control_server.close()
         if self.metrics is not None:
             self.metrics.shutdown()
         if self.executor:
@@ -258,7 +253,8 @@ class Daemon:
         finally:
             stop_wait.cancel()
 
-    def _put(self, event: Any) -> None:
+    def put(self, event: Any) -> None:
+        """Queue an input for the loop (peer frames, process exits, control requests, readings)."""
         try:
             self.inputs.put_nowait(event)
         except asyncio.QueueFull:
@@ -275,12 +271,12 @@ class Daemon:
         for event in self.gate.admit(frame, wall_ms()):
             if isinstance(event, FrameDropped):
                 log.debug("dropped frame: %s", event.reason)
-            self._put(event)
+            self.put(event)
 
     async def _read_resources(self) -> None:
         while True:
             await asyncio.sleep(RESOURCE_INTERVAL)
-            self._put(ResourcesRead(await asyncio.to_thread(self.resources.read)))
+            self.put(ResourcesRead(await asyncio.to_thread(self.resources.read)))
 
     # -- the core and its effects ---------------------------------------------------------------
 
@@ -379,84 +375,10 @@ class Daemon:
         elif address:
             self.transport.send(address, frame)
 
-    # -- control requests -----------------------------------------------------------------------
-
-    def _request(self, make_event) -> asyncio.Future:
-        self._request_ids += 1
-        future = asyncio.get_running_loop().create_future()
-        self._requests[self._request_ids] = future
-        self._put(make_event(self._request_ids))
-        return future
-
-    async def _control(self, op: str, args: dict) -> Any:
-        node = self.node
-        if op == "ping":
-            return {"id": self.id, "name": self.config.node.name, "address": self.address, "version": __version__}
-        if op == "submit":
-            specs = args.get("specs")
-            if not isinstance(specs, list) or not specs:
-                raise ControlError("submit needs a non-empty list 'specs'")
-            parsed = []
-            for i, body in enumerate(specs):
-                try:
-                    parsed.append(from_body(TaskSpec, body))
-                except RemoteProtocolError as exc:
-                    raise ControlError(f"task spec {i}: {exc.detail}") from None
-            futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
-            return list(await asyncio.gather(*futures))
-        if op == "cancel":
-            task_id = str(args.get("id"))
-            if task_id not in node.manager.tasks:       # finished long ago, evicted from memory: a no-op
-                doc = self.store.task(task_id)
-                if doc is not None and doc["state"] in TERMINAL:
-                    return doc
-            return await self._request(lambda rid: CancelRequested(rid, task_id))
-        if op == "status":
-            return self._task_doc(str(args.get("id")))
-        if op == "wait":
-            doc = self._task_doc(str(args.get("id")))
-            if doc["state"] in TERMINAL:
-                return doc
-            future = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(doc["id"], []).append(future)
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), float(args.get("timeout_s") or 30.0))
-            except asyncio.TimeoutError:
-                return self._task_doc(doc["id"])
-        if op == "tasks":
-            docs = views.tasks(node, args.get("state"))
-            if args.get("state") in (None, "", *TERMINAL):     # finished before a restart: only in the store
-                known = {d["id"] for d in docs}
-                docs += [d for d in self.store.finished_tasks()
-                         if d["id"] not in known and args.get("state") in (None, "", d["state"])]
-                docs.sort(key=lambda d: (d["submitted"], d["order"]))
-            return docs
-        if op == "logs":
-            doc = self._task_doc(str(args.get("id")))
-            out = self.store.output(doc["id"], args.get("attempt"))
-            if out is None:
-                raise ControlError(f"no output recorded for {doc['id']} yet (state {doc['state']})")
-            return {"id": doc["id"], "attempt": out[0], "stdout": out[1].decode(errors="replace"),
-                    "stderr": out[2].decode(errors="replace")}
-        if op == "peers":
-            docs = views.peers(node, time.monotonic())
-            if args.get("all") and self.discovery is not None:
-                docs += self.discovery.untrusted_docs(time.monotonic())
-            return docs
-        if op == "audit_evidence":
-            wanted = str(args.get("node") or "")
-            found = [w for w in node.audit_watch.nodes.values()
-                     if wanted in ("", w.node_id) or node.lookup(w.node_id)[1] == wanted]
-            return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
-        if op == "stats":
-            return dict(views.stats(node, time.monotonic() - self.started, self.store.count_by_state()),
-                        duplicate_frames=self.gate.duplicate_frames, send_drops=self.transport.dropped)
-        raise ControlError(f"unknown operation {op!r}")
-
     async def _start_discovery(self) -> None:
         """mDNS: announce ourselves, turn trusted services into seeds (never fatal: logs and goes on)."""
         def on_peer(address: str, public_key: bytes) -> None:
-            self._put(SeedConfigured(address, public_key, source="mdns"))
+            self.put(SeedConfigured(address, public_key, source="mdns"))
 
         discovery = Discovery(self.id, self.public_key, self.config.node.name, self.address,
                               interface_ip(self.config.network.listen), self.trust, on_peer)
@@ -467,15 +389,6 @@ class Daemon:
             await discovery.close()
             return
         self.discovery = discovery
-
-    def _task_doc(self, task_id: str) -> dict:
-        task = self.node.manager.tasks.get(task_id)
-        if task is not None:
-            return task.to_doc()
-        doc = self.store.task(task_id)
-        if doc is None:
-            raise ControlError(f"no such task: {task_id}")
-        return doc
 
 
 def _sd_notify(state: str) -> None:

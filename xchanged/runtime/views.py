@@ -1,4 +1,10 @@
-"""JSON documents for the control socket's inspecting operations (stable keys; keys may be added)."""
+"""Everything the runtime reads of the protocol core's state: the JSON documents of the control
+socket's inspecting operations (stable keys; keys may be added) and the figures /metrics exports.
+
+This is the only module outside `protocol/` that looks inside a Node (its manager's tasks and records,
+its membership table, its contractor, its audit watch), so when the core's internals change, only
+this module follows. Everything else asks these functions.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,24 @@ from ..protocol.node import Node
 
 
 def tasks(node: Node, state: str | None = None) -> list[dict]:
+    """The tasks this node manages and holds in memory (every unfinished one), in submission order."""
     docs = [t.to_doc() for t in node.manager.tasks.values() if state in (None, "", t.state)]
     docs.sort(key=lambda d: d["order"])
     return docs
+
+
+def task(node: Node, task_id: str) -> dict | None:
+    """One task's status document, or None when it is not in memory (unknown, or finished long ago)."""
+    found = node.manager.tasks.get(task_id)
+    return found.to_doc() if found is not None else None
+
+
+def audit_evidence(node: Node, wanted: str = "") -> list[dict]:
+    """What this node saw of `wanted`'s (a node id or name; "": every node's) audit heads, with the
+    evidence of a fork where it found one."""
+    found = [w for w in node.audit_watch.nodes.values()
+             if wanted in ("", w.node_id) or node.lookup(w.node_id)[1] == wanted]
+    return [dict(w.doc(), name=node.lookup(w.node_id)[1], evidence=w.evidence) for w in found]
 
 
 def peer_score(load, record, now: float | None) -> float | None:
@@ -68,14 +89,16 @@ def _audit_doc(node: Node, peer_id: str) -> dict:
             "audit_size": watched.head.size if watched is not None and watched.head is not None else None}
 
 
-def stats(node: Node, uptime: float, stored_states: dict[str, int] | None = None) -> dict:
-    """`stored_states`: task counts by state from the store, which, unlike memory, holds every finished
+def stats(node: Node, now: float, uptime: float, stored_states: dict[str, int] | None = None) -> dict:
+    """Totals and per-agent figures, scored as `peers(node, now)` scores them (same `now`, same score).
+
+    `stored_states`: task counts by state from the store, which, unlike memory, holds every finished
     task (memory keeps only the newest; unfinished ones are always in memory)."""
     states = Counter(t.state for t in node.manager.index.active.values())
     for state, n in (stored_states or {}).items():
         if state not in (QUEUED, ASSIGNED, RUNNING):
             states[state] = n
-    peer_docs = peers(node, 0.0)
+    peer_docs = peers(node, now)
     live = [p for p in peer_docs if p["health"] != "dead"]
     slots = sum(p["slots"] for p in live)
     busy = sum(min(p["slots"], p["running"]) for p in live)
@@ -103,4 +126,21 @@ def stats(node: Node, uptime: float, stored_states: dict[str, int] | None = None
                       "load_percent": round(100 * p["utilisation"], 1), "total_completed": p["completed"],
                       "total_failed": p["failures"], "is_healthy": p["health"] == "alive"}
                    for p in peer_docs],
+    }
+
+
+def metrics(node: Node) -> dict:
+    """The figures /metrics exports. Called from the metrics server's thread while the loop changes
+    the node: every collection is copied (list()) before it is walked."""
+    c = node.contractor
+    return {
+        "tasks_by_state": Counter(t.state for t in list(node.manager.index.active.values())),
+        "manager_events": dict(list(node.manager.stats.items())),
+        "frames_dropped": dict(list(node.drops.items())),
+        "peers_by_health": Counter(p.health for p in list(node.membership.peers.values())),
+        "slots": node.settings.slots, "slots_free": c.slots_free,
+        "started": c.started,                 # attempts whose process runs (queued ones are not counted)
+        "queued": len(c.waiting),             # accepted attempts waiting here for a slot (prefetch)
+        "attempts_completed": c.completed,
+        "audit_forks": node.audit_watch.forks,
     }

@@ -1,0 +1,162 @@
+"""The control socket's operations: what `xchanged submit/status/tasks/...` and the Client ask a daemon.
+
+A request that changes the core (submit, cancel) becomes an input event carrying a request id, put in
+the daemon's input queue like any other input; the op then awaits a future that the core's `Reply`
+effect resolves (`Daemon._carry_out`), after the store has the decision. Everything else is read,
+without going through the loop: from the core through `views` (the only reader of its internals) and
+from the store, for tasks that finished before a restart or were evicted from memory.
+
+`wait` parks a future per waiting request; `Daemon._handle_batch` resolves those of a task that
+finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from .. import __version__
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.events import CancelRequested, TaskSubmitted
+from ..protocol.manager import TERMINAL
+from ..protocol.messages import TaskSpec, from_body
+from . import views
+from .transport import ControlError
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+#: How long a `wait` op waits when the request names no timeout (seconds).
+DEFAULT_WAIT = 30.0
+
+
+def new_task_id() -> str:
+    """Cluster-unique task id: 'T-' + 16 base32 characters of randomness (80 bits)."""
+    return "T-" + base64.b32encode(os.urandom(10)).decode()
+
+
+class Control:
+    """Serves one daemon's control operations (`handle(op, args)`, the ControlServer's handler).
+
+    Reads of the daemon: `node` (through views), `store`, `put` (its input queue), `id`, `address`,
+    `config.node.name`, `started`, `discovery`, `gate` and `transport` (their drop counters).
+    """
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.requests: dict[int, asyncio.Future] = {}       # request id -> the op awaiting its Reply
+        self.waiters: dict[str, list[asyncio.Future]] = {}  # task id -> wait ops parked until it ends
+        self._request_ids = 0
+        self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
+            "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
+            "wait": self.wait, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
+            "audit_evidence": self.audit_evidence, "stats": self.stats,
+        }
+
+    async def handle(self, op: str, args: dict) -> Any:
+        serve = self._ops.get(op)
+        if serve is None:
+            raise ControlError(f"unknown operation {op!r}")
+        return await serve(args)
+
+    # -- requests the core answers ----------------------------------------------------------------
+
+    def _request(self, make_event: Callable[[int], Any]) -> asyncio.Future:
+        """Put the event `make_event(request_id)` in the input queue; the future gets its Reply."""
+        self._request_ids += 1
+        future = asyncio.get_running_loop().create_future()
+        self.requests[self._request_ids] = future
+        self.daemon.put(make_event(self._request_ids))
+        return future
+
+    async def submit(self, args: dict) -> list[dict]:
+        specs = args.get("specs")
+        if not isinstance(specs, list) or not specs:
+            raise ControlError("submit needs a non-empty list 'specs'")
+        parsed = []
+        for i, body in enumerate(specs):
+            try:
+                parsed.append(from_body(TaskSpec, body))
+            except RemoteProtocolError as exc:
+                raise ControlError(f"task spec {i}: {exc.detail}") from None
+        futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
+        return list(await asyncio.gather(*futures))
+
+    async def cancel(self, args: dict) -> dict:
+        task_id = str(args.get("id"))
+        if views.task(self.daemon.node, task_id) is None:   # finished long ago, evicted from memory: a no-op
+            doc = self.daemon.store.task(task_id)
+            if doc is not None and doc["state"] in TERMINAL:
+                return doc
+        return await self._request(lambda rid: CancelRequested(rid, task_id))
+
+    # -- waiting for a task to end -----------------------------------------------------------------
+
+    async def wait(self, args: dict) -> dict:
+        """The task's document once it is terminal, or as it is after `timeout_s` seconds."""
+        doc = self.task_doc(str(args.get("id")))
+        if doc["state"] in TERMINAL:
+            return doc
+        task_id = doc["id"]
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(task_id, []).append(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), float(args.get("timeout_s") or DEFAULT_WAIT))
+        except asyncio.TimeoutError:
+            return self.task_doc(task_id)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def ping(self, args: dict) -> dict:
+        d = self.daemon
+        return {"id": d.id, "name": d.config.node.name, "address": d.address, "version": __version__}
+
+    async def status(self, args: dict) -> dict:
+        return self.task_doc(str(args.get("id")))
+
+    async def tasks(self, args: dict) -> list[dict]:
+        state = args.get("state")
+        docs = views.tasks(self.daemon.node, state)
+        if state in (None, "", *TERMINAL):     # finished before a restart: only in the store
+            known = {d["id"] for d in docs}
+            docs += [d for d in self.daemon.store.finished_tasks()
+                     if d["id"] not in known and state in (None, "", d["state"])]
+            docs.sort(key=lambda d: (d["submitted"], d["order"]))
+        return docs
+
+    async def logs(self, args: dict) -> dict:
+        doc = self.task_doc(str(args.get("id")))
+        out = self.daemon.store.output(doc["id"], args.get("attempt"))
+        if out is None:
+            raise ControlError(f"no output recorded for {doc['id']} yet (state {doc['state']})")
+        return {"id": doc["id"], "attempt": out[0], "stdout": out[1].decode(errors="replace"),
+                "stderr": out[2].decode(errors="replace")}
+
+    async def peers(self, args: dict) -> list[dict]:
+        now = time.monotonic()
+        docs = views.peers(self.daemon.node, now)
+        if args.get("all") and self.daemon.discovery is not None:
+            docs += self.daemon.discovery.untrusted_docs(now)
+        return docs
+
+    async def audit_evidence(self, args: dict) -> list[dict]:
+        return views.audit_evidence(self.daemon.node, str(args.get("node") or ""))
+
+    async def stats(self, args: dict) -> dict:
+        d = self.daemon
+        now = time.monotonic()
+        return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
+                    duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped)
+
+    def task_doc(self, task_id: str) -> dict:
+        """A task's document from memory, else from the store; ControlError if neither has it."""
+        doc = views.task(self.daemon.node, task_id)
+        if doc is not None:
+            return doc
+        doc = self.daemon.store.task(task_id)
+        if doc is None:
+            raise ControlError(f"no such task: {task_id}")
+        return doc
