@@ -7,7 +7,8 @@ without going through the loop: from the core through `views` (the only reader o
 from the store, for tasks that finished before a restart or were evicted from memory.
 
 `wait` parks a future per waiting request; `Daemon._handle_batch` resolves those of a task that
-finished.
+finished. A wait that times out or is cancelled (its client went away) takes its future back out,
+so an hour-long `submit --wait`, which asks again every second, leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ class Control:
             return await asyncio.wait_for(asyncio.shield(future), float(args.get("timeout_s") or DEFAULT_WAIT))
         except asyncio.TimeoutError:
             return self.task_doc(task_id)
+        finally:
+            self._forget_waiter(task_id, future)
+
+    def _forget_waiter(self, task_id: str, future: asyncio.Future) -> None:
+        parked = self.waiters.get(task_id)
+        if parked is None:                     # already resolved and popped by the daemon
+            return
+        if future in parked:
+            parked.remove(future)
+        if not parked:
+            del self.waiters[task_id]
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Control operations of a real in-process daemon: a wait that times out or is cancelled leaves no
+waiter behind; one that sees its task end gets the final document."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.runtime.inprocess import running_daemon
+from xchanged.client import build_spec
+from xchanged.runtime.transport import ControlError
+
+NOWHERE = build_spec(["true"], labels={"rack": "none-has-it"})      # stays queued: no node carries the label
+
+
+def test_waits_that_time_out_leave_no_waiters(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            control = daemon.control
+            [doc] = await control.handle("submit", {"specs": [NOWHERE]})
+            for _ in range(20):                       # what a long `submit --wait` does every second
+                got = await control.handle("wait", {"id": doc["id"], "timeout_s": 0.01})
+                assert got["state"] == "queued"
+            assert control.waiters == {}
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_wait_leaves_no_waiter(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            control = daemon.control
+            [doc] = await control.handle("submit", {"specs": [NOWHERE]})
+            waiting = asyncio.create_task(control.handle("wait", {"id": doc["id"], "timeout_s": 60}))
+            while doc["id"] not in control.waiters:   # let the op park its future (no time passes)
+                await asyncio.sleep(0)
+            waiting.cancel()                           # its client went away
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert control.waiters == {}
+    asyncio.run(scenario())
+
+
+def test_wait_returns_the_final_document_when_the_task_ends(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            control = daemon.control
+            [doc] = await control.handle("submit", {"specs": [NOWHERE]})
+            waiting = asyncio.create_task(control.handle("wait", {"id": doc["id"], "timeout_s": 60}))
+            while doc["id"] not in control.waiters:
+                await asyncio.sleep(0)
+            cancelled = await control.handle("cancel", {"id": doc["id"]})
+            final = await waiting
+            assert cancelled["state"] == final["state"] == "cancelled"
+            assert control.waiters == {} and control.requests == {}
+    asyncio.run(scenario())
+
+
+def test_unknown_task_and_unknown_operation_are_control_errors(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            with pytest.raises(ControlError, match="no such task: T-NOPE"):
+                await daemon.control.handle("wait", {"id": "T-NOPE"})
+            with pytest.raises(ControlError, match="unknown operation 'frob'"):
+                await daemon.control.handle("frob", {})
+            with pytest.raises(ControlError, match="non-empty list 'specs'"):
+                await daemon.control.handle("submit", {"specs": []})
+            pong = await daemon.control.handle("ping", {})
+            assert pong["name"] == "solo" and pong["id"] == daemon.id
+    asyncio.run(scenario())
