@@ -182,6 +182,9 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._ignore_reload)    # systemctl reload sends it
         self.transport = PeerTransport(self.config.network.listen)
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
@@ -202,8 +205,6 @@ class Daemon:
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
         self.ready.set()
         try:
             await self._main_loop()
@@ -233,6 +234,9 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _ignore_reload(self) -> None:
+        log.warning("reload is not supported yet; ignoring SIGHUP")
 
     async def _main_loop(self) -> None:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
