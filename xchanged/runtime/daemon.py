@@ -42,6 +42,7 @@ from .audit import AuditCorrupted, AuditError, AuditLog
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import serve_metrics
+from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
 from .store import Store
 from .control import Control
@@ -50,6 +51,7 @@ from .transport import ControlError, ControlServer, PeerTransport
 log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0
 MAX_INPUTS = 100_000
+QUEUE_FULL_REPORT = 5.0  # seconds: at most one "input queue full" line per this
 MAX_BATCH = 256          # inputs handled per group commit
 SYNC_INTERVAL = 0.1      # seconds: the longest a written decision waits to be fsynced
 
@@ -92,6 +94,7 @@ class Daemon:
         self.encoder = codec.Encoder(self.key, self.public_key, self.incarnation)
         self.gate = FrameGate(self.trust)
         self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
+        self.queue_full = RateLimitedLog(log, logging.ERROR, "input queue full", QUEUE_FULL_REPORT)
         self.transport: PeerTransport | None = None
         self.control = Control(self)
         self.control_server: ControlServer | None = None
@@ -262,7 +265,7 @@ class Daemon:
         try:
             self.inputs.put_nowait(event)
         except asyncio.QueueFull:
-            log.error("input queue full; dropping %s", type(event).__name__)
+            self.queue_full.hit(type(event).__name__, time.monotonic())
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -281,6 +284,7 @@ class Daemon:
         while True:
             await asyncio.sleep(RESOURCE_INTERVAL)
             self.put(ResourcesRead(await asyncio.to_thread(self.resources.read)))
+            self.queue_full.flush(time.monotonic())     # drops counted since the last line, if any
 
     # -- the core and its effects ---------------------------------------------------------------
 
