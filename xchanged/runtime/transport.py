@@ -5,6 +5,12 @@ receiver answers through its own DEALER to the sender's advertised address. MAXM
 drop oversized frames before allocating them; send high-water marks bound memory for slow peers
 (frames to a peer that is down are dropped, and the protocol retries what matters).
 
+Outbound sockets are a cache: a DEALER unused for `dealer_idle` seconds is closed (a peer that left,
+an address that changed), and at most `max_dealers` are open, the least recently used closed first,
+so the file descriptors and connections held stay bounded however many peers come and go. Closing
+one costs a reconnect the next time that peer is sent to (and any frame still queued for it, which
+the protocol resends where it matters).
+
 The control socket is a unix socket (mode 0660) speaking JSON lines: one request object per line
 ({"id", "op", "args"}), one response per line ({"id", "ok", "result" | "error"}).
 """
@@ -15,6 +21,8 @@ import asyncio
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -25,6 +33,8 @@ from ..protocol.codec import MAX_FRAME
 
 log = logging.getLogger(__name__)
 SEND_HWM = 1000
+DEALER_IDLE = 60.0       # seconds an outbound socket may stay unused before it is closed
+MAX_DEALERS = 1024       # outbound sockets open at once (least recently used closed first)
 MAX_CONTROL_LINE = 64 << 20
 
 
@@ -35,7 +45,8 @@ def zmq_endpoint(host_port: str) -> str:
 
 
 class PeerTransport:
-    def __init__(self, listen: str):
+    def __init__(self, listen: str, *, dealer_idle: float = DEALER_IDLE, max_dealers: int = MAX_DEALERS,
+                 clock: Callable[[], float] = time.monotonic):
         self.ctx = zmq.asyncio.Context()
         # Sends never block and never await: plain sockets with NOBLOCK report a full or unconnected
         # peer at once (zmq.Again), where an asyncio socket would hide it in a future.
@@ -49,26 +60,45 @@ class PeerTransport:
         self.router.bind(zmq_endpoint(listen))
         endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.port = int(endpoint.rsplit(":", 1)[1])
-        self.dealers: dict[str, zmq.Socket] = {}
+        self.dealer_idle, self.max_dealers, self.clock = dealer_idle, max(1, max_dealers), clock
+        # address -> (socket, when last used), least recently used first
+        self.dealers: OrderedDict[str, tuple[zmq.Socket, float]] = OrderedDict()
         self.dropped = 0
+        self.dealers_closed = 0
 
-    def _dealer(self, address: str) -> zmq.Socket:
-        sock = self.dealers.get(address)
-        if sock is None:
-            sock = self.send_ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-            sock.setsockopt(zmq.IMMEDIATE, 1)       # don't queue for a peer we are not connected to
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            sock.connect(zmq_endpoint(address))
-            self.dealers[address] = sock
+    def _dealer(self, address: str, now: float) -> zmq.Socket:
+        self.close_idle(now)
+        entry = self.dealers.get(address)
+        if entry is not None:
+            self.dealers.move_to_end(address)
+            self.dealers[address] = (entry[0], now)
+            return entry[0]
+        while len(self.dealers) >= self.max_dealers:
+            self._close_oldest()
+        sock = self.send_ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.IMMEDIATE, 1)       # don't queue for a peer we are not connected to
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.connect(zmq_endpoint(address))
+        self.dealers[address] = (sock, now)
         return sock
+
+    def close_idle(self, now: float) -> None:
+        """Close the outbound sockets unused for `dealer_idle` seconds (they are at the front)."""
+        while self.dealers and next(iter(self.dealers.values()))[1] <= now - self.dealer_idle:
+            self._close_oldest()
+
+    def _close_oldest(self) -> None:
+        _, (sock, _) = self.dealers.popitem(last=False)
+        sock.close(linger=0)
+        self.dealers_closed += 1
 
     def send(self, address: str, frame: bytes) -> bool:
         """Queue a frame for a peer without blocking; False if it had to be dropped."""
         try:
-            self._dealer(address).send(frame, flags=zmq.NOBLOCK, copy=False)
+            self._dealer(address, self.clock()).send(frame, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             self.dropped += 1
@@ -86,8 +116,9 @@ class PeerTransport:
             return b""
 
     def close(self) -> None:
-        for sock in self.dealers.values():
+        for sock, _ in self.dealers.values():
             sock.close(linger=0)
+        self.dealers.clear()
         self.router.close(linger=0)
         self.send_ctx.term()
         self.ctx.term()
