@@ -143,9 +143,13 @@ class LocalCluster:
         """Until every running node sees every other running node alive."""
         nodes = nodes or [n for n in self.nodes if n.process and n.process.poll() is None]
         names = {n.name for n in nodes}
-        self.wait_for(lambda: all(
-            names - {node.name} <= {p["name"] for p in self.client(node).peers() if p["health"] == "alive"}
-            for node in nodes), timeout, "nodes to see each other")
+
+        def sees_the_others(node: LocalNode) -> bool:
+            with self.client(node) as client:
+                alive = {p["name"] for p in client.peers() if p["health"] == "alive"}
+            return names - {node.name} <= alive
+
+        self.wait_for(lambda: all(sees_the_others(node) for node in nodes), timeout, "nodes to see each other")
 
     def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.05) -> None:
         end = time.monotonic() + timeout
@@ -155,6 +159,7 @@ class LocalCluster:
             time.sleep(interval)
 
     def client(self, node: LocalNode | int = 0) -> Client:
+        """A client of `node`'s control socket; use it in a `with` block, which closes it."""
         node = self.nodes[node] if isinstance(node, int) else node
         return node.client()
 
