@@ -216,6 +216,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         _sd_notify("STOPPING=1")
+        self.queue_full.flush(float("inf"))            # inputs dropped since the last line, said once more
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
