@@ -1,10 +1,12 @@
-"""Fixtures for integration tests that need virtual hosts (network namespaces)."""
+"""Fixtures for integration tests: virtual hosts (network namespaces), and the check that every test
+leaves no thread, child process or file descriptor behind (tests/leaks.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from integration.netns import NetnsLab, netns_available
+from tests.leaks import no_leaks  # noqa: F401  (an autouse fixture)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ def test_metrics_endpoint_reports_node_state():
         with cluster.client(0) as client:
             tid = client.submit(["true"])
             assert client.wait(tid, timeout=60)["state"] == "succeeded"
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            body = response.read().decode()
     assert "xchanged_slots 3.0" in body
     assert 'xchanged_tasks_finished_total{state="succeeded"} 1.0' in body
     assert 'xchanged_tasks{state="queued"} 0.0' in body

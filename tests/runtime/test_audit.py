@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -77,7 +78,7 @@ def frame(payload: bytes) -> bytes:
 
 
 def frames(path) -> list[bytes]:
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     bounds = offsets(path) + [len(data)]
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
 
@@ -130,7 +131,7 @@ def test_append_flush_sign_reopen_round_trip(tmp_path):
     assert report.ok and report.size == 11 and report.first_bad_index is None, report.message
     assert [r.entry for r in read_records(path)][:10] == entries
     assert SignedTreeHead.from_dict(head.to_dict()) == head
-    assert json.loads(open(str(path) + ".head").read())["size"] == 11
+    assert json.loads(Path(str(path) + ".head").read_text())["size"] == 11
 
 
 def test_entries_are_validated(tmp_path):
@@ -190,7 +191,7 @@ def test_proofs_from_the_log_verify_against_signed_heads(tmp_path):
 def test_torn_final_write_is_recovered_at_every_cut(tmp_path, caplog):
     original = tmp_path / "orig.log"
     entries = make_log(original, 5, head_at=4)  # the head covers 4; record 4 is unsigned by it
-    data = open(original, "rb").read()
+    data = Path(original).read_bytes()
     last = offsets(original)[-1]
     path = tmp_path / "audit.log"
     shutil.copy(str(original) + ".head", str(path) + ".head")
@@ -222,7 +223,7 @@ def test_a_bad_record_in_the_middle_refuses_to_open(tmp_path):
     path = tmp_path / "audit.log"
     make_log(path, 5)
     at = offsets(path)[2]
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[at + 20] ^= 0x40
     write(path, [data])
     with pytest.raises(AuditCorrupted) as info:
@@ -230,7 +231,7 @@ def test_a_bad_record_in_the_middle_refuses_to_open(tmp_path):
     assert (info.value.index, info.value.offset) == (2, at)
     assert info.value.path == str(path)
     assert "record 2" in str(info.value) and f"byte {at}" in str(info.value)
-    assert open(path, "rb").read() == bytes(data)  # nothing rewritten
+    assert Path(path).read_bytes() == bytes(data)  # nothing rewritten
 
 
 def test_truncation_below_the_signed_head_refuses_to_open(tmp_path):
@@ -238,7 +239,7 @@ def test_truncation_below_the_signed_head_refuses_to_open(tmp_path):
     make_log(path, 5)
     cut = offsets(path)[3]
     for end in (cut, cut + 30):  # whole records removed; or the last covered one torn
-        write(path, [open(path, "rb").read()[:end]])
+        write(path, [Path(path).read_bytes()[:end]])
         with pytest.raises(AuditCorrupted) as info:
             AuditLog(path, KEY, NODE)
         assert info.value.index == 3 and "signed head covers 5" in info.value.reason
@@ -248,7 +249,7 @@ def test_a_head_that_does_not_match_refuses_to_open(tmp_path):
     path = tmp_path / "audit.log"
     make_log(path, 5)
     head_path = str(path) + ".head"
-    good = json.loads(open(head_path).read())
+    good = json.loads(Path(head_path).read_text())
     forged = SignedTreeHead.sign(KEY, NODE, 5, bytes(32), 1).to_dict()
     for bad, reason in [
         (dict(good, time_ms=good["time_ms"] + 1), "signature"),
@@ -410,7 +411,7 @@ def test_detects_truncation_after_a_head_was_signed(log5):
 
 def test_detects_a_head_that_does_not_sign(log5):
     head_path = str(log5) + ".head"
-    head = json.loads(open(head_path).read())
+    head = json.loads(Path(head_path).read_text())
     head["size"] = 4
     with open(head_path, "w") as f:
         json.dump(head, f)
@@ -437,7 +438,7 @@ def test_node_id_defaults_to_the_one_derived_from_the_key(tmp_path):
 
 
 def test_torn_tail_fails_verify_until_reopened(log5):
-    data = open(log5, "rb").read()
+    data = Path(log5).read_bytes()
     write(log5, [data, data[offsets(log5)[1] : offsets(log5)[2]][:37]])
     check_bad(log5, 5, "incomplete")
     assert list(r.index for r in read_records(log5)) == [0, 1, 2, 3, 4]
@@ -449,7 +450,7 @@ def test_torn_tail_fails_verify_until_reopened(log5):
 def pristine(tmp_path_factory):
     path = tmp_path_factory.mktemp("pristine") / "audit.log"
     make_log(path, 6)
-    return open(path, "rb").read(), open(str(path) + ".head", "rb").read(), offsets(path)
+    return Path(path).read_bytes(), Path(str(path) + ".head").read_bytes(), offsets(path)
 
 
 @settings(

@@ -8,9 +8,10 @@ Orphans: because each attempt has its own session, a daemon killed with SIGKILL 
 commands running. On Linux each command is therefore started through util-linux's
 `setpriv --pdeathsig KILL` (which sets PR_SET_PDEATHSIG, kept across its exec of the command), so it
 dies with the daemon. Not a Python `preexec_fn`: that forces a slow fork of the whole daemon (about
-5 ms per task here) and is unsafe in a process with threads (the metrics server, NVML readings); what it started itself (in its process group) is killed at the next start of
-the daemon (`kill_orphans`: by the pid and start time recorded with the attempt, and by the
-XCHANGED_NODE variable every attempt's processes inherit). The restarted contractor then reports
+5 ms per task here) and is unsafe in a process with threads (the metrics server, NVML readings).
+What the command started itself (in its process group) is killed at the next start of the daemon
+(`kill_orphans`: by the pid and start time recorded with the attempt, and by the XCHANGED_NODE
+variable every attempt's processes inherit). The restarted contractor then reports
 such attempts to their managers as lost.
 """
 
@@ -190,11 +191,19 @@ class Executor:
                                  reason=reason))
 
     async def close(self) -> None:
-        for run in list(self.runs.values()):
+        """Kill every attempt's process group and let each run end as a killed process does (so its
+        pipes are drained and closed); a run still not over after `kill_grace` (+1 s) is cancelled."""
+        runs = list(self.runs.values())
+        for run in runs:
+            if not run.outcome:
+                run.outcome, run.kill_reason = "cancelled", "the daemon stopped"
             if run.process is not None:
                 _signal_group(run.process.pid, signal.SIGKILL)
-            run.task.cancel()
-        await asyncio.gather(*(r.task for r in self.runs.values()), return_exceptions=True)
+        if runs:
+            _, late = await asyncio.wait([r.task for r in runs], timeout=self.kill_grace + 1.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         self.runs.clear()
 
 
