@@ -119,7 +119,8 @@ def soak(args, rng: random.Random, phase: str, slots: int, settings: dict, n_tas
                     i = rng.choice(sorted(down))
                     cluster.start_node(cluster.nodes[i])
                     cluster.wait_ready(cluster.nodes[i])
-                    events.append(f"{now - start:6.1f}s restart {cluster.nodes[i].name} (down {now - down.pop(i):.1f}s)")
+                    events.append(f"{now - start:6.1f}s restart {cluster.nodes[i].name} "
+                                  f"(down {now - down.pop(i):.1f}s)")
                 elif up and len(down) < args.max_down:
                     i = rng.choice(up)
                     cluster.kill9(cluster.nodes[i])

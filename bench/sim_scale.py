@@ -107,9 +107,10 @@ def run_tables(n: int, seed: int, rounds: int) -> dict:
     tables in synchronous rounds, each distinct frame signed and verified once and shared. Steady
     state (every node refreshing its unchanged load), then one material change of node 0."""
     import random as _random
+
     from xchanged.protocol import codec
-    from xchanged.protocol.messages import Load
     from xchanged.protocol.membership import Membership
+    from xchanged.protocol.messages import Load
     from xchanged.protocol.signing import TrustStore, generate_key, node_id, public_bytes
     s = GossipSettings()
     t0 = time.perf_counter()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from xchanged.client import Client
-from xchanged.localcluster import wait_answering
 from xchanged.config import GossipConfig
+from xchanged.localcluster import wait_answering
 from xchanged.provision import init_node
 
 PORT = 7946

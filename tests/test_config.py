@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xchanged.config_template import render_default_config
 from xchanged.config import (
     MAX_SIZE,
     AuditConfig,
@@ -31,6 +30,7 @@ from xchanged.config import (
     parse_host_port,
     parse_size,
 )
+from xchanged.config_template import render_default_config
 
 
 def write(tmp_path: Path, text: str, *, keys: bool = True, name: str = "xchanged.toml") -> Path:

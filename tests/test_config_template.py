@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from xchanged.config import (SECTIONS, BiddingConfig, ExecutorConfig, GossipConfig, NodeConfig, config_from_dict,
-                             settings_of)
+from xchanged.config import (
+    SECTIONS,
+    BiddingConfig,
+    ExecutorConfig,
+    GossipConfig,
+    NodeConfig,
+    config_from_dict,
+    settings_of,
+)
 from xchanged.config_template import example_config, render_default_config
 from xchanged.protocol.membership import GossipSettings
 from xchanged.protocol.node import NodeSettings

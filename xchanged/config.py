@@ -35,8 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config_kinds import (MAX_LABEL_LEN, MAX_LABELS, MAX_NAME_LEN, Address, Boolean, Duration, FilePath, Integer,
-                           Invalid, Kind, Labels, NodeName, Percent, Size, Strings, check_name)
+from .config_kinds import (
+    MAX_LABEL_LEN,
+    MAX_LABELS,
+    MAX_NAME_LEN,
+    Address,
+    Boolean,
+    Duration,
+    FilePath,
+    Integer,
+    Invalid,
+    Kind,
+    Labels,
+    NodeName,
+    Percent,
+    Size,
+    Strings,
+    check_name,
+)
 from .protocol.membership import GossipSettings
 from .protocol.node import NodeSettings
 from .units import MAX_SIZE, format_size, parse_duration, parse_host_port, parse_size

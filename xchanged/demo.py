@@ -40,9 +40,11 @@ def run_demo(nodes: int, n_tasks: int, console: Console) -> int:
             table = Table("task", "node", "state", "tries", "runtime", "output")
             for doc in docs:
                 last = doc["attempts"][-1] if doc["attempts"] else None
-                runtime = f"{(last['ended'] - last['started']) / 1000:.2f}s" if last and last["started"] and last["ended"] else "-"
+                ran = last and last["started"] and last["ended"]
+                runtime = f"{(last['ended'] - last['started']) / 1000:.2f}s" if ran else "-"
                 out = client.logs(doc["id"])["stdout"].strip() if doc["state"] == "succeeded" else doc["reason"]
-                table.add_row(Text(doc["id"], no_wrap=True), doc.get("node") or "-", doc["state"], str(len(doc["attempts"])), runtime, out)
+                table.add_row(Text(doc["id"], no_wrap=True), doc.get("node") or "-", doc["state"],
+                              str(len(doc["attempts"])), runtime, out)
             console.print(table)
             per_node = Counter(doc.get("node") for doc in docs if doc["state"] == "succeeded")
             summary = Table("node", "slots", "tasks run", "share of tasks", "share of slots")

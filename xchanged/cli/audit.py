@@ -27,7 +27,6 @@ from ..protocol.signing import TrustError, TrustStore, load_private_key, node_id
 from ..runtime.audit import HEAD_SUFFIX, AuditCorrupted, AuditRecord, read_records, verify_log
 from .common import Exit, call_daemon, config_option, json_option
 
-
 # -- where things are -----------------------------------------------------------------------------
 
 

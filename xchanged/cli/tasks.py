@@ -9,8 +9,17 @@ import click
 from rich.table import Table
 
 from ..client import Client, build_spec
-from .common import (call_daemon, client_for, clock_time, config_option, console, err_console, json_option,
-                     key_values, print_json)
+from .common import (
+    call_daemon,
+    client_for,
+    clock_time,
+    config_option,
+    console,
+    err_console,
+    json_option,
+    key_values,
+    print_json,
+)
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -116,8 +125,9 @@ def status(config, as_json, task_id) -> None:
     if as_json:
         print_json(doc)
         return
+    exit_code = doc.get("exit_code")
     console.print(f"[bold]{doc['id']}[/]  {doc['state']}  priority {doc['priority']}  "
-                  f"node {doc.get('node') or '-'}  exit {doc.get('exit_code') if doc.get('exit_code') is not None else '-'}")
+                  f"node {doc.get('node') or '-'}  exit {exit_code if exit_code is not None else '-'}")
     console.print(f"command: {' '.join(doc.get('command', []))}")
     if doc.get("reason"):
         console.print(f"reason: {doc['reason']}")

@@ -48,8 +48,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from xchanged.protocol import signing
 from xchanged.protocol.audit_format import (
-    EVENTS, FRAME_HEADER, MAX_PAYLOAD_BYTES, ZERO_HASH, AuditRecord, Problem, Scan,
-    SignedTreeHead, decode_record, encode_frame, entry_problem, head_text, pack_payload, parse_head,
+    EVENTS,
+    FRAME_HEADER,
+    MAX_PAYLOAD_BYTES,
+    ZERO_HASH,
+    AuditRecord,
+    Problem,
+    Scan,
+    SignedTreeHead,
+    decode_record,
+    encode_frame,
+    entry_problem,
+    head_text,
+    pack_payload,
+    parse_head,
     record_message,
 )
 from xchanged.protocol.merkle import MerkleAccumulator, leaf_hash

@@ -28,24 +28,37 @@ import psutil
 from .. import __version__
 from ..config import Config, parse_host_port
 from ..protocol import codec
-from ..protocol.effects import (AFTER, BEFORE, Audit, ForgetAttempt, KillTask, Log, PersistAttempt, PersistTask,
-                                ProveAudit, Relay, Reply, Send, StartTask, StoreOutput)
-from ..protocol.events import (FrameDropped, Instant, ResourcesRead,
-                               SeedConfigured, StateRecovered, TimerFired)
+from ..protocol.effects import (
+    AFTER,
+    BEFORE,
+    Audit,
+    ForgetAttempt,
+    KillTask,
+    Log,
+    PersistAttempt,
+    PersistTask,
+    ProveAudit,
+    Relay,
+    Reply,
+    Send,
+    StartTask,
+    StoreOutput,
+)
+from ..protocol.events import FrameDropped, Instant, ResourcesRead, SeedConfigured, StateRecovered, TimerFired
+from ..protocol.inbound import FrameGate
 from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof
 from ..protocol.node import Node, NodeSettings
-from ..protocol.inbound import FrameGate
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from .audit import AuditCorrupted, AuditError, AuditLog
+from .control import Control
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import serve_metrics
 from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
 from .store import Store
-from .control import Control
 from .transport import ControlError, ControlServer, PeerTransport
 
 log = logging.getLogger("xchanged")

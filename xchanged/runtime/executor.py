@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
-
-import shutil
-import sys
 
 import psutil
 
 from ..protocol.events import TaskExited, TaskStarted
 from ..protocol.messages import TaskSpec
+
 
 def _death_signal_launcher() -> list[str]:
     """argv prefix that makes the command die with the daemon, where the system has one."""

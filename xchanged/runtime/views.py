@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..protocol import policy
-from ..protocol.manager import QUEUED, RUNNING, ASSIGNED
+from ..protocol.manager import ASSIGNED, QUEUED, RUNNING
 from ..protocol.messages import Bid, Requirements, to_body
 from ..protocol.node import Node
 
