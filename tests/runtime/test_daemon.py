@@ -1,11 +1,14 @@
-"""What an in-process daemon does with its input queue when it is full."""
+"""An in-process daemon: its input queue when it is full, its metrics read from another thread."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.request
 
 from tests.runtime.inprocess import running_daemon
+from xchanged.client import build_spec
+from xchanged.localcluster import free_port
 from xchanged.protocol.events import FrameDropped
 from xchanged.runtime import daemon as daemon_module
 
@@ -22,3 +25,24 @@ def test_a_full_input_queue_logs_one_line_not_one_per_drop(tmp_path, caplog):
     full = [r.getMessage() for r in caplog.records if "input queue full" in r.getMessage()]
     assert full == ["input queue full; dropped 1 since the last report (FrameDropped 1)",     # at once
                     "input queue full; dropped 4999 since the last report (FrameDropped 4999)"]  # at stop
+
+
+def test_metrics_are_read_on_the_loop_while_it_runs(tmp_path):
+    """The metrics server's thread never reads the node: it asks the loop for a snapshot."""
+    port = free_port()
+
+    async def scenario():
+        async with running_daemon(tmp_path, metrics={"listen": f"127.0.0.1:{port}"}) as daemon:
+            [doc] = await daemon.control.handle("submit", {"specs": [build_spec(["true"], labels={"x": "nowhere"})]})
+            body = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+            snapshot = await asyncio.to_thread(daemon.counters)       # as the metrics thread asks
+            assert snapshot.tasks_by_state == {"queued": 1} and snapshot.slots == 2
+            return doc, body
+    doc, body = asyncio.run(scenario())
+    assert doc["state"] == "queued"
+    assert "xchanged_slots 2.0" in body and 'xchanged_tasks{state="queued"} 1.0' in body
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

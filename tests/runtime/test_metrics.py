@@ -1,13 +1,14 @@
 """/metrics figures: `xchanged_running` counts started attempts only; queued ones have their own gauge."""
 
 from xchanged.protocol.messages import TaskSpec
+from xchanged.runtime import views
 from xchanged.runtime.metrics import NodeCollector
 from xchanged.sim.cluster import SimCluster
 
 
 def samples(node) -> dict[str, float]:
     out = {}
-    for family in NodeCollector(lambda: node).collect():
+    for family in NodeCollector(lambda: views.counters(node)).collect():
         for s in family.samples:
             out[s.name + "".join(f"[{v}]" for v in s.labels.values())] = s.value
     return out

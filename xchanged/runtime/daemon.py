@@ -14,6 +14,7 @@ fsynced before its reply (protocol/effects.py: SYNC).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import random
@@ -50,12 +51,14 @@ from ..protocol.manager import TERMINAL
 from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof
 from ..protocol.node import Node, NodeSettings
+from ..protocol.readout import Counters
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
+from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .control import Control
 from .discovery import Discovery, interface_ip
 from .executor import Executor, kill_orphans
-from .metrics import serve_metrics
+from .metrics import MetricsServer, serve_metrics
 from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
 from .store import Store
@@ -67,6 +70,7 @@ MAX_INPUTS = 100_000
 QUEUE_FULL_REPORT = 5.0  # seconds: at most one "input queue full" line per this
 MAX_BATCH = 256          # inputs handled per group commit
 SYNC_INTERVAL = 0.1      # seconds: the longest a written decision waits to be fsynced
+COUNTERS_WAIT = 5.0      # seconds a metrics scrape waits for the loop to take a snapshot
 
 
 class DaemonError(Exception):
@@ -118,11 +122,12 @@ class Daemon:
         self._requests = self.control.requests     # resolved by the Reply effect (_carry_out)
         self._waiters = self.control.waiters       # resolved when their task is finished (_handle_batch)
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()              # set once every socket answers (in-process users wait on it)
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
-        self.metrics = None
+        self.metrics: MetricsServer | None = None
         self.discovery: Discovery | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class Daemon:
         return Node(self.id, settings, random.Random(os.urandom(16)))
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._ignore_reload)    # systemctl reload sends it
@@ -213,7 +218,7 @@ class Daemon:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
         await self.control_server.start()
-        self.metrics = serve_metrics(self.config.metrics.listen, lambda: self.node)
+        self.metrics = serve_metrics(self.config.metrics.listen, self.counters)
         if self.config.network.mdns:
             await self._start_discovery()
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
@@ -238,7 +243,7 @@ class Daemon:
         if self.control_server:
             await self.control_server.close()
         if self.metrics is not None:
-            self.metrics.shutdown()
+            self.metrics.close()
         if self.executor:
             await self.executor.close()
         if self.transport:
@@ -251,6 +256,26 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def counters(self) -> Counters | None:
+        """(Another thread: the metrics server.) A snapshot of the core's counters, taken on the event
+        loop between two batches; None when there is no node yet or the loop does not answer within
+        COUNTERS_WAIT seconds."""
+        loop = self._loop
+        if loop is None or self.node is None:
+            return None
+        answer: concurrent.futures.Future = concurrent.futures.Future()
+
+        def take() -> None:
+            try:
+                answer.set_result(views.counters(self.node))
+            except Exception as exc:          # handed to the scrape, which logs it; the loop goes on
+                answer.set_exception(exc)
+        try:
+            loop.call_soon_threadsafe(take)
+            return answer.result(COUNTERS_WAIT)
+        except (RuntimeError, concurrent.futures.TimeoutError):     # loop closed, or busy for too long
+            return None
 
     def _ignore_reload(self) -> None:
         log.warning("reload is not supported yet; ignoring SIGHUP")
