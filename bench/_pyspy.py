@@ -167,7 +167,8 @@ def report(title: str, b: dict) -> str:
            f"  {'group':<16} {'share':>6} {'ms/task':>8}"]
     for g, v in sorted(b["groups"].items(), key=lambda kv: -kv[1]["samples"]):
         out.append(f"  {g:<16} {v['share']:>6.1%} {v['ms_per_task']:>8.3f}")
-    out.append(f"  top {len(b['top'])} functions by own samples (leaf frame; a C call is charged to its caller's line):")
+    out.append(f"  top {len(b['top'])} functions by own samples "
+               "(leaf frame; a C call is charged to its caller's line):")
     out.append(f"  {'share':>6} {'ms/task':>8}  {'group':<15} function (file:hottest line)  code")
     for r in b["top"]:
         out.append(f"  {r['share']:>6.1%} {r['ms_per_task']:>8.3f}  {r['group']:<15} {r['function']} ({r['file']})"

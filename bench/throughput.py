@@ -240,8 +240,10 @@ def table(results: dict, sizes: dict, names: list[str]) -> tuple[str, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=None, help="rounds per system (default 3; 1 with --quick)")
-    ap.add_argument("--only", action="append", metavar="SYSTEM", help="xchanged, dask, ray (repeatable or a comma list)")
-    ap.add_argument("--workloads", action="append", metavar="W", help=", ".join(WORKLOADS) + " (repeatable or a comma list)")
+    ap.add_argument("--only", action="append", metavar="SYSTEM",
+                    help="xchanged, dask, ray (repeatable or a comma list)")
+    ap.add_argument("--workloads", action="append", metavar="W",
+                    help=", ".join(WORKLOADS) + " (repeatable or a comma list)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     ap.add_argument("--json", metavar="PATH", help="write every raw figure here")
     ap.add_argument("--profile", action="store_true", help="also profile xchanged's daemons with py-spy (throughput)")
