@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from .config import ConfigError, default_config_path, load_config, parse_size
 from .protocol.errors import XchangedError
-from .protocol.manager import TERMINAL
+from .protocol.lifecycle import TERMINAL
 from .protocol.messages import PRIORITIES
 
 DEFAULT_SOCKET = Path("/run/xchanged/control.sock")

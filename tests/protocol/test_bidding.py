@@ -7,6 +7,8 @@ role=worker, so where an attempt runs is always a worker.
 
 from __future__ import annotations
 
+import dataclasses
+
 from xchanged.protocol import policy
 from xchanged.protocol.events import Capacity, ResourcesRead
 from xchanged.protocol.membership import GossipSettings
@@ -259,8 +261,7 @@ def test_a_rejected_direct_award_backs_off_when_the_node_cannot_run_it():
     sim = cluster({"a": 1})
     done(sim, sim.submit("mgr", spec("sleep", 1)))
     contractor = sim.node("a").node.contractor
-    contractor.settings = type(contractor.settings)(**{**{f: getattr(contractor.settings, f) for f in
-                                                          contractor.settings.__dataclass_fields__}, "allow": ("true",)})
+    contractor.settings = dataclasses.replace(contractor.settings, allow=("true",))
     tid = sim.submit("mgr", spec("sleep", 1))
     sim.run_for(1.0)
     doc = sim.task("mgr", tid).to_doc()

@@ -28,4 +28,5 @@ def test_the_task_table_in_the_docs_is_the_code():
 
 
 def test_the_attempt_table_in_the_docs_is_the_code():
-    assert documented("Attempt (`status` shows each") == {str(s): {str(t) for t in to} for s, to in ATTEMPT_MOVES.items()}
+    moves = {str(s): {str(t) for t in to} for s, to in ATTEMPT_MOVES.items()}
+    assert documented("Attempt (`status` shows each") == moves

@@ -25,9 +25,10 @@ Rules:
   just as it would after a crash a moment later; the write stays off the path from award to start).
   Its pid and start time are added lazily once it runs; its result replaces the record (state
   "result") before the result is first sent (write-ahead: a result lost in a crash would run the task
-  again); the record is dropped (`ForgetAttempt`) only on the manager's `ack`. After a restart (`recover`) an attempt that was
-  running is reported to its manager at once as a `result` with outcome `lost` (the driver has killed
-  what was left of its process), so the manager reassigns it without waiting for a timeout; kept
+  again); the record is dropped (`ForgetAttempt`) only on the manager's `ack`. After a restart
+  (`recover`) an attempt that was running is reported to its manager at once as a `result` with
+  outcome `lost` (the driver has killed what was left of its process), so the manager reassigns it
+  without waiting for a timeout; kept
   results are resent as they were. Resends back off up to `2 * heartbeat`, below the manager's
   heartbeat deadline, so a result held while its manager was down is not mistaken for silence.
 """
@@ -434,9 +435,9 @@ class Contractor:
         for claim in self.running.values():
             if now >= claim.next_heartbeat:
                 claim.next_heartbeat = now + self.settings.heartbeat
+                promise = self._until_a_slot_frees(now) if claim.queued else None
                 self._send(claim.manager, Progress(claim.task_id, claim.attempt,
-                                                   int((now - claim.started) * 1000), claim.pid,
-                                                   est_start_ms=self._until_a_slot_frees(now) if claim.queued else None))
+                                                   int((now - claim.started) * 1000), claim.pid, est_start_ms=promise))
         cap = min(RESULT_BACKOFF[1], 2 * self.settings.heartbeat)
         for pending in self.pending.values():
             if now >= pending.next_send:

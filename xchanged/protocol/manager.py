@@ -49,8 +49,6 @@ QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's 
 OUTCOMES = frozenset(str(o) for o in Outcome)
 FAILED_ATTEMPT: dict[Outcome, tuple[AttemptState, Why]] = {
     Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
-# names the drivers import (to move to lifecycle.py imports)
-QUEUED, ASSIGNED, RUNNING = T.QUEUED, T.ASSIGNED, T.RUNNING
 
 
 class Manager(Negotiation):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from .. import __version__
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
-from ..protocol.manager import TERMINAL
+from ..protocol.lifecycle import TERMINAL
 from ..protocol.messages import TaskSpec, from_body
 from . import views
 from .transport import ControlError

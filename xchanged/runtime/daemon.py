@@ -28,10 +28,9 @@ import psutil
 
 from .. import __version__
 from ..config import Config, parse_host_port
+from ..driver import Driver
 from ..protocol import codec
 from ..protocol.effects import (
-    AFTER,
-    BEFORE,
     Audit,
     ForgetAttempt,
     KillTask,
@@ -45,9 +44,9 @@ from ..protocol.effects import (
     StartTask,
     StoreOutput,
 )
-from ..protocol.events import FrameDropped, Instant, ResourcesRead, SeedConfigured, StateRecovered, TimerFired
+from ..protocol.events import AuditHeadSigned, FrameDropped, Instant, ResourcesRead, SeedConfigured, StateRecovered
 from ..protocol.inbound import FrameGate
-from ..protocol.manager import TERMINAL
+from ..protocol.lifecycle import TERMINAL
 from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof
 from ..protocol.node import Node, NodeSettings
@@ -71,6 +70,8 @@ QUEUE_FULL_REPORT = 5.0  # seconds: at most one "input queue full" line per this
 MAX_BATCH = 256          # inputs handled per group commit
 SYNC_INTERVAL = 0.1      # seconds: the longest a written decision waits to be fsynced
 COUNTERS_WAIT = 5.0      # seconds a metrics scrape waits for the loop to take a snapshot
+VALIDATE = os.environ.get("XCHANGED_VALIDATE") == "1"   # check the core's invariants after every batch
+                                                        # (the chaos soak sets it; tests/protocol do it always)
 
 
 class DaemonError(Exception):
@@ -119,8 +120,7 @@ class Daemon:
         self.node: Node | None = None
         self.address = ""
         self.started = time.monotonic()
-        self._requests = self.control.requests     # resolved by the Reply effect (_carry_out)
-        self._waiters = self.control.waiters       # resolved when their task is finished (_handle_batch)
+        self._finished: list[dict] = []            # task documents gone terminal in this batch
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = asyncio.Event()              # set once every socket answers (in-process users wait on it)
@@ -151,7 +151,7 @@ class Daemon:
         head = self.audit.head
         if head is None or head.size != self.audit.size:
             head = self.audit.sign_head(wall_ms())
-        self.node.audit_head = head.to_dict()
+        self._handle(AuditHeadSigned(head.to_dict()))
 
     async def _sync_to_disk(self) -> None:
         """Group fsync, off the event loop: every SYNC_INTERVAL the store's log and the audit log are
@@ -171,7 +171,7 @@ class Daemon:
                 self._fail(exc)
                 return
             if head is not None:
-                self.node.audit_head = head.to_dict()
+                self.put(AuditHeadSigned(head.to_dict()))
 
     def _sync_files(self, now: float, sign_at: int | None):
         """(Worker thread.) fsync what was written; sign a head over the durable records if asked."""
@@ -209,6 +209,7 @@ class Daemon:
         self.transport = PeerTransport(self.config.network.listen)
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
+        self.driver = self._build_driver()
         self._sign_head()
         self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace)
         self.resources = ResourceReader()
@@ -328,74 +329,62 @@ class Daemon:
     # -- the core and its effects ---------------------------------------------------------------
 
     def _handle(self, event: Any) -> None:
-        self._handle_batch([event])
+        self.driver.batch([event])
 
-    def _handle_batch(self, events: list) -> None:
-        """Feed a batch of inputs to the core (one pump, at its end), commit what its effects depend
-        on with one commit (group commit), and only then carry out those effects: messages, replies,
-        process starts; then commit the write-behind ones. Nothing outside this process sees a decision
-        before it is written; the worker thread of `_sync_to_disk` puts it on disk within SYNC_INTERVAL."""
-        staged_finished: list[dict] = []
-        deferred: list = []
-        for event in events:
-            self._feed(event, deferred, staged_finished)
-        if time.monotonic() >= self.node.next_deadline():   # once a batch: it walks every peer and claim
-            self._feed(TimerFired(), deferred, staged_finished)
-        self._feed(None, deferred, staged_finished)       # the batch's one pump
-        self.store.commit_due(time.monotonic(), BEFORE)      # effects.py: SYNC, BEFORE, AFTER, LAZY
-        for effect in deferred:
-            self._carry_out(effect)
-        self.store.commit_due(time.monotonic(), AFTER)
-        for doc in staged_finished:
-            for future in self._waiters.pop(doc["id"], []):
+    def _handle_batch(self, events: list[Any]) -> None:
+        """One batch through the shared driver loop (driver.py): the core sees every input, pumps once,
+        and its decisions are written before anything outside this process sees them; the worker
+        thread of `_sync_to_disk` puts them on disk within SYNC_INTERVAL. Then the clients waiting
+        for a task that finished are answered."""
+        self.driver.batch(events)
+        if VALIDATE:
+            self.node.validate_state()
+        finished, self._finished = self._finished, []
+        for doc in finished:
+            for future in self.control.waiters.pop(doc["id"], []):
                 if not future.done():
                     future.set_result(doc)
 
-    def _feed(self, event: Any, deferred: list, finished: list[dict]) -> None:
-        """Hand one input (None: the end of the batch) to the core and stage or defer its effects."""
-        now = Instant(time.monotonic(), wall_ms())
-        effects = self.node.settle(now) if event is None else self.node.handle(event, now, pump=False)
-        for effect in effects:
-            if isinstance(effect, PersistTask):
-                self.store.put_task(effect.doc, effect.when)
-                if effect.doc["state"] in TERMINAL:
-                    finished.append(effect.doc)
-            elif isinstance(effect, PersistAttempt):
-                self.store.put_attempt(effect.doc, effect.when)
-            elif isinstance(effect, ForgetAttempt):
-                self.store.delete_attempt(effect.task_id, effect.attempt)
-            elif isinstance(effect, StoreOutput):
-                self.store.put_output(effect.task_id, effect.attempt, effect.stdout, effect.stderr)
-            elif isinstance(effect, Audit):
-                if self.audit is not None:
-                    self.audit.append(effect.entry)
-            elif isinstance(effect, Log):
-                log.log(logging.getLevelName(effect.level.upper()), "%s [%s]", effect.text, effect.stimulus_id)
-            else:
-                deferred.append(effect)
+    def _build_driver(self) -> Driver:
+        store = self.store
 
-    def _carry_out(self, effect: Any) -> None:
-        if isinstance(effect, Send):
+        def persist_task(effect: PersistTask) -> None:
+            store.put_task(effect.doc, effect.when)
+            if effect.doc["state"] in TERMINAL:
+                self._finished.append(effect.doc)
+
+        def send(effect: Send) -> None:
             frame = self.encoder.encode(effect.message, wall_ms())
             for peer, address in effect.targets:
                 self._send(peer, address, frame)
-        elif isinstance(effect, Relay):
+
+        def relay(effect: Relay) -> None:
             for peer, address in effect.targets:
                 for frame in effect.frames:
                     self._send(peer, address, frame)
-        elif isinstance(effect, StartTask):
-            self.executor.start(effect.task_id, effect.attempt, effect.spec, effect.env)
-        elif isinstance(effect, KillTask):
-            self.executor.kill(effect.task_id, effect.attempt, effect.reason)
-        elif isinstance(effect, ProveAudit):
-            self._send(*effect.target, self.encoder.encode(self._audit_proof(effect), wall_ms()))
-        elif isinstance(effect, Reply):
-            future = self._requests.pop(effect.request_id, None)
+
+        def reply(effect: Reply) -> None:
+            future = self.control.requests.pop(effect.request_id, None)
             if future is not None and not future.done():
                 if effect.ok:
                     future.set_result(effect.result)
                 else:
                     future.set_exception(ControlError(effect.error))
+
+        handlers: dict[type, Any] = {
+            PersistTask: persist_task,
+            PersistAttempt: lambda e: store.put_attempt(e.doc, e.when),
+            ForgetAttempt: lambda e: store.delete_attempt(e.task_id, e.attempt),
+            StoreOutput: lambda e: store.put_output(e.task_id, e.attempt, e.stdout, e.stderr),
+            Audit: lambda e: self.audit.append(e.entry),
+            Log: lambda e: log.log(logging.getLevelName(e.level.upper()), "%s [%s]", e.text, e.stimulus_id),
+            Send: send, Relay: relay, Reply: reply,
+            StartTask: lambda e: self.executor.start(e.task_id, e.attempt, e.spec, e.env),
+            KillTask: lambda e: self.executor.kill(e.task_id, e.attempt, e.reason),
+            ProveAudit: lambda e: self._send(*e.target, self.encoder.encode(self._audit_proof(e), wall_ms())),
+        }
+        return Driver(self.node, lambda: Instant(time.monotonic(), wall_ms()), handlers,
+                      lambda phase: store.commit_due(time.monotonic(), phase))
 
     def _recover_attempts(self) -> list[dict]:
         """The contractor's attempts from before a restart, after killing what is left of their

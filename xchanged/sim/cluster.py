@@ -4,7 +4,8 @@ Frames are encoded and verified exactly as in the daemon, and each node is drive
 own loop (driver.py: batches, one pump per batch, writes staged and committed around the effects
 that depend on them); only the transport, the executor and the disk are replaced. The disk
 (sim/store.py) keeps the daemon's durability levels, so a crash loses what a real one would: staged
-writes, and on a power cut (`crash(power_loss=True)`) commits not yet fsynced. A task's command is simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
+writes, and on a power cut (`crash(power_loss=True)`) commits not yet fsynced. A task's command is
+simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
 `["exit", N]` exits N at once, `["hang"]` never exits. Links can be cut and nodes crashed, so tests
 and benchmarks can explore failures deterministically from a seed.
 """
