@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from xchanged.localcluster import LocalCluster  # noqa: E402
 
+os.environ.setdefault("XCHANGED_VALIDATE", "1")    # daemons check the core's invariants after every batch
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 FAST = {
     "gossip": {"interval": "200ms", "suspect_after": "1s", "dead_after": "2500ms"},

@@ -30,6 +30,7 @@ from .protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistParts,
     PersistTask,
     ProveAudit,
     Relay,
@@ -42,7 +43,7 @@ from .protocol.errors import LocalProtocolError
 from .protocol.events import Instant, TimerFired
 from .protocol.node import Node
 
-STAGED: tuple[type, ...] = (PersistTask, PersistAttempt, ForgetAttempt, StoreOutput, Audit, Log)
+STAGED: tuple[type, ...] = (PersistTask, PersistParts, PersistAttempt, ForgetAttempt, StoreOutput, Audit, Log)
 CARRIED: tuple[type, ...] = (Send, Relay, StartTask, KillTask, ProveAudit, Reply)
 
 Handler = Callable[[Any], None]

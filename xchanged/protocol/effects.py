@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .messages import TaskSpec
+from .messages import PartResult, TaskSpec
 
 SYNC, BEFORE, AFTER, LAZY = "sync", "before", "after", "lazy"
 
@@ -68,6 +68,16 @@ class PersistTask:
 
     doc: dict[str, Any]
     when: str = BEFORE
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistParts:
+    """Manager side: keep these finished parts of composite `task_id` (the coordinator's report):
+    written before the `parts_ack` that lets the coordinator forget them (BEFORE)."""
+
+    task_id: str
+    parts: tuple[PartResult, ...]
     stimulus_id: str = ""
 
 

@@ -68,6 +68,7 @@ class Why(StrEnum):
     RETRYING = "retrying"                   # its last attempt ended without success; retries left
     # a task ended
     RETRIES_SPENT = "retries_spent"
+    PARTS_FAILED = "parts_failed"           # a composite: some of its parts did not succeed
     LOST_TOO_OFTEN = "lost_too_often"
     CANCELLED = "cancelled"                 # by a user (a task), or on its contractor (an attempt)
     # an attempt ended

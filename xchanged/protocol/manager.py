@@ -33,10 +33,10 @@ import math
 from typing import Any
 
 from .codec import Envelope
-from .effects import SYNC, Reply, StoreOutput
+from .effects import SYNC, PersistParts, Reply, StoreOutput
 from .errors import LocalProtocolError
 from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState, Why
-from .messages import PRIORITIES, Accept, Ack, Cancel, Load, Outcome, Progress, Result, TaskSpec
+from .messages import PRIORITIES, Accept, Ack, Cancel, Load, Outcome, PartsAck, Progress, Result, TaskSpec
 from .negotiation import ManagerSettings, Negotiation
 from .tasks import Attempt, Task
 
@@ -72,13 +72,33 @@ class Manager(Negotiation):
         if task is None:
             self.out.emit(Reply, request_id=request_id, ok=False, error=f"no such task: {task_id}")
             return
-        if task.state not in TERMINAL:
-            self._stop_current(task, A.CANCELLED, W.CANCELLED, "cancelled by user", wall_ms)
-            self._release_standby(task, "task cancelled")
-            self._finish(task, T.CANCELLED, None, W.CANCELLED, "cancelled by user", wall_ms)
-            self._audit(task, "cancel", wall_ms)
-            self._persist(task, SYNC)
+        self._cancel(task, "cancelled by user", wall_ms)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
+
+    def _cancel(self, task: Task, reason: str, wall_ms: int) -> None:
+        if task.state in TERMINAL:
+            return
+        self._stop_current(task, A.CANCELLED, W.CANCELLED, reason, wall_ms)
+        self._release_standby(task, "task cancelled")
+        self._finish(task, T.CANCELLED, None, W.CANCELLED, reason, wall_ms)
+        self._audit(task, "cancel", wall_ms)
+        self._persist(task, SYNC)
+
+    # -- parts of the composites this node coordinates (coordinator.py) -------------------------------
+
+    def submit_part(self, task_id: str, spec: TaskSpec, now: float, wall_ms: int) -> None:
+        """A part released by our coordinator: a task like any other, but not persisted and with no
+        client waiting for a reply; when it ends it goes to `finished_parts`."""
+        if task_id in self.tasks:
+            return
+        self._order += 1
+        self.index.add(Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id))
+        self.stats["parts"] += 1
+
+    def cancel_part(self, task_id: str, wall_ms: int) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self._cancel(task, "its composite was cancelled or failed fast", wall_ms)
 
     def recover(self, docs: list[dict[str, Any]], now: float) -> None:
         """Resume tasks from the store after a restart; in-flight attempts wait for their contractor."""
@@ -141,6 +161,18 @@ class Manager(Negotiation):
         if att.state is A.WAITING and prog.pid is not None:      # it started (maybe after a queue)
             self._started(task, att, now, wall_ms, elapsed=prog.elapsed_ms / 1000)
             self._persist(task)
+        if prog.report:
+            self._take_parts(task, prog)
+
+    def _take_parts(self, task: Task, prog: Progress) -> None:
+        """A coordinator reports parts of a composite that ended: keep them (written before the ack
+        that lets it forget them), so a later coordinator never runs them again."""
+        new = [p for p in prog.parts if p.key not in task.parts]
+        for part in new:
+            task.parts[part.key] = part
+        if new and not task.ephemeral:
+            self.out.emit(PersistParts, task_id=task.id, parts=tuple(new))
+        self._send(task.attempts[-1].node, PartsAck(task.id, prog.attempt, prog.report))
 
     def on_result(self, env: Envelope, now: float, wall_ms: int) -> None:
         res: Result = env.message
@@ -148,11 +180,12 @@ class Manager(Negotiation):
         task = self.tasks.get(res.task_id)
         current = task.current if task is not None else None
         ending = current is not None and current.attempt == res.attempt and current.node == env.sender
-        known = self.known.get(env.sender)
-        holding = self.index.holding[env.sender] - (current is not None and ending and current.state in HOLDS_SLOT)
-        at_most = None if known is None else known.slots - holding
-        self.beliefs.result(env.sender, res.task_id, res.attempt, (env.incarnation, env.seq), res.slot_refilled,
-                            at_most)
+        if task is None or task.holds_slots:    # a coordinator's result frees no slot
+            known = self.known.get(env.sender)
+            holding = self.index.holding[env.sender] - (current is not None and ending and current.state in HOLDS_SLOT)
+            at_most = None if known is None else known.slots - holding
+            self.beliefs.result(env.sender, res.task_id, res.attempt, (env.incarnation, env.seq),
+                                res.slot_refilled, at_most)
         if task is None:                        # unknown, or finished and evicted: acked, nothing else
             return
         att = next((a for a in task.attempts if a.attempt == res.attempt and a.node == env.sender), None)
@@ -166,7 +199,7 @@ class Manager(Negotiation):
                                         f"late result ({res.outcome}) of a superseded attempt", wall_ms)
                 self._persist(task)
             return
-        task.stimulus = self.out.stimulus_id
+        task.stimulus, task.last_result = self.out.stimulus_id, res
         if task.standby:                        # a result before the accept (we restarted): it ran
             self._release_standby(task, "another bid was accepted")
         att.exit_code = res.exit_code
@@ -178,7 +211,8 @@ class Manager(Negotiation):
             record.succeeded()
             if att.estimate_ms is not None:
                 record.observe_runtime(att.estimate_ms, res.runtime_ms)
-            self.speeds.observe(task.spec.argv[0], env.sender, res.runtime_ms)
+            if task.holds_slots:
+                self.speeds.observe(task.spec.command, env.sender, res.runtime_ms)
             self._finish(task, T.SUCCEEDED, 0, "", "", wall_ms)
             self.stats["succeeded"] += 1
         elif res.outcome == Outcome.CANCELLED:
@@ -236,6 +270,10 @@ class Manager(Negotiation):
         att = task.attempts[-1] if task.attempts else None
         if att is not None:
             task.avoid.add(att.node)
+        if failure and task.spec.composite is not None:   # its parts had their retries: it is over
+            self._finish(task, T.FAILED, exit_code, W.PARTS_FAILED, reason, wall_ms)
+            self.stats["failed"] += 1
+            return
         if failure:
             task.failures += 1
             if task.failures > task.spec.retries:
@@ -260,6 +298,8 @@ class Manager(Negotiation):
         self.index.move(task, state)
         task.says(why, reason)
         task.exit_code, task.finished = exit_code, wall_ms
+        if task.spec.parent:
+            self.finished_parts.append(task)    # for its coordinator (coordinator.collect)
         self.bid_first.discard(task.id)
 
     # -- membership and time --------------------------------------------------------------------------

@@ -5,25 +5,63 @@ duplicated message can always be matched to the attempt it belongs to, or recogn
 Durations on the wire are relative milliseconds (`*_in_ms`, `*_ms` spans), never absolute times of
 the sender's clock, so clock skew between hosts cannot break windows or deadlines.
 
-Bodies are plain msgpack maps. `from_body` checks every field's type and bounds against the
-dataclass annotations; a peer's bad body raises `RemoteProtocolError("invalid_body")`.
+Bodies are plain msgpack maps. `from_body` (wire.py) checks every field's type and bounds against
+the dataclass annotations; a peer's bad body raises `RemoteProtocolError("invalid_body")`. Task
+descriptions (`TaskSpec`, composites) are in specs.py; this module re-exports them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from .errors import RemoteProtocolError
+from .specs import MAX_PARTS, PRIORITIES, CompositeSpec, PartResult, Requirements, Step, TaskSpec, priority_level
+from .wire import MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_STR, Limit, from_body, to_body
 
-MAX_STR = 4096                 # names, reasons, ids, argv elements
-MAX_ITEMS = 1024               # list and map entries
-MAX_OUTPUT_BYTES = 1 << 20     # captured output carried in one result
-PRIORITIES = ("low", "normal", "high", "urgent")
+__all__ = [  # the messages, and the names of specs.py and wire.py every message user needs
+    "Accept",
+    "Ack",
+    "AuditProof",
+    "AuditProofReq",
+    "Award",
+    "BUSY_CODES",
+    "Bid",
+    "Cancel",
+    "Cfp",
+    "CompositeSpec",
+    "Gossip",
+    "GpuInfo",
+    "Limit",
+    "Load",
+    "MAX_GOSSIP_BYTES",
+    "MAX_GOSSIP_FRAMES",
+    "MAX_ITEMS",
+    "MAX_OUTPUT_BYTES",
+    "MAX_PARTS",
+    "MAX_STR",
+    "MESSAGE_TYPES",
+    "Outcome",
+    "PRIORITIES",
+    "PartResult",
+    "PartsAck",
+    "Ping",
+    "PingReq",
+    "Pong",
+    "Progress",
+    "ROOM_CODES",
+    "RefusalCode",
+    "Refuse",
+    "Reject",
+    "RejectBid",
+    "Requirements",
+    "Result",
+    "Step",
+    "TaskSpec",
+    "from_body",
+    "priority_level",
+    "to_body",
+]
 
 
 class RefusalCode(StrEnum):
@@ -51,158 +89,6 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"         # killed or dropped on a cancel
     ERROR = "error"                 # could not be started
     LOST = "lost"                   # its contractor restarted while it ran
-
-
-def priority_level(name: str) -> int:
-    """Queue rank of a priority name (low=0 .. urgent=3)."""
-    try:
-        return PRIORITIES.index(name)
-    except ValueError:
-        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {name!r}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation from annotations
-
-
-def _check(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            return _check(value, arg, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RemoteProtocolError("invalid_body", f"{where}: expected bool")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise RemoteProtocolError("invalid_body", f"{where}: expected int")
-        if not -(1 << 63) <= value < (1 << 63):
-            raise RemoteProtocolError("invalid_body", f"{where}: int out of range")
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise RemoteProtocolError("invalid_body", f"{where}: expected number")
-        value = float(value)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise RemoteProtocolError("invalid_body", f"{where}: number not finite")
-        return value
-    if hint is str:
-        if not isinstance(value, str) or len(value) > MAX_STR:
-            raise RemoteProtocolError("invalid_body", f"{where}: expected string (<= {MAX_STR})")
-        return value
-    if hint is bytes:
-        if not isinstance(value, bytes) or len(value) > MAX_OUTPUT_BYTES:
-            raise RemoteProtocolError("invalid_body", f"{where}: expected bytes")
-        return value
-    if origin is list or origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) > MAX_ITEMS:
-            raise RemoteProtocolError("invalid_body", f"{where}: expected list (<= {MAX_ITEMS})")
-        (item,) = typing.get_args(hint)[:1]
-        checked = [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(checked) if origin is tuple else checked
-    if origin is dict:
-        if not isinstance(value, dict) or len(value) > MAX_ITEMS:
-            raise RemoteProtocolError("invalid_body", f"{where}: expected map (<= {MAX_ITEMS})")
-        key_hint, value_hint = typing.get_args(hint)
-        return {_check(k, key_hint, where): _check(v, value_hint, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise RemoteProtocolError("invalid_body", f"{where}: expected map")
-        return _build(hint, value, where)
-    raise TypeError(f"unsupported annotation {hint!r} at {where}")  # our bug, not the peer's
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _build(cls: type, body: dict[str, Any], where: str = "") -> Any:
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = _check(body[f.name], hints[f.name], f"{where}{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RemoteProtocolError("invalid_body", f"{where}{f.name}: missing")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise RemoteProtocolError("invalid_body", f"{where}{cls.__name__}: {exc}") from None
-
-
-def to_body(obj: Any) -> Any:
-    """Dataclass tree -> plain msgpack-able values."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_body(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_body(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_body(v) for k, v in obj.items()}
-    return obj
-
-
-def from_body(cls: type, body: Any) -> Any:
-    if not isinstance(body, dict):
-        raise RemoteProtocolError("invalid_body", f"{cls.__name__}: body must be a map")
-    return _build(cls, body)
-
-
-# ---------------------------------------------------------------------------------------------
-# Task descriptions
-
-
-@dataclass(frozen=True, slots=True)
-class Requirements:
-    """What a node must have to run a task (hard), and what it should have (soft `prefer`)."""
-
-    cpus: float = 1.0
-    mem: int = 0                     # bytes
-    gpus: int = 0
-    gpu_mem: int = 0                 # bytes free per GPU
-    labels: dict[str, str] = field(default_factory=dict)
-    prefer: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.cpus < 0 or self.mem < 0 or self.gpus < 0 or self.gpu_mem < 0:
-            raise ValueError("resource requirements must not be negative")
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """A command task as submitted: everything a contractor needs to run it."""
-
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    timeout: float | None = None     # seconds of run time before the attempt is killed
-    requirements: Requirements = field(default_factory=Requirements)
-    priority: str = "normal"
-    retries: int = 3                 # attempts after the first, for failures
-    deadline_ms: int | None = None   # wall-clock epoch ms, for earliest-deadline-first ordering
-    name: str = ""
-    est_runtime: float | None = None # seconds, the submitter's estimate (used for EDF and bids)
-
-    def __post_init__(self) -> None:
-        if not self.argv or not all(self.argv):
-            raise ValueError("a task needs a non-empty command")
-        priority_level(self.priority)
-        if self.retries < 0 or self.retries > 100:
-            raise ValueError("retries must be between 0 and 100")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be positive")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +124,7 @@ class Load:
     stats: dict[str, int] = field(default_factory=dict)
     audit_head: dict[str, Any] | None = None
     queue_free: int = 0               # room in the local queue of accepted tasks waiting for a slot
+    coord_free: int = 0               # composites it would coordinate on top of those it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +141,7 @@ class Cfp:
     command: str = ""                 # argv[0], so a node that may not run it refuses at once
     est_runtime_ms: int | None = None
     deadline_in_ms: int | None = None
+    composite: bool = False           # a composite: its coordinator bids (coordinator.py), not its slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +188,8 @@ class Award:
     spec: TaskSpec
     score: float = 0.0
     queue_ok: bool = False            # the contractor may queue it behind its running tasks
+    done: Annotated[list[PartResult], Limit(MAX_PARTS)] = field(default_factory=list)
+                                      # a composite: the parts that finished under earlier coordinators
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +220,19 @@ class Progress:
     elapsed_ms: int
     pid: int | None = None
     est_start_ms: int | None = None   # still queued at the contractor: its renewed promise of a start
+    parts: Annotated[list[PartResult], Limit(MAX_PARTS)] = field(default_factory=list)
+                                      # a composite's coordinator: parts that ended, in report `report`
+    report: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PartsAck:
+    """Manager -> coordinator: the parts of report `report` are stored; send the next ones."""
+
+    TYPE: ClassVar[str] = "parts_ack"
+    task_id: str
+    attempt: int
+    report: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +346,7 @@ class Gossip:
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
-    for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, Result, Ack,
+    for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, PartsAck, Result, Ack,
                 Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip)
 }
 

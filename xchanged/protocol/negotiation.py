@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from . import policy, scheduling
@@ -31,12 +31,22 @@ from .codec import Envelope
 from .effects import BEFORE, Audit, Outbox, PersistTask, Send
 from .free_slots import PeerBeliefs
 from .lifecycle import AttemptState, TaskState, Why
-from .messages import BUSY_CODES, Award, Bid, Cfp, Refuse, Reject, RejectBid
+from .messages import BUSY_CODES, Award, Bid, Cfp, PartResult, Refuse, Reject, RejectBid
 from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
 
 A, T, W = AttemptState, TaskState, Why
 NO_BID_BACKOFF = (0.2, 5.0)     # re-announce delay after a round without bids: first, cap
+DONE_TAILS_MAX = 1 << 20        # characters of output tails an award may carry with a composite's done parts
+
+
+def done_parts(task: Task) -> list[PartResult]:
+    """A composite's finished parts, for its next coordinator; without output tails when keeping
+    them would make the award too large for one frame (the tails stay with the manager)."""
+    parts = list(task.parts.values())
+    if sum(len(p.stdout_tail) + len(p.stderr_tail) for p in parts) > DONE_TAILS_MAX:
+        parts = [replace(p, stdout_tail="", stderr_tail="") for p in parts]
+    return parts
 
 
 @dataclass(slots=True)
@@ -70,6 +80,7 @@ class Negotiation:
         self._timer_seq = 0
         self._order = 0
         self.stats: Counter[str] = Counter()
+        self.finished_parts: list[Task] = []           # parts that ended since the coordinator last looked
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -86,11 +97,15 @@ class Negotiation:
         (the decision: scheduling.py)."""
         self.known = {c.id: c for c in candidates}
         active = self.index.active.values()
-        units, waiting, mixed = scheduling.unclaimed(candidates, active, self.settings.self_id, now)
+        units, waiting, composites, mixed = scheduling.unclaimed(candidates, active, self.settings.self_id, now)
         self.queue_ok = scheduling.use_queues(candidates, units, len(waiting), mixed, active,
                                               self.beliefs.turned_away)
-        for a in scheduling.plan(waiting, candidates, units, self._record, self._may_award_directly,
-                                 self.settings.max_candidates, self.rng, now):
+        announcements = scheduling.plan(waiting, candidates, units, self._record, self._may_award_directly,
+                                        self.settings.max_candidates, self.rng, now)
+        if composites:
+            announcements += scheduling.plan_coordinators(composites, candidates, self._record,
+                                                          self._may_award_directly, self.rng, now)
+        for a in announcements:
             with self.out.caused_by(a.task.stimulus):
                 if a.direct:
                     self._award_direct(a.task, a.chosen[0], now, wall_ms)
@@ -110,8 +125,8 @@ class Negotiation:
         deadline_in = spec.deadline_ms - wall_ms if spec.deadline_ms is not None else None
         cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
                   queue_ok=self.queue_ok,
-                  command=spec.argv[0], est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
-                  deadline_in_ms=deadline_in)
+                  command=spec.command, est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
+                  deadline_in_ms=deadline_in, composite=spec.composite is not None)
         self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
         self._arm(task, task.round.deadline)
         self.stats["announcements"] += 1
@@ -127,7 +142,7 @@ class Negotiation:
                     cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
                     affinity=policy.affinity(cand.labels, req))
         score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
-                             self.speeds.relative(task.spec.argv[0], cand.id))
+                             self.speeds.relative(task.spec.command, cand.id))
         task.standby = [(cand.id, score, None)]
         self.stats["direct_awards"] += 1
         self._award_next(task, now, wall_ms)
@@ -144,7 +159,8 @@ class Negotiation:
             self._send(env.sender, RejectBid(bid.task_id, bid.attempt, "bid window closed"))
             return
         rnd.bids[env.sender] = env
-        self.beliefs.on_bid(env.sender, bid.slots_free, bid.queued)
+        if task.holds_slots:                    # a coordinator's bid speaks of coordinations, not slots
+            self.beliefs.on_bid(env.sender, bid.slots_free, bid.queued)
         if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
             self._close_round(task, now, wall_ms)
 
@@ -155,7 +171,7 @@ class Negotiation:
         if task is None or rnd is None or rnd.attempt != refuse.attempt or env.sender not in rnd.candidates:
             return
         rnd.refusals[env.sender] = refuse
-        if refuse.code in BUSY_CODES:
+        if refuse.code in BUSY_CODES and task.holds_slots:
             self.beliefs.busy(env.sender)
         if len(rnd.bids) + len(rnd.refusals) >= len(rnd.candidates):
             self._close_round(task, now, wall_ms)
@@ -165,7 +181,7 @@ class Negotiation:
         if rnd is None:
             return
         req = task.spec.requirements
-        command = task.spec.argv[0]
+        command = task.spec.command
         scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid,
                                      self.speeds.relative(command, peer))
                   for peer, env in rnd.bids.items()}
@@ -192,7 +208,8 @@ class Negotiation:
         if task is None or att is None or att.state is not A.AWARDED:
             return
         self.index.move_attempt(task, att, A.REJECTED, rej.code, f"{rej.code}: {rej.reason}", wall_ms)
-        self.beliefs.busy(env.sender)
+        if task.holds_slots:
+            self.beliefs.busy(env.sender)
         task.stimulus = self.out.stimulus_id
         self._audit(task, "reject", wall_ms, att, message=env.raw)
         self._award_next(task, now, wall_ms)
@@ -214,7 +231,8 @@ class Negotiation:
         peer, score, bid_env = task.standby.pop(0)
         attempt = attempt if attempt is not None else task.new_attempt()
         taken = (bid_env.incarnation, bid_env.seq) if bid_env is not None and not bid_env.message.queued else None
-        self.beliefs.awarded(peer, task.id, attempt, taken)      # a queued bid holds no slot yet
+        if task.holds_slots:
+            self.beliefs.awarded(peer, task.id, attempt, taken)  # a queued bid holds no slot yet
         att = Attempt(attempt, peer, self.lookup(peer)[1], A.AWARDED, score, awarded=wall_ms,
                       estimate_ms=bid_env.message.est_runtime_ms if bid_env else None)
         self.index.award(task, att)
@@ -227,7 +245,7 @@ class Negotiation:
         extra: dict[str, Any] = {"message": bid_env.raw} if bid_env is not None else {"direct": True}
         self._audit(task, "award", wall_ms, att, score=round(score, 4), **extra)
         self._persist(task)
-        self._send(peer, Award(task.id, attempt, task.spec, score, queue_ok=self.queue_ok))
+        self._send(peer, Award(task.id, attempt, task.spec, score, queue_ok=self.queue_ok, done=done_parts(task)))
         self.stats["awards"] += 1
 
     def _release_standby(self, task: Task, reason: str) -> None:
@@ -270,8 +288,11 @@ class Negotiation:
         entry["manager"] = self.settings.self_id
         if att is not None:
             entry["contractor"] = att.node
+        if task.spec.parent:
+            entry["parent"] = task.spec.parent      # a part: every level of a tree of contracts is audited
         entry.update(fields, time_ms=wall_ms, stimulus=self.out.stimulus_id)
         self.out.emit(Audit, entry=entry)
 
     def _persist(self, task: Task, when: str = BEFORE) -> None:
-        self.out.emit(PersistTask, doc=task.to_doc(), when=when)
+        if not task.ephemeral:                      # a composite's parts die with their coordination
+            self.out.emit(PersistTask, doc=task.to_doc(), when=when)

@@ -23,6 +23,7 @@ from typing import Any
 from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
+from .coordinator import Coordinator
 from .effects import Log, Outbox, ProveAudit, Relay, Send
 from .errors import LocalProtocolError
 from .events import (
@@ -54,6 +55,7 @@ from .messages import (
     Cfp,
     Gossip,
     Load,
+    PartsAck,
     Ping,
     PingReq,
     Pong,
@@ -83,6 +85,7 @@ class NodeSettings:
     allow: tuple[str, ...] = ("*",)
     heartbeat: float = 1.0
     prefetch: int = 1                     # accepted tasks that may wait locally for a slot
+    max_coordinations: int = 64           # composites this node coordinates at once (no slot each)
 
 
 class Node:
@@ -103,6 +106,8 @@ class Node:
                                reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0,
                                prefetch=settings.prefetch),
             self.out, self.lookup)
+        self.coordinator = Coordinator(node_id, self.manager, self.out, self.lookup, settings.max_coordinations,
+                                       settings.heartbeat)
         self.drops: Counter[str] = Counter()
         self.audit_head: dict[str, Any] | None = None       # our latest signed audit head (AuditHeadSigned)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
@@ -146,6 +151,9 @@ class Node:
             raise LocalProtocolError(f"no such input: {event!r}")
         if changed:
             self.contractor.start_queued(mono)  # liveness: any input may have made room for the queue
+            if self.manager.finished_parts:     # parts that ended: record them, release what they unblock
+                finished, self.manager.finished_parts = self.manager.finished_parts, []
+                self.coordinator.collect(finished, mono, wall)
             self._pump_due = True
         return self.settle(now) if pump else self.out.take()
 
@@ -163,7 +171,7 @@ class Node:
 
     def next_deadline(self) -> float:
         return min(self.membership.next_deadline(), self.manager.next_deadline(),
-                   self.contractor.next_deadline())
+                   self.contractor.next_deadline(), self.coordinator.next_deadline())
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -179,15 +187,25 @@ class Node:
             return
         self._apply(self.membership.on_direct(env, now), now, wall)
         if isinstance(msg, Cfp):
-            self.contractor.on_cfp(env, now)
+            if msg.composite:
+                self.coordinator.on_cfp(env, self.contractor.capacity)
+            else:
+                self.contractor.on_cfp(env, now)
         elif isinstance(msg, Award):
-            self.contractor.on_award(env, now, wall)
+            if msg.spec.composite is not None:
+                self.coordinator.on_award(env, now, wall)
+            else:
+                self.contractor.on_award(env, now, wall)
         elif isinstance(msg, RejectBid):
             self.contractor.on_reject_bid(env)
         elif isinstance(msg, Cancel):
-            self.contractor.on_cancel(env, now)
+            if not self.coordinator.on_cancel(env, now, wall):
+                self.contractor.on_cancel(env, now)
         elif isinstance(msg, Ack):
-            self.contractor.on_ack(env)
+            if not self.coordinator.on_ack(env):
+                self.contractor.on_ack(env)
+        elif isinstance(msg, PartsAck):
+            self.coordinator.on_parts_ack(env, now)
         elif isinstance(msg, Bid):
             self.manager.on_bid(env, now, wall)
         elif isinstance(msg, Refuse):
@@ -237,6 +255,7 @@ class Node:
                 self.out.emit(Send, targets=tuple(relay_targets), message=Gossip(frames=frames))
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
+        self.coordinator.on_timer(now)
 
     def _on_audit_head(self, env: Envelope, load: Load, now: float, wall: int) -> None:
         request, fork = self.audit_watch.on_head(env.sender, env.sender_key, load.audit_head, now, wall)
@@ -298,17 +317,18 @@ class Node:
                     queued=self.manager.queued() if count_queued else 0,
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, gpus=list(cap.gpus),
-                    labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head)
+                    labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head,
+                    coord_free=self.coordinator.room)
 
     def candidates(self, now: float) -> list[Candidate]:
         own = self.load_signal(now, count_queued=False)        # called on every event: skip the O(tasks) count
         out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
-                         queue=own.queue_free)]
+                         queue=own.queue_free, coord=own.coord_free)]
         for peer in self.membership.healthy():
             load = peer.load
             if load is None:
                 continue
             free = self.manager.beliefs.free(peer.id, load.slots_free)
             out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
-                                 queue=load.queue_free))
+                                 queue=load.queue_free, coord=load.coord_free))
         return out

@@ -35,6 +35,8 @@ from .lifecycle import AttemptState, TaskState, Why
 from .messages import Load
 from .tasks import Round, Task
 
+COORDINATOR_CANDIDATES = 3     # peers asked to coordinate one composite
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -48,6 +50,7 @@ class Candidate:
     labels: dict[str, str]
     load: Load                  # its last load signal (for fit checks)
     queue: int = 0              # room in its local queue: used only while our own queue is deep
+    coord: int = 0              # composites it would coordinate on top of those it does
 
 
 @dataclass(slots=True)
@@ -58,13 +61,19 @@ class Announcement:
 
 
 def unclaimed(candidates: list[Candidate], active: Iterable[Task], self_id: str,
-              now: float) -> tuple[dict[str, int], list[Task], bool]:
+              now: float) -> tuple[dict[str, int], list[Task], list[Task], bool]:
     """(free units per peer not yet claimed by our rounds, standby bids and unanswered awards to
-    ourselves; the tasks waiting to be announced now; whether the queued tasks have mixed levels)."""
+    ourselves; the tasks waiting to be announced now; the composites among them (they need a
+    coordinator, not a slot); whether the queued tasks have mixed levels)."""
     units = {c.id: c.free for c in candidates}
     waiting: list[Task] = []
+    composites: list[Task] = []
     levels: set[int] = set()
     for task in active:
+        if not task.holds_slots:
+            if task.state is TaskState.QUEUED and task.round is None and task.not_before <= now:
+                composites.append(task)
+            continue
         if task.state is TaskState.QUEUED:
             levels.add(task.base_level)
             if task.round is None and task.not_before <= now:
@@ -78,7 +87,7 @@ def unclaimed(candidates: list[Candidate], active: Iterable[Task], self_id: str,
         if att is not None and att.state is AttemptState.AWARDED and att.node == self_id:
             units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
     waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
-    return units, waiting, len(levels) > 1
+    return units, waiting, composites, len(levels) > 1
 
 
 def use_queues(candidates: list[Candidate], units: dict[str, int], waiting: int, mixed: bool,
@@ -137,6 +146,26 @@ def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int]
         out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
         if room <= 0:
             break
+    return out
+
+
+def plan_coordinators(composites: list[Task], candidates: list[Candidate],
+                      record: Callable[[str], policy.ContractorRecord],
+                      may_award_directly: Callable[[Task, Candidate], bool], rng: random.Random,
+                      now: float) -> list[Announcement]:
+    """Whom each waiting composite asks to coordinate it: peers with room for one more coordination
+    (no slot is needed), those with the most room first; COORDINATOR_CANDIDATES of them bid."""
+    room = {c.id: c.coord for c in candidates if c.coord > 0 and record(c.id).allows_award(now)}
+    out: list[Announcement] = []
+    for task in composites:
+        free = [c for c in candidates if room.get(c.id, 0) > 0]
+        if not free:
+            task.says(Why.BUSY, "waiting for a peer with room to coordinate it")
+            continue
+        chosen = policy.sample_candidates(free, room, task.avoid, COORDINATOR_CANDIDATES, rng)
+        for c in chosen:
+            room[c.id] -= 1
+        out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
     return out
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codec import Envelope
+from .decompose import total_parts
 from .errors import LocalProtocolError
 from .lifecycle import (
     HOLDS_SLOT,
@@ -36,7 +37,7 @@ from .lifecycle import (
     check_attempt_move,
     check_task_move,
 )
-from .messages import Refuse, TaskSpec, from_body, priority_level, to_body
+from .messages import PartResult, Refuse, Result, TaskSpec, from_body, priority_level, to_body
 
 AGING_STEP = 30.0               # seconds of waiting that raise a task's priority by one level
 FINISHED_RETENTION = 1000       # finished tasks kept in memory (older ones live only in the store)
@@ -110,6 +111,23 @@ class Task:
     promised_start: float = 0.0
     wait_deadline: float | None = None
     spec_body: dict[str, Any] | None = None   # the spec as a plain map, built once (the spec never changes)
+    last_result: Result | None = None       # the result that ended the current attempt (a part's: its tails)
+    parts: dict[str, PartResult] = field(default_factory=dict)   # a composite: its parts that ended
+    parts_total: int = 0                    # a composite: how many parts it has (decompose.total_parts)
+
+    def __post_init__(self) -> None:
+        if self.spec.composite is not None and not self.parts_total:
+            self.parts_total = total_parts(self.spec.composite)
+
+    @property
+    def holds_slots(self) -> bool:
+        """Its attempts take a slot where they run (a composite's coordination takes none)."""
+        return self.spec.composite is None
+
+    @property
+    def ephemeral(self) -> bool:
+        """A part of a composite: not persisted by the coordinator that manages it (coordinator.py)."""
+        return bool(self.spec.parent)
 
     @property
     def current(self) -> Attempt | None:
@@ -143,14 +161,24 @@ class Task:
             "command": list(self.spec.argv), "name": self.spec.name, "spec": self.spec_body,
             "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
             "avoid": sorted(self.avoid), "counter": self.counter,
-        }
+        } | ({"composite": True, "progress": self.progress()} if self.spec.composite is not None else {}) \
+          | ({"parent": self.spec.parent} if self.spec.parent else {})
+
+    def progress(self) -> dict[str, int]:
+        """A composite's parts: how many ended, of how many, and how many of those did not succeed."""
+        failed = sum(1 for r in self.parts.values() if r.state != "succeeded")
+        return {"done": len(self.parts), "total": self.parts_total, "failed": failed}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Task":
-        return cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
+        task = cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
                    TaskState(doc["state"]), [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"),
                    doc.get("reason", ""), doc.get("finished"), doc.get("reason_code", ""), doc.get("boost", 0),
                    doc.get("failures", 0), doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0))
+        for part in doc.get("parts_done", ()):           # a composite's parts, kept apart by the driver
+            result = from_body(PartResult, part)
+            task.parts[result.key] = result
+        return task
 
     def says(self, why: str, reason: str) -> None:
         """Why the task waits (or ended): a code for programs and a sentence for people."""
@@ -189,7 +217,7 @@ class TaskIndex:
         self.active[task.id] = task
         self.counts[task.state] += 1
         att = task.current
-        if att is not None and att.state in HOLDS_SLOT:
+        if att is not None and att.state in HOLDS_SLOT and task.holds_slots:
             self.holding[att.node] += 1
 
     def move(self, task: Task, new: TaskState) -> None:
@@ -204,7 +232,7 @@ class TaskIndex:
         if new in TERMINAL:
             task.round = None
             att = task.current
-            if att is not None and att.state in HOLDS_SLOT:     # finished before its attempt ended
+            if att is not None and att.state in HOLDS_SLOT and task.holds_slots:   # its attempt had not ended
                 self._release(att.node)
             if self.active.pop(task.id, None) is not None:
                 self._retire(task.id)
@@ -216,14 +244,15 @@ class TaskIndex:
         if task.current is not None or attempt.state is not AttemptState.AWARDED:
             raise LocalProtocolError(f"task {task.id}: award of {attempt.attempt} over a live attempt")
         task.attempts.append(attempt)
-        self.holding[attempt.node] += 1
+        if task.holds_slots:
+            self.holding[attempt.node] += 1
 
     def move_attempt(self, task: Task, att: Attempt, new: AttemptState, why: str | None = None,
                      reason: str | None = None, ended: int | None = None) -> None:
         """Change an attempt's state (checked against lifecycle.ATTEMPT_MOVES); its reason code and
         sentence, and `ended` (wall ms), are recorded with it when given."""
         check_attempt_move(task.id, att.attempt, att.state, new)
-        if att is task.current and task.id in self.active:
+        if att is task.current and task.id in self.active and task.holds_slots:
             if new in HOLDS_SLOT and att.state not in HOLDS_SLOT:
                 self.holding[att.node] += 1
             elif att.state in HOLDS_SLOT and new not in HOLDS_SLOT:
@@ -251,7 +280,8 @@ class TaskIndex:
     def validate(self) -> None:
         """The kept counts equal a recount (called by Node.validate_state)."""
         counts = Counter(t.state for t in self.active.values())
-        holding = Counter(a.node for t in self.active.values() if (a := t.current) and a.state in HOLDS_SLOT)
+        holding = Counter(a.node for t in self.active.values()
+                          if (a := t.current) and a.state in HOLDS_SLOT and t.holds_slots)
         if +counts != +self.counts:
             raise LocalProtocolError(f"task counts {dict(+self.counts)} != recount {dict(counts)}")
         if holding != +self.holding:

@@ -22,11 +22,13 @@ from typing import Any, Callable, Iterator
 from ..driver import Driver
 from ..protocol import codec
 from ..protocol.effects import (
+    BEFORE,
     Audit,
     ForgetAttempt,
     KillTask,
     Log,
     PersistAttempt,
+    PersistParts,
     PersistTask,
     ProveAudit,
     Relay,
@@ -47,7 +49,7 @@ from ..protocol.events import (
     TaskSubmitted,
 )
 from ..protocol.inbound import FrameGate
-from ..protocol.messages import AuditProof, Outcome, TaskSpec
+from ..protocol.messages import AuditProof, Outcome, TaskSpec, to_body
 from ..protocol.node import Node, NodeSettings
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from ..protocol.tasks import Task
@@ -124,6 +126,7 @@ class SimCluster:
         self.frames_sent = 0
         self.bytes_sent = 0
         self.completions: list[tuple[str, str, int]] = []     # (node, task, attempt) per exited process
+        self.runs: list[tuple[str, float, StartTask]] = []    # (node, time, effect) per started process
 
     # -- building -------------------------------------------------------------------------------
 
@@ -243,7 +246,9 @@ class SimCluster:
         sim.gate = FrameGate(self.trust)
         sim.driver = self._driver(old.id, sim)
         self.deliver(old.id, ResourcesRead(old.contractor.capacity))
-        unfinished = [d for d in sim.disk.table("tasks").values() if d["state"] in ("queued", "assigned", "running")]
+        parts = sim.disk.table("parts")
+        unfinished = [dict(d, parts_done=[p for (task_id, _), p in parts.items() if task_id == d["id"]])
+                      for d in sim.disk.table("tasks").values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
                                             list(sim.disk.table("attempts").values())))
         for address in self.seed_addresses(old.id):
@@ -281,10 +286,16 @@ class SimCluster:
                 effect.old_size, effect.new_size, [], error="the simulator keeps no audit log")))
 
         disk = sim.disk
+
+        def persist_parts(effect: PersistParts) -> None:
+            for part in effect.parts:
+                disk.put("parts", (effect.task_id, part.key), to_body(part), BEFORE)
+
         handlers: dict[type, Callable[[Any], None]] = {
             Send: send, Relay: relay, KillTask: kill, ProveAudit: prove,
             StartTask: lambda e: self._start(nid, e),
             PersistTask: lambda e: disk.put("tasks", e.doc["id"], e.doc, e.when),
+            PersistParts: persist_parts,
             PersistAttempt: lambda e: disk.put("attempts", (e.doc["task_id"], e.doc["attempt"]), e.doc, e.when),
             ForgetAttempt: lambda e: disk.delete("attempts", (e.task_id, e.attempt)),
             StoreOutput: lambda e: sim.outputs.__setitem__((e.task_id, e.attempt), (e.stdout, e.stderr)),
@@ -314,6 +325,7 @@ class SimCluster:
         sim = self.nodes[nid]
         key = (effect.task_id, effect.attempt)
         sim.started[key] = self.now
+        self.runs.append((sim.node.settings.name, self.now, effect))
         self._at(self.now, lambda: self.deliver(nid, TaskStarted(effect.task_id, effect.attempt, 1000)))
         argv = effect.spec.argv
         if argv[0] == "sleep":
