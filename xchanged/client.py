@@ -146,14 +146,48 @@ class Client:
     def submit_specs(self, specs: list[dict]) -> list[dict]:
         return self.call("submit", specs=specs)
 
+    def submit_spec(self, spec: dict | str | os.PathLike, base_dir: str | os.PathLike | None = None) -> str:
+        """Submit one task spec, given as a spec file's path or as a dict of the same shape (a single
+        task, an array, or a DAG; see specfile.py); returns its id. Raises specfile.SpecFileError."""
+        from . import specfile
+
+        if isinstance(spec, dict):
+            bodies = specfile.from_dict(spec, "<spec>", Path(base_dir) if base_dir else None)
+        else:
+            bodies = specfile.load(spec)
+        if len(bodies) != 1:
+            raise ValueError(f"the spec describes {len(bodies)} independent tasks: use submit_specs")
+        return self.submit_specs(bodies)[0]["id"]
+
+    def submit_array(self, argv: list[str], items: Iterable[Any], *, chunk: int = 1,
+                     reduce: list[str] | None = None, fail_fast: bool = False, max_parallel: int | None = None,
+                     name: str = "", **options: Any) -> str:
+        """Submit one composite: `argv` (a template with {item}, {index}, {items}) for each item, in
+        parts of `chunk` items, then `reduce` with their results; returns the composite's id."""
+        spec: dict[str, Any] = {"command": list(argv), "items": [str(i) for i in items], "chunk": chunk,
+                                "fail_fast": fail_fast, **options}
+        if name:
+            spec["name"] = name
+        if reduce is not None:
+            spec["reduce"] = list(reduce)
+        if max_parallel is not None:
+            spec["max_parallel"] = max_parallel
+        return self.submit_spec(spec)
+
+    def resubmit(self, task_id: str) -> dict:
+        """Run an ended composite again as a new task; only its parts that did not succeed run."""
+        return self.call("resubmit", id=task_id)
+
     def status(self, task_id: str) -> dict:
         return self.call("status", id=task_id)
 
     def tasks(self, state: str | None = None) -> list[dict]:
         return self.call("tasks", state=state)
 
-    def logs(self, task_id: str, attempt: int | None = None) -> dict:
-        return self.call("logs", id=task_id, attempt=attempt)
+    def logs(self, task_id: str, attempt: int | None = None, part: str | None = None) -> dict:
+        """Captured output of a task's attempt (default: the last), or of one part of a composite
+        (`part`: its key, like "3" or "build[2]", or the part's own id)."""
+        return self.call("logs", id=task_id, attempt=attempt, part=part)
 
     def cancel(self, task_id: str) -> dict:
         return self.call("cancel", id=task_id)

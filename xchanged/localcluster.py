@@ -82,11 +82,14 @@ def wait_answering(name: str, process: subprocess.Popen | None, client: Callable
 
 class LocalCluster:
     def __init__(self, slots: list[int] | int = 3, base_dir: Path | None = None,
-                 labels: list[dict[str, str]] | None = None, settings: dict[str, dict] | None = None):
+                 labels: list[dict[str, str]] | None = None, settings: dict[str, dict] | None = None,
+                 node_settings: dict[int, dict[str, dict]] | None = None):
+        """`settings`: config sections for every node; `node_settings`: more for one node, by index."""
         slot_list = [2] * slots if isinstance(slots, int) else list(slots)
         self._own_dir = base_dir is None
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="xchanged-"))
         self.settings = settings or {}
+        self.node_settings = node_settings or {}
         self.nodes: list[LocalNode] = []
         for i, n in enumerate(slot_list):
             name = f"node{i + 1}"
@@ -109,8 +112,9 @@ class LocalCluster:
             # every node reads the same host's CPU: one node's busy tasks must not make all refuse
             "bidding": {"overload_cpu_percent": 100},
         }
-        for section, values in self.settings.items():
-            sections.setdefault(section, {}).update(values)
+        for extra in (self.settings, self.node_settings.get(self.nodes.index(node), {})):
+            for section, values in extra.items():
+                sections.setdefault(section, {}).update(values)
         lines = []
         for section, values in sections.items():
             lines.append(f"[{section}]")

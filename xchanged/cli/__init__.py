@@ -2,8 +2,9 @@
 
 One module per group of commands, each listing what it adds in `COMMANDS`:
 
-    setup    init, run, config check, demo       tasks    submit, status, tasks, logs, cancel
-    cluster  peers, stats, top                   audit    audit show/verify/export/prove/evidence
+    setup    init, run, config check, demo       tasks      submit, status, tasks, logs, cancel
+    cluster  peers, stats, top                   composite  resubmit (and the parts views of tasks)
+    audit    audit show/verify/export/prove/evidence
 
 To add a command, write it in one of these modules (or in a new one, imported and listed below) and
 put it in that module's COMMANDS; shared options, output helpers and exit codes are in `common`.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import audit, cluster, setup, tasks
+from . import audit, cluster, composite, setup, tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +27,7 @@ def main() -> None:
     """xchanged: share work across a fleet of hosts by signed Contract Net bidding."""
 
 
-for _module in (setup, tasks, cluster, audit):
+for _module in (setup, tasks, composite, cluster, audit):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 del _module, _command

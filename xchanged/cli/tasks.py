@@ -8,8 +8,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from .. import specfile
 from ..client import Client, build_spec
+from . import composite
 from .common import (
+    Exit,
     call_daemon,
     client_for,
     clock_time,
@@ -25,7 +28,7 @@ from .common import (
 @click.command(context_settings={"ignore_unknown_options": False})
 @config_option
 @click.option("-f", "--file", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="task spec TOML ([task] or [[task]] tables)")
+              help="task spec TOML: [task] or [[task]] tables, an array, or a DAG of [tasks.NAME] (README)")
 @click.option("--cpus", type=float, default=1.0, show_default=True)
 @click.option("--mem", default="0", help="memory, e.g. 512M, 4G")
 @click.option("--gpus", type=int, default=0)
@@ -47,7 +50,7 @@ def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority,
     """Submit a task: xchanged submit [options] -- CMD ARG..."""
     try:
         if spec_file is not None:
-            specs = _specs_from_file(spec_file)
+            specs = specfile.load(spec_file)
         elif command:
             specs = [build_spec(list(command), cpus=cpus, mem=mem, gpus=gpus, gpu_mem=gpu_mem,
                                 labels=key_values(label, "--label"), prefer=key_values(prefer, "--prefer"),
@@ -55,6 +58,8 @@ def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority,
                                 env=key_values(env, "--env"), cwd=cwd, name=name)]
         else:
             raise click.UsageError("give a command after --, or a spec file with -f")
+    except specfile.SpecFileError as exc:
+        raise Exit(str(exc), 2) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with client_for(config) as client:
@@ -66,40 +71,14 @@ def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority,
                 for doc in docs:
                     click.echo(doc["id"])
             return
-        finals = [_wait_with_progress(client, doc["id"], quiet=as_json) for doc in docs]
+        finals = [composite.wait_with_bar(client, doc["id"], quiet=as_json) if doc.get("composite")
+                  else _wait_with_progress(client, doc["id"], quiet=as_json) for doc in docs]
     if as_json:
         print_json(finals[0] if len(finals) == 1 else finals)
     failed = [d for d in finals if d["state"] != "succeeded"]
     if failed:
         code = failed[0].get("exit_code")
         sys.exit(code if isinstance(code, int) and 0 < code < 256 else 1)
-
-
-def _specs_from_file(path: Path) -> list[dict]:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    tables = data.get("task")
-    if isinstance(tables, dict):
-        tables = [tables]
-    if not isinstance(tables, list) or not tables:
-        raise ValueError(f"{path}: expected a [task] table or [[task]] tables")
-    specs = []
-    for i, table in enumerate(tables):
-        table = dict(table)
-        command = table.pop("command", None)
-        if isinstance(command, str):
-            command = ["sh", "-c", command]
-        if not isinstance(command, list):
-            raise ValueError(f"{path}: task {i}: 'command' must be a list of strings or a shell string")
-        try:
-            specs.append(build_spec(command, **table))
-        except TypeError as exc:
-            raise ValueError(f"{path}: task {i}: {exc}") from None
-    return specs
 
 
 def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
@@ -117,9 +96,10 @@ def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
 @click.command()
 @config_option
 @json_option
+@click.option("--all-parts", is_flag=True, help="a composite: list every part (default: the first 20)")
 @click.argument("task_id")
-def status(config, as_json, task_id) -> None:
-    """One task: state, node, attempts, exit code, times."""
+def status(config, as_json, all_parts, task_id) -> None:
+    """One task: state, node, attempts, exit code, times (a composite: its parts too)."""
     with client_for(config) as client:
         doc = call_daemon(lambda: client.status(task_id))
     if as_json:
@@ -138,6 +118,8 @@ def status(config, as_json, task_id) -> None:
                       clock_time(a["ended"]), a["reason"] or "")
     if doc["attempts"]:
         console.print(table)
+    if doc.get("composite"):
+        composite.print_parts(doc, None if all_parts else 20)
 
 
 @click.command()
@@ -153,8 +135,11 @@ def tasks(config, as_json, state) -> None:
         return
     table = Table("id", "state", "priority", "node", "attempts", "exit", "command")
     for d in docs:
+        progress = d.get("progress")
+        what = (f"{d.get('name') or 'composite'}: {progress['done']}/{progress['total']} parts" if progress
+                else " ".join(d.get("command", []))[:60])
         table.add_row(d["id"], d["state"], d["priority"], d.get("node") or "-", str(len(d["attempts"])),
-                      "-" if d.get("exit_code") is None else str(d["exit_code"]), " ".join(d.get("command", []))[:60])
+                      "-" if d.get("exit_code") is None else str(d["exit_code"]), what)
     console.print(table)
 
 
@@ -162,15 +147,18 @@ def tasks(config, as_json, state) -> None:
 @config_option
 @click.option("--stderr", "show_stderr", is_flag=True, help="print the captured stderr instead")
 @click.option("--attempt", type=int, default=None)
+@click.option("--part", default=None, help="a composite: the part's key (like 3 or build[2])")
 @json_option
 @click.argument("task_id")
-def logs(config, show_stderr, attempt, as_json, task_id) -> None:
-    """Captured output of the task's last attempt."""
+def logs(config, show_stderr, attempt, part, as_json, task_id) -> None:
+    """Captured output of the task's last attempt (or of one part of a composite)."""
     with client_for(config) as client:
-        doc = call_daemon(lambda: client.logs(task_id, attempt))
+        doc = call_daemon(lambda: client.logs(task_id, attempt, part))
     if as_json:
         print_json(doc)
         return
+    if doc.get("note"):
+        err_console.print(f"({doc['note']})")
     click.echo(doc["stderr"] if show_stderr else doc["stdout"], nl=False)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .codec import Envelope
-from .messages import GpuInfo, TaskSpec
+from .messages import GpuInfo, PartResult, TaskSpec
 
 
 class Instant(NamedTuple):
@@ -52,11 +52,14 @@ class TimerFired:
 
 @dataclass(frozen=True, slots=True)
 class TaskSubmitted:
-    """A client submitted a task; the core assigns nothing until this is handled."""
+    """A client submitted a task; the core assigns nothing until this is handled. A resubmitted
+    composite (`xchanged resubmit`) names the one it reruns and brings the parts that succeeded there."""
 
     request_id: int
     task_id: str
     spec: TaskSpec
+    resubmit_of: str = ""
+    done: tuple[PartResult, ...] = ()
     stimulus_id: str = ""
 
 

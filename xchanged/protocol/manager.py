@@ -36,7 +36,19 @@ from .codec import Envelope
 from .effects import SYNC, PersistParts, Reply, StoreOutput
 from .errors import LocalProtocolError
 from .lifecycle import HOLDS_SLOT, TASK_OF_ATTEMPT, TERMINAL, AttemptState, TaskState, Why
-from .messages import PRIORITIES, Accept, Ack, Cancel, Load, Outcome, PartsAck, Progress, Result, TaskSpec
+from .messages import (
+    PRIORITIES,
+    Accept,
+    Ack,
+    Cancel,
+    Load,
+    Outcome,
+    PartResult,
+    PartsAck,
+    Progress,
+    Result,
+    TaskSpec,
+)
 from .negotiation import ManagerSettings, Negotiation
 from .tasks import Attempt, Task
 
@@ -56,14 +68,19 @@ class Manager(Negotiation):
 
     # -- client requests ------------------------------------------------------------------------------
 
-    def submit(self, request_id: int, task_id: str, spec: TaskSpec, now: float, wall_ms: int) -> None:
+    def submit(self, request_id: int, task_id: str, spec: TaskSpec, now: float, wall_ms: int,
+               resubmit_of: str = "", done: tuple[PartResult, ...] = ()) -> None:
         if task_id in self.tasks:
             self.out.emit(Reply, request_id=request_id, ok=False, error=f"task {task_id} already exists")
             return
         self._order += 1
-        task = Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id)
+        task = Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id,
+                    origin=resubmit_of)
+        task.parts = {p.key: p for p in done if p.state == "succeeded"}   # a rerun: its coordinator skips these
         self.index.add(task)
         self.stats["submitted"] += 1
+        if task.parts:
+            self.out.emit(PersistParts, task_id=task_id, parts=tuple(task.parts.values()))
         self._persist(task, SYNC)                # the reply promises the task is kept: on disk first
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 

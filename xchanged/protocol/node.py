@@ -124,7 +124,8 @@ class Node:
         elif isinstance(event, TimerFired):
             self._on_timer(mono, wall)
         elif isinstance(event, TaskSubmitted):
-            self.manager.submit(event.request_id, event.task_id, event.spec, mono, wall)
+            self.manager.submit(event.request_id, event.task_id, event.spec, mono, wall, event.resubmit_of,
+                                event.done)
         elif isinstance(event, CancelRequested):
             self.manager.cancel(event.request_id, event.task_id, mono, wall)
         elif isinstance(event, TaskStarted):

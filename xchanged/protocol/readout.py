@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .lifecycle import TaskState
-from .messages import Bid, Load, Requirements
+from .messages import Bid, Load, PartResult, Requirements
 
 if TYPE_CHECKING:
     from .node import Node
@@ -67,6 +67,12 @@ def task_doc(node: Node, task_id: str) -> dict[str, Any] | None:
     """A task's status document, or None when not in memory (unknown, or finished long ago)."""
     task = node.manager.tasks.get(task_id)
     return task.to_doc() if task is not None else None
+
+
+def parts(node: Node, task_id: str) -> list[PartResult] | None:
+    """A composite's parts that ended, as its manager keeps them; None when not in memory."""
+    task = node.manager.tasks.get(task_id)
+    return None if task is None else list(task.parts.values())
 
 
 def task_docs(node: Node, state: str | None = None) -> list[dict[str, Any]]:

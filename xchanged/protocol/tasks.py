@@ -97,6 +97,7 @@ class Task:
     losses: int = 0
     avoid: set[str] = field(default_factory=set)
     counter: int = 0            # last attempt number handed out
+    origin: str = ""            # the composite this one reruns (xchanged resubmit)
     # transient, rebuilt after a restart
     stimulus: str = ""          # the input that last changed the task: what its next effects answer to
     queued_since: float = 0.0
@@ -160,7 +161,7 @@ class Task:
             "reason": self.reason, "reason_code": self.why, "submitted": self.submitted, "finished": self.finished,
             "command": list(self.spec.argv), "name": self.spec.name, "spec": self.spec_body,
             "order": self.order, "boost": self.boost, "failures": self.failures, "losses": self.losses,
-            "avoid": sorted(self.avoid), "counter": self.counter,
+            "avoid": sorted(self.avoid), "counter": self.counter, "resubmit_of": self.origin,
         } | ({"composite": True, "progress": self.progress()} if self.spec.composite is not None else {}) \
           | ({"parent": self.spec.parent} if self.spec.parent else {})
 
@@ -174,7 +175,8 @@ class Task:
         task = cls(doc["id"], from_body(TaskSpec, doc["spec"]), doc["submitted"], doc["order"],
                    TaskState(doc["state"]), [Attempt.from_doc(a) for a in doc["attempts"]], doc.get("exit_code"),
                    doc.get("reason", ""), doc.get("finished"), doc.get("reason_code", ""), doc.get("boost", 0),
-                   doc.get("failures", 0), doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0))
+                   doc.get("failures", 0), doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0),
+                   doc.get("resubmit_of", ""))
         for part in doc.get("parts_done", ()):           # a composite's parts, kept apart by the driver
             result = from_body(PartResult, part)
             task.parts[result.key] = result

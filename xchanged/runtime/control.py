@@ -19,11 +19,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+import msgpack
+
 from .. import __version__
+from ..protocol import decompose
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
 from ..protocol.lifecycle import TERMINAL
-from ..protocol.messages import TaskSpec, from_body
+from ..protocol.messages import PartResult, TaskSpec, from_body, to_body
 from . import views
 from .transport import ControlError
 
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 #: How long a `wait` op waits when the request names no timeout (seconds).
 DEFAULT_WAIT = 30.0
+#: Largest composite spec accepted (encoded): it travels in one award frame (codec.MAX_FRAME).
+MAX_SPEC_BYTES = 2 << 20
 
 
 def new_task_id() -> str:
@@ -54,7 +59,7 @@ class Control:
         self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
             "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
             "wait": self.wait, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
-            "audit_evidence": self.audit_evidence, "stats": self.stats,
+            "audit_evidence": self.audit_evidence, "stats": self.stats, "resubmit": self.resubmit,
         }
 
     async def handle(self, op: str, args: dict) -> Any:
@@ -80,11 +85,30 @@ class Control:
         parsed = []
         for i, body in enumerate(specs):
             try:
-                parsed.append(from_body(TaskSpec, body))
+                spec = from_body(TaskSpec, body)
+                if spec.composite is not None:
+                    decompose.validate(spec.composite)
             except RemoteProtocolError as exc:
                 raise ControlError(f"task spec {i}: {exc.detail}") from None
+            except decompose.SpecError as exc:
+                raise ControlError(f"task spec {i}: {exc}") from None
+            if spec.composite is not None and len(msgpack.packb(body, use_bin_type=True)) > MAX_SPEC_BYTES:
+                raise ControlError(f"task spec {i}: the composite is larger than {MAX_SPEC_BYTES >> 20} MiB; "
+                                   "use range or chunk instead of long item lists")
+            parsed.append(spec)
         futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
         return list(await asyncio.gather(*futures))
+
+    async def resubmit(self, args: dict) -> dict:
+        """Run an ended composite again as a new task: only the parts that did not succeed run."""
+        old = self.task_doc(str(args.get("id")))
+        if not old.get("composite"):
+            raise ControlError(f"{old['id']} is not a composite task; submit it again instead")
+        if old["state"] not in TERMINAL:
+            raise ControlError(f"{old['id']} is still {old['state']}; cancel it or wait for it first")
+        spec = from_body(TaskSpec, old["spec"])
+        done = tuple(p for p in self.part_results(old["id"]) if p.state == "succeeded")
+        return await self._request(lambda rid: TaskSubmitted(rid, new_task_id(), spec, old["id"], done))
 
     async def cancel(self, args: dict) -> dict:
         task_id = str(args.get("id"))
@@ -127,7 +151,19 @@ class Control:
         return {"id": d.id, "name": d.config.node.name, "address": d.address, "version": __version__}
 
     async def status(self, args: dict) -> dict:
-        return self.task_doc(str(args.get("id")))
+        doc = self.task_doc(str(args.get("id")))
+        if doc.get("composite"):
+            doc = dict(doc, parts=[to_body(p) for p in self.part_results(doc["id"], doc)])
+        return doc
+
+    def part_results(self, task_id: str, doc: dict | None = None) -> list[PartResult]:
+        """A composite's parts that ended, in the order of its steps (memory, else the store)."""
+        found = views.parts(self.daemon.node, task_id)
+        if found is None:
+            found = [from_body(PartResult, p) for p in self.daemon.store.parts(task_id)]
+        doc = doc or self.task_doc(task_id)
+        order = {key: i for i, key in enumerate(decompose.keys(from_body(TaskSpec, doc["spec"]).composite))}
+        return sorted(found, key=lambda p: order.get(p.key, len(order)))
 
     async def tasks(self, args: dict) -> list[dict]:
         state = args.get("state")
@@ -140,7 +176,12 @@ class Control:
         return docs
 
     async def logs(self, args: dict) -> dict:
-        doc = self.task_doc(str(args.get("id")))
+        task_id, part = str(args.get("id")), args.get("part")
+        if part is None and "/" in task_id and views.task(self.daemon.node, task_id) is None:
+            task_id, part = task_id.split("/", 1)[0], task_id          # a part's own id: ask its composite
+        if part is not None:
+            return self._part_logs(task_id, str(part))
+        doc = self.task_doc(task_id)
         out = self.daemon.store.output(doc["id"], args.get("attempt"))
         if out is None:
             raise ControlError(f"no output recorded for {doc['id']} yet (state {doc['state']})")
@@ -162,6 +203,21 @@ class Control:
         now = time.monotonic()
         return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
                     duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped)
+
+    def _part_logs(self, task_id: str, part: str) -> dict:
+        """A part's output: all of it where this node managed the part, else the tails its report kept."""
+        results = self.part_results(task_id)
+        found = next((p for p in results if part in (p.key, p.task)), None)
+        if found is None:
+            raise ControlError(f"no part {part!r} of {task_id} has ended yet")
+        out = self.daemon.store.output(found.task) if found.manager == self.daemon.id else None
+        if out is not None:
+            return {"id": found.task, "part": found.key, "attempt": out[0], "complete": True,
+                    "stdout": out[1].decode(errors="replace"), "stderr": out[2].decode(errors="replace")}
+        return {"id": found.task, "part": found.key, "attempt": None, "complete": False,
+                "stdout": found.stdout_tail, "stderr": found.stderr_tail,
+                "note": f"the last {decompose.TAIL_CHARS} characters; the whole output is kept by the node "
+                        f"that coordinated the part ({found.manager})"}
 
     def task_doc(self, task_id: str) -> dict:
         """A task's document from memory, else from the store; ControlError if neither has it."""

@@ -36,6 +36,7 @@ from ..protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistParts,
     PersistTask,
     ProveAudit,
     Relay,
@@ -48,7 +49,7 @@ from ..protocol.events import AuditHeadSigned, FrameDropped, Instant, ResourcesR
 from ..protocol.inbound import FrameGate
 from ..protocol.lifecycle import TERMINAL
 from ..protocol.membership import GossipSettings
-from ..protocol.messages import AuditProof
+from ..protocol.messages import AuditProof, to_body
 from ..protocol.node import Node, NodeSettings
 from ..protocol.readout import Counters
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
@@ -198,7 +199,8 @@ class Daemon:
             name=c.node.name, address=self.address, slots=c.node.slots, labels=dict(c.node.labels),
             gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
             max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
-            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch)
+            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch,
+            max_coordinations=c.node.coordinations)
         return Node(self.id, settings, random.Random(os.urandom(16)))
 
     async def run(self) -> None:
@@ -211,10 +213,13 @@ class Daemon:
         self.node = self._build_node()
         self.driver = self._build_driver()
         self._sign_head()
-        self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace)
+        self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace,
+                                 scratch=self.config.node.state_dir / "scratch")
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
-        self._handle(StateRecovered(self.store.unfinished_tasks(), self._recover_attempts()))
+        tasks = [dict(d, parts_done=self.store.parts(d["id"])) if d.get("composite") else d
+                 for d in self.store.unfinished_tasks()]         # a composite's reported parts come back with it
+        self._handle(StateRecovered(tasks, self._recover_attempts()))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
@@ -374,6 +379,7 @@ class Daemon:
         handlers: dict[type, Any] = {
             PersistTask: persist_task,
             PersistAttempt: lambda e: store.put_attempt(e.doc, e.when),
+            PersistParts: lambda e: store.put_parts(e.task_id, [to_body(p) for p in e.parts]),
             ForgetAttempt: lambda e: store.delete_attempt(e.task_id, e.attempt),
             StoreOutput: lambda e: store.put_output(e.task_id, e.attempt, e.stdout, e.stderr),
             Audit: lambda e: self.audit.append(e.entry),

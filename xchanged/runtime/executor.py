@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import psutil
@@ -113,6 +116,7 @@ class Executor:
     emit: Callable[[object], None]      # feeds TaskStarted / TaskExited back to the daemon loop
     max_output: int = 1 << 20
     kill_grace: float = 2.0
+    scratch: Path | None = None         # where a reduce's input file is written (default: the temp dir)
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
 
     def start(self, task_id: str, attempt: int, spec: TaskSpec, extra_env: dict[str, str]) -> None:
@@ -139,10 +143,32 @@ class Executor:
         _signal_group(proc.pid, signal.SIGKILL)   # also reaps stragglers that ignored SIGTERM
 
     async def _run(self, key: tuple[str, int], spec: TaskSpec, extra_env: dict[str, str]) -> None:
-        task_id, attempt = key
         run = self.runs[key]
         env = {**os.environ, **spec.env, **extra_env}
         started = time.monotonic()
+        inputs = self._write_parts_input(key, spec)
+        if inputs is not None:
+            env["XCHANGED_PARTS"] = str(inputs)
+        try:
+            await self._exec(key, run, spec, env, started)
+        finally:
+            if inputs is not None:
+                inputs.unlink(missing_ok=True)
+
+    def _write_parts_input(self, key: tuple[str, int], spec: TaskSpec) -> Path | None:
+        """A reduce's input: its composite's part results as JSON lines, in a file of its own."""
+        if spec.parts_input is None:
+            return None
+        directory = self.scratch or Path(tempfile.gettempdir())
+        directory.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{key[0]}-{key[1]}") + ".parts.jsonl"
+        path = directory / name
+        path.write_text(spec.parts_input)
+        return path
+
+    async def _exec(self, key: tuple[str, int], run: _Run, spec: TaskSpec, env: dict[str, str],
+                    started: float) -> None:
+        task_id, attempt = key
         try:
             if spec.cwd and not os.path.isdir(spec.cwd):
                 raise FileNotFoundError(f"working directory {spec.cwd!r} does not exist")

@@ -15,7 +15,8 @@ any effect that depends on the write (a reply to the client, a message to a peer
 
 Contractor attempt records (`put_attempt`, msgpack documents since results carry raw output bytes)
 are handed back to the core at start-up (`StateRecovered.attempts`) and deleted on the manager's ack.
-Schema 2 added the `attempts` table; opening a version-1 file creates it (nothing else changed).
+Schema 2 added the `attempts` table, schema 3 the `parts` table (a composite's parts that ended, kept by
+the node that manages the composite); opening an older file creates them (nothing else changed).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import msgpack
 
 from ..protocol.effects import AFTER, BEFORE, LAZY, SYNC
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -46,6 +47,12 @@ CREATE TABLE IF NOT EXISTS outputs (
     stdout BLOB NOT NULL,
     stderr BLOB NOT NULL,
     PRIMARY KEY (task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS parts (
+    task_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    doc BLOB NOT NULL,
+    PRIMARY KEY (task_id, key)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     task_id TEXT NOT NULL,
@@ -95,6 +102,16 @@ class Store:
     def put_output(self, task_id: str, attempt: int, stdout: bytes, stderr: bytes) -> None:
         self._begin()
         self.db.execute("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?)", (task_id, attempt, stdout, stderr))
+
+    def put_parts(self, task_id: str, parts: list[dict]) -> None:
+        """A composite's parts that ended (PartResult bodies), written before the coordinator is told."""
+        self._begin(BEFORE)
+        self.db.executemany("INSERT OR REPLACE INTO parts VALUES (?, ?, ?)",
+                            [(task_id, p["key"], msgpack.packb(p, use_bin_type=True)) for p in parts])
+
+    def parts(self, task_id: str) -> list[dict]:
+        rows = self.db.execute("SELECT doc FROM parts WHERE task_id = ?", (task_id,))
+        return [msgpack.unpackb(doc, raw=False) for (doc,) in rows]
 
     def put_attempt(self, doc: dict, when: str = BEFORE) -> None:
         self._begin(when)

@@ -9,8 +9,13 @@ inside, neither this module nor its callers follow.
 from __future__ import annotations
 
 from ..protocol import policy, readout
-from ..protocol.messages import to_body
+from ..protocol.messages import PartResult, to_body
 from ..protocol.node import Node
+
+
+def parts(node: Node, task_id: str) -> list[PartResult] | None:
+    """A composite's parts that ended, from memory (None: not in memory; ask the store)."""
+    return readout.parts(node, task_id)
 
 
 def tasks(node: Node, state: str | None = None) -> list[dict]:
