@@ -203,8 +203,9 @@ class NodeConfig:
                             field_default(NodeSettings, "prefetch"))
     labels: dict[str, str] = setting(Labels(), 'capabilities tasks can require (--label K=V), like '
                                      '{ zone = "lab-2", cuda = "12" }', factory=dict)
-    coordinations: int = setting(Integer(minimum=0), "composite tasks this node coordinates at once (a coordination "
-                                 "holds no slot; 0: never coordinate)", field_default(NodeSettings, "max_coordinations"))
+    coordinations: int = setting(Integer(minimum=0), "composite tasks this node coordinates at once (a "
+                                 "coordination holds no slot; 0: never coordinate)",
+                                 field_default(NodeSettings, "max_coordinations"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,5 +56,29 @@ def run_demo(nodes: int, n_tasks: int, console: Console) -> int:
             console.print(summary)
             ok = sum(1 for d in docs if d["state"] == "succeeded")
             console.print(f"{ok}/{len(docs)} tasks succeeded in {elapsed:.1f}s on {len(per_node)} nodes")
+            composite_ok = _composite(client, console)
         console.print("stopping the daemons and removing the cluster directory")
-    return 0 if ok == len(docs) else 1
+    return 0 if ok == len(docs) and composite_ok else 1
+
+
+def _composite(client, console: Console) -> bool:
+    """One composite: an array of 12 parts (primes below 100k, 200k, ...), decomposed and subcontracted by
+    the node that wins it, then a reduce that adds up what the parts printed."""
+    console.print("submitting a composite: 12 parts, then a reduce over their results")
+    reduce = [sys.executable, "-c",
+              "import json,os\nparts=[json.loads(l) for l in open(os.environ['XCHANGED_PARTS'])]\n"
+              "print(f\"{len(parts)} parts on {len({p['node'] for p in parts})} nodes found \""
+              "f\"{sum(int(p['stdout_tail'].split()[0]) for p in parts)} primes in all\")"]
+    started = time.monotonic()
+    program = PRIMES.replace("{", "{{").replace("}", "}}")          # braces are literal in templates when doubled
+    tid = client.submit_array([sys.executable, "-c", program, "{item}"], [str(100_000 * (i + 1)) for i in range(12)],
+                              reduce=reduce, name="primes", retries=2)
+    doc = client.wait(tid)
+    parts = client.status(tid)["parts"]
+    table = Table("part", "node", "state", "output")
+    for p in parts:
+        table.add_row(p["key"], p["node"] or "-", p["state"], p["stdout_tail"].strip())
+    console.print(table)
+    console.print(f"composite {tid} {doc['state']} in {time.monotonic() - started:.1f}s, coordinated by "
+                  f"{doc.get('node')}: {doc['progress']['done']}/{doc['progress']['total']} parts")
+    return doc["state"] == "succeeded"

@@ -5,9 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xchanged import specfile
 from xchanged.protocol import codec
 from xchanged.protocol.codec import DecodeError, Encoder, decode
-from xchanged.protocol.messages import Ack, Award, Load, Requirements, TaskSpec
+from xchanged.protocol.messages import Ack, Award, Load, Requirements, TaskSpec, from_body
 from xchanged.protocol.replay import ReplayGuard
 from xchanged.protocol.signing import TrustStore, generate_key, public_bytes, sign
 
@@ -179,3 +180,12 @@ def test_duplicate_filter_recognises_only_identical_recent_frames(alice):
     assert not dup.seen_before(a) and dup.seen_before(a)
     assert not dup.seen_before(b) and not dup.seen_before(c)
     assert not dup.seen_before(a)            # evicted: capacity bounds memory
+
+
+def test_a_composite_with_thousands_of_items_fits_an_award_frame():
+    key = generate_key()
+    body = specfile.from_dict({"command": ["true"], "items": [str(i) for i in range(20_000)]})[0]
+    frame = codec.Encoder(key, public_bytes(key), 1).encode(Award("T", 1, from_body(TaskSpec, body)),
+                                                            1_790_000_000_000)
+    env = codec.decode(frame, TrustStore({public_bytes(key): "k"}))
+    assert len(env.message.spec.composite.steps[0].items) == 20_000

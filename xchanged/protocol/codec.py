@@ -76,7 +76,8 @@ def _unpack(payload: bytes) -> Any:
         use_list=True,
         max_str_len=messages.MAX_OUTPUT_BYTES,
         max_bin_len=messages.MAX_OUTPUT_BYTES,
-        max_array_len=messages.MAX_ITEMS,
+        max_array_len=messages.MAX_PARTS,        # the longest list a message may hold (a composite's items);
+                                                 # each field's own bound is checked when its body is built
         max_map_len=messages.MAX_ITEMS,
         max_ext_len=0,
     )

@@ -7,9 +7,10 @@ Rules:
   one part per item, or per `chunk` items); a nested composite (one part, itself coordinated).
 - Templates: an array's argv may use `{item}`, `{index}` and (with a chunk) `{items}`; `{{`/`}}` are
   literal braces. An argument that is exactly `{items}` becomes one argument per item; elsewhere the
-  chunk's items are joined by spaces. Any other placeholder, or one in a step without items, is an
-  error. Every part also gets XCHANGED_PARENT, XCHANGED_INDEX and XCHANGED_ITEM (a chunk's items,
-  one a line) in its environment.
+  chunk's items are joined by spaces. Any other placeholder is an error. A single command and the
+  reduce are not templates (their braces are literal), but naming a placeholder there is an error.
+  Every part also gets XCHANGED_PARENT, XCHANGED_INDEX and XCHANGED_ITEM (a chunk's items, one a
+  line) in its environment.
 - Part keys name a part within its composite: the step's name for a single part, `name[i]` for the
   i-th part of an array step, and `i` for the parts of the one unnamed array step of a plain array.
   A part's task id is the composite's id, the coordination attempt and the key (`part_task_id`), so
@@ -115,14 +116,22 @@ def _validate_step(s: Step, where: str, depth: int) -> int:
 
 
 def _check_template(argv: list[str], where: str, array: bool) -> None:
+    """An array's argv is a template; anything else is taken as it is (braces and all), but naming a
+    placeholder there is a mistake worth stopping for."""
+    if not array:
+        for arg in argv:
+            for name in PLACEHOLDERS:
+                if "{" + name + "}" in arg:
+                    raise SpecError(where, f"template {arg!r} uses {{{name}}} but the step has no items")
+        return
     for arg in argv:
         try:
-            fields = [f for _, f, spec, conv in string.Formatter().parse(arg) if f is not None or spec or conv]
+            fields = [f or "" for _, f, spec, conv in string.Formatter().parse(arg) if f is not None or spec or conv]
         except ValueError as exc:
             raise SpecError(where, f"bad template {arg!r}: {exc}") from None
-        for name in fields:
-            if name not in PLACEHOLDERS:
-                raise SpecError(where, f"bad template {arg!r}: unknown placeholder {{{name}}} "
+        for field_name in fields:
+            if field_name not in PLACEHOLDERS:
+                raise SpecError(where, f"bad template {arg!r}: unknown placeholder {{{field_name}}} "
                                        "(use {item}, {index}, {items})")
             if not array:
                 raise SpecError(where, f"template {arg!r} uses {{{name}}} but the step has no items")

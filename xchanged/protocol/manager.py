@@ -76,7 +76,7 @@ class Manager(Negotiation):
         self._order += 1
         task = Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id,
                     origin=resubmit_of)
-        task.parts = {p.key: p for p in done if p.state == "succeeded"}   # a rerun: its coordinator skips these
+        task.record_parts([p for p in done if p.state == "succeeded"])   # a rerun: its coordinator skips these
         self.index.add(task)
         self.stats["submitted"] += 1
         if task.parts:
@@ -184,9 +184,7 @@ class Manager(Negotiation):
     def _take_parts(self, task: Task, prog: Progress) -> None:
         """A coordinator reports parts of a composite that ended: keep them (written before the ack
         that lets it forget them), so a later coordinator never runs them again."""
-        new = [p for p in prog.parts if p.key not in task.parts]
-        for part in new:
-            task.parts[part.key] = part
+        new = task.record_parts(prog.parts)
         if new and not task.ephemeral:
             self.out.emit(PersistParts, task_id=task.id, parts=tuple(new))
         self._send(task.attempts[-1].node, PartsAck(task.id, prog.attempt, prog.report))
@@ -315,6 +313,7 @@ class Manager(Negotiation):
         self.index.move(task, state)
         task.says(why, reason)
         task.exit_code, task.finished = exit_code, wall_ms
+        task.parts.clear()                      # a composite's parts: in the store from now on (compact memory)
         if task.spec.parent:
             self.finished_parts.append(task)    # for its coordinator (coordinator.collect)
         self.bid_first.discard(task.id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import policy
-from .lifecycle import TaskState
+from .lifecycle import TERMINAL, TaskState
 from .messages import Bid, Load, PartResult, Requirements
 
 if TYPE_CHECKING:
@@ -70,9 +70,10 @@ def task_doc(node: Node, task_id: str) -> dict[str, Any] | None:
 
 
 def parts(node: Node, task_id: str) -> list[PartResult] | None:
-    """A composite's parts that ended, as its manager keeps them; None when not in memory."""
+    """A composite's parts that ended, as its manager keeps them while it runs; None when not in memory
+    (ended composites keep them in the store only)."""
     task = node.manager.tasks.get(task_id)
-    return None if task is None else list(task.parts.values())
+    return None if task is None or task.state in TERMINAL else list(task.parts.values())
 
 
 def task_docs(node: Node, state: str | None = None) -> list[dict[str, Any]]:

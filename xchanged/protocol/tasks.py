@@ -113,8 +113,11 @@ class Task:
     wait_deadline: float | None = None
     spec_body: dict[str, Any] | None = None   # the spec as a plain map, built once (the spec never changes)
     last_result: Result | None = None       # the result that ended the current attempt (a part's: its tails)
-    parts: dict[str, PartResult] = field(default_factory=dict)   # a composite: its parts that ended
+    parts: dict[str, PartResult] = field(default_factory=dict)   # a composite: its parts that ended, until
+                                            # it ends (then they are in the store only)
     parts_total: int = 0                    # a composite: how many parts it has (decompose.total_parts)
+    parts_done: int = 0
+    parts_failed: int = 0
 
     def __post_init__(self) -> None:
         if self.spec.composite is not None and not self.parts_total:
@@ -167,8 +170,16 @@ class Task:
 
     def progress(self) -> dict[str, int]:
         """A composite's parts: how many ended, of how many, and how many of those did not succeed."""
-        failed = sum(1 for r in self.parts.values() if r.state != "succeeded")
-        return {"done": len(self.parts), "total": self.parts_total, "failed": failed}
+        return {"done": self.parts_done, "total": self.parts_total, "failed": self.parts_failed}
+
+    def record_parts(self, results: list[PartResult]) -> list[PartResult]:
+        """Keep the parts that ended (the first report of each); returns those that are new."""
+        new = [r for r in results if r.key not in self.parts]
+        for r in new:
+            self.parts[r.key] = r
+            self.parts_done += 1
+            self.parts_failed += r.state != "succeeded"
+        return new
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Task":
@@ -177,9 +188,9 @@ class Task:
                    doc.get("reason", ""), doc.get("finished"), doc.get("reason_code", ""), doc.get("boost", 0),
                    doc.get("failures", 0), doc.get("losses", 0), set(doc.get("avoid", ())), doc.get("counter", 0),
                    doc.get("resubmit_of", ""))
-        for part in doc.get("parts_done", ()):           # a composite's parts, kept apart by the driver
-            result = from_body(PartResult, part)
-            task.parts[result.key] = result
+        task.record_parts([from_body(PartResult, p) for p in doc.get("parts_done", ())])   # kept apart by the driver
+        if "parts_done" not in doc and "progress" in doc:          # a finished composite: the counts only
+            task.parts_done, task.parts_failed = doc["progress"]["done"], doc["progress"]["failed"]
         return task
 
     def says(self, why: str, reason: str) -> None:
