@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.parts} `true` on {args.nodes} daemons x {args.slots} slots, median of {args.rounds}:")
     print(f"  plain tasks (submit_many)   {p:8.1f} tasks/s   rounds {' '.join(f'{r:.0f}' for r in rates['plain'])}")
     print(f"  one composite array         {c:8.1f} parts/s   rounds {' '.join(f'{r:.0f}' for r in rates['composite'])}")
-    print(f"  composite / plain           {c / p:8.2f}           target >= 0.80: {'met' if c / p >= 0.8 else 'NOT met'}")
+    verdict = "met" if c / p >= 0.8 else "NOT met"
+    print(f"  composite / plain           {c / p:8.2f}           target >= 0.80: {verdict}")
     print(f"  submitting daemon RSS       {before:.1f} MiB before, {after:.1f} MiB after {args.rounds} rounds "
           f"of each ({after - before:+.1f} MiB)")
     return 0
