@@ -36,7 +36,9 @@ from ..protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistAuditHead,
     PersistParts,
+    PersistReputation,
     PersistTask,
     ProveAudit,
     Relay,
@@ -219,7 +221,9 @@ class Daemon:
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
         tasks = [dict(d, parts_done=self.store.parts(d["id"])) if d.get("composite") else d
                  for d in self.store.unfinished_tasks()]         # a composite's reported parts come back with it
-        self._handle(StateRecovered(tasks, self._recover_attempts()))
+        self._handle(StateRecovered(tasks, self._recover_attempts(),
+                                    self.store.audit_heads({node_id(k) for k in self.trust.keys}),
+                                    self.store.reputation()))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
@@ -382,6 +386,8 @@ class Daemon:
             PersistParts: lambda e: store.put_parts(e.task_id, [to_body(p) for p in e.parts]),
             ForgetAttempt: lambda e: store.delete_attempt(e.task_id, e.attempt),
             StoreOutput: lambda e: store.put_output(e.task_id, e.attempt, e.stdout, e.stderr),
+            PersistAuditHead: lambda e: store.put_audit_head(e.node_id, e.doc, e.when),
+            PersistReputation: lambda e: store.put_reputation(e.kind, e.key, e.doc, e.when),
             Audit: lambda e: self.audit.append(e.entry),
             Log: lambda e: log.log(logging.getLevelName(e.level.upper()), "%s [%s]", e.text, e.stimulus_id),
             Send: send, Relay: relay, Reply: reply,
