@@ -46,3 +46,16 @@ def test_metrics_are_read_on_the_loop_while_it_runs(tmp_path):
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+def test_an_advertised_host_name_does_not_turn_mdns_off(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="xchanged")
+
+    async def scenario():
+        async with running_daemon(tmp_path, network={"advertise": "localhost", "mdns": True}) as daemon:
+            return daemon.address, daemon.transport.port, daemon.discovery is not None
+    address, port, discovering = asyncio.run(scenario())
+    assert address == f"localhost:{port}"
+    lines = [r.getMessage() for r in caplog.records]
+    assert not any("mDNS discovery unavailable" in line for line in lines), lines
+    assert discovering and any(f"at 127.0.0.1:{port} (advertised localhost:{port})" in line for line in lines)

@@ -24,10 +24,8 @@ import sqlite3
 import time
 from typing import Any
 
-import psutil
-
 from .. import __version__
-from ..config import Config, parse_host_port
+from ..config import Config, format_address, parse_address, parse_host_port
 from ..driver import Driver
 from ..protocol import codec
 from ..protocol.effects import (
@@ -58,7 +56,7 @@ from ..protocol.signing import TrustStore, load_private_key, node_id, public_byt
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .control import Control
-from .discovery import Discovery, interface_ip
+from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import MetricsServer, serve_metrics
 from .ratelimit import RateLimitedLog
@@ -86,16 +84,15 @@ def wall_ms() -> int:
 
 
 def advertised_address(config: Config, port: int) -> str:
+    """The host:port peers dial: `[network] advertise` (a bare host gets the listen port), else the
+    listen address when it is a specific one, else the first non-loopback IPv4 address."""
     if config.network.advertise:
-        return config.network.advertise
+        host, given = parse_address(config.network.advertise, port)
+        return format_address(host, given or port)
     host, _ = parse_host_port(config.network.listen)
     if host not in ("0.0.0.0", "::", ""):
-        return f"{host}:{port}"
-    for addrs in psutil.net_if_addrs().values():          # first non-loopback IPv4 address
-        for addr in addrs:
-            if addr.family == socket.AF_INET and not addr.address.startswith("127."):
-                return f"{addr.address}:{port}"
-    return f"127.0.0.1:{port}"
+        return format_address(host, port)
+    return f"{first_ipv4()}:{port}"
 
 
 class Daemon:
