@@ -69,7 +69,7 @@ from xchanged.protocol.audit_format import (
 from xchanged.protocol.merkle import MerkleAccumulator, leaf_hash
 
 from . import audit_tail
-from .audit_tail import TailCut
+from .audit_tail import TailCut, write_all
 
 __all__ = [
     "EVENTS", "AuditCorrupted", "AuditEntryError", "AuditError", "AuditFsyncError", "AuditLocked",
@@ -234,7 +234,7 @@ class AuditLog:
         try:
             fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                _write_all(fd, text.encode())
+                write_all(fd, text.encode())
                 self._fsync(fd, "the new head")
             finally:
                 os.close(fd)
@@ -304,7 +304,7 @@ class AuditLog:
 
     def _write(self, frame: bytes) -> None:
         try:
-            _write_all(self._fd, frame)
+            write_all(self._fd, frame)
         except OSError as exc:
             try:  # keep the file a whole number of records for the next start
                 os.ftruncate(self._fd, self._end)
@@ -550,8 +550,3 @@ def _read_head_file(head_path: str) -> SignedTreeHead:
         data = file.read(64 * 1024)
     return parse_head(data)
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

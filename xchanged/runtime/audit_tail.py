@@ -72,7 +72,7 @@ def keep_and_cut(fd: int, path: str, end: int, file_size: int, time_ms: int) -> 
             chunk = os.pread(fd, min(1 << 20, file_size - position), position)
             if not chunk:
                 break
-            _write_all(side[1], chunk)
+            write_all(side[1], chunk)
             position += len(chunk)
         os.fsync(side[1])
     finally:
@@ -102,7 +102,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a write may take only part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
