@@ -13,6 +13,7 @@ damage is not a lost tail and was left alone (repair);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -292,7 +293,7 @@ def repair(config, key_file, as_json, path) -> None:
     except (AuditError, OSError) as exc:
         raise Exit(f"cannot repair {ctx.path}: {exc}", 2) from None
     if as_json:
-        click.echo(json.dumps({"ok": True, "path": str(ctx.path), "cut": cut.__dict__ if cut else None,
+        click.echo(json.dumps({"ok": True, "path": str(ctx.path), "cut": dataclasses.asdict(cut) if cut else None,
                                "message": cut.describe() if cut else "nothing to cut"}, indent=2, sort_keys=True))
     elif cut is None:
         click.echo(f"{ctx.path}: OK: the log is whole, nothing to cut")
