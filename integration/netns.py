@@ -508,6 +508,21 @@ class NetnsLab:
             if up:
                 self._host_routes(h)
 
+    def readdress(self, host: str) -> str:
+        """Give an ordinary host a new address on its subnet, as a new DHCP lease would (its processes
+        should be stopped first: their sockets keep the old address). Returns the new address."""
+        with self._lock:
+            self._check_open()
+            h = self._host(host)
+            sub = self.subnets[h.subnet]
+            new = sub.allocate()                    # the old one stays allocated: nobody else gets it
+            prefix = sub.network.prefixlen
+            _ip("-n", h.netns, "addr", "del", f"{h.address}/{prefix}", "dev", h.iface)
+            _ip("-n", h.netns, "addr", "add", f"{new}/{prefix}", "dev", h.iface)
+            h.address, h.legs[h.subnet] = new, (h.iface, new)
+            self._host_routes(h)
+            return new
+
     # ------------------------------------------------------------------ teardown
     def namespaces(self) -> list[str]:
         """Real names of the namespaces this lab created (and has not yet deleted)."""

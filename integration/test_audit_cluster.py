@@ -111,20 +111,7 @@ def test_awards_in_both_logs_and_a_rewritten_log_is_flagged(cluster):
 
     # fork: stop node3, rewrite an early entry and re-sign everything after it with its own key
     cluster.stop_node(victim)
-    path = log_path(victim)
-    records = list(read_records(path))
-    forged_dir = path.parent / "forged"
-    forged_dir.mkdir()
-    with AuditLog(forged_dir / "audit.log", key_of(victim), vid) as forged:
-        for r in records:
-            entry = dict(r.entry)
-            if r.index == 1:
-                entry["time_ms"] = entry["time_ms"] + 1
-            forged.append(entry)
-        forged.sign_head(records[-1].entry["time_ms"])
-    shutil.move(forged_dir / "audit.log", path)
-    shutil.move(forged_dir / "audit.log.head", str(path) + ".head")
-    assert cli(victim, "verify").returncode == 0          # a fork is self-consistent: only peers can tell
+    rewrite_log(victim, vid)
     cluster.start_node(victim)
     cluster.wait_ready(victim)
 
@@ -140,6 +127,56 @@ def test_awards_in_both_logs_and_a_rewritten_log_is_flagged(cluster):
     out = subprocess.run([sys.executable, "-m", "xchanged", "audit", "evidence", vid, "-c",
                           str(cluster.nodes[0].files.config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "forked" in out.stdout
+
+
+def rewrite_log(victim, vid):
+    """Rewrite an early entry of a stopped node's log and re-sign everything after it with its own
+    key: a fork of the same size, self-consistent (only its peers can tell)."""
+    path = log_path(victim)
+    records = list(read_records(path))
+    forged_dir = path.parent / "forged"
+    forged_dir.mkdir()
+    with AuditLog(forged_dir / "audit.log", key_of(victim), vid) as forged:
+        for r in records:
+            entry = dict(r.entry)
+            if r.index == 1:
+                entry["time_ms"] = entry["time_ms"] + 1
+            forged.append(entry)
+        forged.sign_head(records[-1].entry["time_ms"])
+    shutil.move(forged_dir / "audit.log", path)
+    shutil.move(forged_dir / "audit.log.head", str(path) + ".head")
+    forged_dir.rmdir()
+    assert cli(victim, "verify").returncode == 0          # a fork is self-consistent: only peers can tell
+
+
+def test_watchers_restarted_across_a_rewrite_still_flag_the_fork(cluster):
+    """Every node down at once, node3's log rewritten meanwhile: the others remember the head they
+    had checked (their store), so the first head node3 gossips after the restart is a fork."""
+    ids = {n.name: node_id(public_bytes(key_of(n))) for n in cluster.nodes}
+    for i in range(6):
+        with cluster.client(i % 3) as c:
+            assert c.wait(c.submit(["true"]), timeout=60)["state"] == "succeeded"
+    victim, vid = cluster.nodes[2], ids[cluster.nodes[2].name]
+    cluster.wait_for(lambda: _head_size(victim) == len(list(read_records(log_path(victim)))) > 0, 10,
+                     "node3's head to cover its log")
+    size = _head_size(victim)
+    cluster.wait_for(lambda: all((peer_doc(cluster, o, vid) or {}).get("audit_size") == size for o in (0, 1)),
+                     10, "peers to check node3's head")
+    cluster.stop()
+    rewrite_log(victim, vid)
+    cluster.start()
+    cluster.wait_for(lambda: all((peer_doc(cluster, o, vid) or {}).get("audit") == "forked" for o in (0, 1)),
+                     10, "restarted peers to flag node3's forked log")
+    for o in (0, 1):
+        with cluster.client(o) as c:
+            assert c.stats()["audit_forks"] == 1
+            (doc,) = c.audit_evidence(vid)
+        assert "different roots" in doc["evidence"]["reason"]
+        assert [h["size"] for h in doc["evidence"]["heads"]] == [size, size]
+        assert "forked its audit log" in cluster.nodes[o].log_path.read_text()
+    # node1 and node2 checked each other's heads across the restart too, without a false alarm
+    with cluster.client(0) as c:
+        assert c.stats()["audit_forked_nodes"] == [vid]
 
 
 def _head_size(node):

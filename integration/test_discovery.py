@@ -258,3 +258,32 @@ def test_untrusted_host_is_listed_but_never_awarded_a_task(lab, cluster, report)
     ran_on = [line.split()[0] for line in marker.read_text().splitlines()]
     assert len(ran_on) == 16 and "h4" not in ran_on, ran_on
     assert all(a["node"] in trusted for doc in docs for a in doc["attempts"]), docs
+
+
+def test_a_host_that_moves_is_found_at_its_new_address(lab, cluster, report):
+    """h3 comes back with another address (a new lease): mDNS tells the others, keyed by its node,
+    and they reach it there; its old address is no longer its peers' address for it."""
+    hosts = lan(lab, 3)
+    for h in hosts:
+        cluster.add(h)
+    cluster.start_all()
+    cluster.wait_until(all_see_all(cluster, hosts), 10.0, "discovery")
+    mover, others = hosts[-1], hosts[:-1]
+    old = cluster.daemons[mover].address
+    cluster.kill9(mover)
+    new = lab.readdress(mover)
+    cluster.daemons[mover].address = new
+    cluster.write_configs()
+    cluster.start(mover)
+    cluster.wait_ready([mover])
+
+    def found_there() -> bool:
+        for h in others:
+            with cluster.daemons[h].client() as c:
+                doc = next((p for p in c.peers() if p["name"] == mover), None)
+            if doc is None or doc["health"] != "alive" or doc["address"] != f"{new}:{PORT}":
+                return False
+        return True
+    took = cluster.wait_until(found_there, 10.0, f"{mover} to be found at {new} instead of {old}")
+    report("moved_host_found_at_new_address", took)
+    cluster.wait_until(all_see_all(cluster, hosts), 10.0, "the moved host to see the others")

@@ -112,3 +112,70 @@ def test_the_daemon_refuses_to_start_on_a_damaged_log_and_says_where(node):
     result = CliRunner().invoke(main, ["run", "-c", node["config"]])
     assert result.exit_code == 1
     assert "refusing to start" in result.output and "record 2" in result.output and str(node["log"]) in result.output
+
+
+def _append_unsigned(node, n: int) -> list[int]:
+    """n more records after the signed head (appended, never covered by a head); their offsets."""
+    key = load_private_key(node["pub"].with_name("node.key").read_bytes())
+    with AuditLog(node["log"], key, node["id"]) as log:
+        for i in range(n):
+            log.append({"event": "award", "task": f"T-late-{i}", "attempt": 1, "manager": node["id"],
+                        "contractor": node["id"], "time_ms": 1_700_000_002_000 + i})
+    return [r.offset for r in read_records(node["log"])]
+
+
+def test_repair_cuts_a_zero_filled_tail_and_says_what_it_cut(node):
+    starts = _append_unsigned(node, 3)                 # records 6, 7, 8: after the head (size 6)
+    data = bytearray(node["log"].read_bytes())
+    data[starts[7]:starts[8]] = bytes(starts[8] - starts[7])   # record 7 zeroed, record 8 whole after it
+    node["log"].write_bytes(bytes(data))
+    verify = run("verify", "-c", node["config"])
+    assert verify.exit_code == 1 and "audit repair" in verify.output
+    result = run("repair", "-c", node["config"])
+    assert result.exit_code == 0, result.output
+    assert f"cut {len(data) - starts[7]} bytes from byte {starts[7]}" in result.output
+    assert "kept 7 records" in result.output and ".cut-" in result.output
+    side = list(node["log"].parent.glob("audit.log.cut-*"))
+    assert len(side) == 1 and side[0].read_bytes() == bytes(data[starts[7]:])
+    assert run("verify", "-c", node["config"]).exit_code == 0
+    again = run("repair", "-c", node["config"], "--json")
+    assert again.exit_code == 0 and json.loads(again.output)["cut"] is None
+
+
+def test_repair_refuses_damage_under_the_signed_head(node):
+    data = bytearray(node["log"].read_bytes())
+    second = [r.offset for r in read_records(node["log"])][2]
+    data[second:second + 40] = bytes(40)
+    node["log"].write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["audit", "repair", "-c", node["config"]])
+    assert result.exit_code == 1 and "Not repaired" in result.output and "signed head covers 6" in result.output
+    assert node["log"].read_bytes() == bytes(data)
+    assert not list(node["log"].parent.glob("audit.log.cut-*"))
+
+
+def test_repair_while_the_log_is_open_elsewhere(node):
+    key = load_private_key(node["pub"].with_name("node.key").read_bytes())
+    with AuditLog(node["log"], key, node["id"]):
+        result = CliRunner().invoke(main, ["audit", "repair", "-c", node["config"]])
+    assert result.exit_code == 2 and "stop it first" in result.output
+
+
+def test_the_daemon_cuts_a_zero_filled_tail_and_starts(node, caplog):
+    from pathlib import Path
+
+    from xchanged.config import load_config
+    from xchanged.runtime.daemon import Daemon
+
+    starts = _append_unsigned(node, 3)
+    data = bytearray(node["log"].read_bytes())
+    data[starts[6] + 10:starts[6] + 60] = bytes(50)      # record 6, the first after the head, zeroed
+    node["log"].write_bytes(bytes(data))
+    caplog.set_level("WARNING", logger="xchanged")
+    daemon = Daemon(load_config(Path(node["config"])))   # opens (and recovers) the store and the log
+    try:
+        assert daemon.audit.size == 6 and daemon.audit.cut.first_lost == 6
+    finally:
+        daemon.audit.close()
+        daemon.store.close()
+    assert any("recovered from a crash" in r.getMessage() and ".cut-" in r.getMessage() for r in caplog.records)
+    assert run("verify", "-c", node["config"]).exit_code == 0

@@ -268,6 +268,9 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, fragment: str) -> None
         ("[network]\nlisten = \"::1:7946\"\n", "network.listen", "brackets"),
         ("[network]\nlisten = \"\"\n", "network.listen", "must not be empty"),
         ("[network]\nadvertise = \"10.0.0.1:0\"\n", "network.advertise", "port 0"),
+        ("[network]\nadvertise = \"10.0.0.300\"\n", "network.advertise", "not an IPv4 address"),
+        ("[network]\nadvertise = \"[gpu-07]\"\n", "network.advertise", "not an IPv6 address"),
+        ("[network]\nadvertise = \"bad host\"\n", "network.advertise", "not a valid host name"),
         ("[network]\nseeds = [\"10.0.0.300:7946\"]\n", "network.seeds", "entry 0"),
         ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen", "expected host:port"),
     ],
@@ -582,3 +585,20 @@ def test_parse_size_limit() -> None:
     assert parse_size(str(MAX_SIZE)) == MAX_SIZE
     with pytest.raises(ValueError, match="too large"):
         parse_size(str(MAX_SIZE + 1))
+
+
+@pytest.mark.parametrize("written, listen, expected", [
+    ("127.0.0.1", "0.0.0.0:7946", "127.0.0.1:7946"),              # a bare IP: the listen port
+    ("localhost", "0.0.0.0:7946", "localhost:7946"),              # a bare host name
+    ("gpu-07.lab:9000", "0.0.0.0:7946", "gpu-07.lab:9000"),       # host:port as before
+    ("fd00::5", "[::]:7946", "[fd00::5]:7946"),                   # IPv6, with or without brackets
+    ("[fd00::5]", "[::]:7946", "[fd00::5]:7946"),
+    ("[fd00::5]:9000", "[::]:7946", "[fd00::5]:9000"),
+    ("", "[fd00::1]:7946", "[fd00::1]:7946"),                     # a specific listen address
+    ("", "10.0.0.4:7946", "10.0.0.4:7946"),
+])
+def test_advertise_as_users_write_it(tmp_path: Path, written: str, listen: str, expected: str) -> None:
+    from xchanged.runtime.daemon import advertised_address
+
+    config = load_config(write(tmp_path, f'[network]\nadvertise = "{written}"\nlisten = "{listen}"\n'))
+    assert advertised_address(config, 7946) == expected

@@ -55,7 +55,7 @@ from .config_kinds import (
 )
 from .protocol.membership import GossipSettings
 from .protocol.node import NodeSettings
-from .units import MAX_SIZE, format_size, parse_duration, parse_host_port, parse_size
+from .units import MAX_SIZE, format_address, format_size, parse_address, parse_duration, parse_host_port, parse_size
 
 __all__ = [
     "ConfigError",
@@ -74,6 +74,8 @@ __all__ = [
     "parse_size",
     "format_size",
     "parse_host_port",
+    "parse_address",
+    "format_address",
     "load_config",
     "config_from_dict",
     "default_config_path",
@@ -214,8 +216,10 @@ class NetworkConfig:
 
     listen: str = setting(Address(listening=True), "host:port of the peer socket (TCP; port 0: pick a free one)",
                           "0.0.0.0:7946")
-    advertise: str = setting(Address(listening=False, empty_ok=True), 'host:port peers should dial; "" means '
-                             "discovered (the first non-loopback IPv4 address)", "")
+    advertise: str = setting(Address(listening=False, empty_ok=True, port_optional=True),
+                             "address peers should dial: host:port, or a bare IP or host name (the port is "
+                             'then the listen port), IPv6 in brackets like "[fd00::5]:7946"; "" means discovered '
+                             "(the first non-loopback IPv4 address)", "")
     control: Path = setting(FilePath(), "unix socket the local CLI talks to", DEFAULT_CONTROL)
     mdns: bool = setting(Boolean(), "announce and discover peers on the LAN with mDNS", True)
     seeds: tuple[str, ...] = setting(Strings("host:port string", each=_dialable),

@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from .units import format_duration, format_size_exact, parse_duration, parse_host_port, parse_size
+from .units import (
+    format_duration,
+    format_size_exact,
+    parse_address,
+    parse_duration,
+    parse_host_port,
+    parse_size,
+)
 
 #: Longest node name, label key and label value.
 MAX_NAME_LEN = 63
@@ -101,17 +108,22 @@ class NodeName(Text):
 
 
 class Address(Text):
-    """host:port; `listening` allows port 0 (pick a free port)."""
+    """host:port; `listening` allows port 0 (pick a free port); `port_optional` also allows a bare
+    host (IPv4, name, or IPv6 with or without brackets), whose port the user of the value supplies."""
 
-    def __init__(self, *, listening: bool, empty_ok: bool = False) -> None:
+    def __init__(self, *, listening: bool, empty_ok: bool = False, port_optional: bool = False) -> None:
         super().__init__(empty_ok=empty_ok)
         self.listening = listening
+        self.port_optional = port_optional
 
     def convert(self, value: str, base_dir: Path) -> str:
         value = super().convert(value, base_dir)
         if value:
             try:
-                parse_host_port(value, allow_port_zero=self.listening)
+                if self.port_optional:
+                    parse_address(value)
+                else:
+                    parse_host_port(value, allow_port_zero=self.listening)
             except ValueError as e:
                 raise Invalid(str(e)) from None
         return value

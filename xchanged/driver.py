@@ -30,7 +30,9 @@ from .protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistAuditHead,
     PersistParts,
+    PersistReputation,
     PersistTask,
     ProveAudit,
     Relay,
@@ -43,7 +45,8 @@ from .protocol.errors import LocalProtocolError
 from .protocol.events import Instant, TimerFired
 from .protocol.node import Node
 
-STAGED: tuple[type, ...] = (PersistTask, PersistParts, PersistAttempt, ForgetAttempt, StoreOutput, Audit, Log)
+STAGED: tuple[type, ...] = (PersistTask, PersistParts, PersistAttempt, ForgetAttempt, StoreOutput, Audit, Log,
+                            PersistAuditHead, PersistReputation)
 CARRIED: tuple[type, ...] = (Send, Relay, StartTask, KillTask, ProveAudit, Reply)
 
 Handler = Callable[[Any], None]

@@ -120,19 +120,53 @@ def parse_host_port(text: str, *, allow_port_zero: bool = True) -> tuple[str, in
             raise ValueError(f"invalid address {text!r}: expected host:port {example}")
         if ":" in host:
             raise ValueError(f"invalid address {text!r}: put an IPv6 address in brackets, like '[::1]:7946'")
-        if re.fullmatch(r"[0-9.]+", host):
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                raise ValueError(f"invalid address {text!r}: {host!r} is not an IPv4 address") from None
-        elif len(host) > 253 or not all(map(_HOST_LABEL_RE.fullmatch, host.removesuffix(".").split("."))):
-            raise ValueError(f"invalid address {text!r}: {host!r} is not a valid host name")
+        if problem := _host_problem(host):
+            raise ValueError(f"invalid address {text!r}: {problem}")
     if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or int(port_text) > 65535:
         raise ValueError(f"invalid address {text!r}: port must be a number from 0 to 65535")
     port = int(port_text)
     if port == 0 and not allow_port_zero:
         raise ValueError(f"invalid address {text!r}: port 0 is only allowed for listening sockets")
     return host, port
+
+
+def parse_address(text: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """An address to dial as users write it: "host:port", "[v6]:port", or a bare host (an IPv4
+    address, a host name, or an IPv6 address with or without brackets: "::1", "[::1]"), whose port
+    is then `default_port`. Returns (host without brackets, port)."""
+    if not isinstance(text, str):
+        raise TypeError(f"address must be a string, not {type(text).__name__}")
+    if text.startswith("[") and not text.endswith("]"):
+        return parse_host_port(text, allow_port_zero=False)        # [v6]:port
+    bare = text[1:-1] if text.startswith("[") else text
+    if bare.count(":") >= 2 or text.startswith("["):              # an IPv6 address without a port
+        try:
+            return str(ipaddress.IPv6Address(bare)), default_port
+        except ValueError:
+            raise ValueError(f"invalid address {text!r}: {bare!r} is not an IPv6 address") from None
+    if ":" in text:
+        return parse_host_port(text, allow_port_zero=False)
+    problem = _host_problem(text) if text else "empty"
+    if problem:
+        raise ValueError(f"invalid address {text!r}: {problem}")
+    return text, default_port
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is neither an IPv4 address nor a host name, or None."""
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address"
+    elif len(host) > 253 or not all(map(_HOST_LABEL_RE.fullmatch, host.removesuffix(".").split("."))):
+        return f"{host!r} is not a valid host name"
+    return None
+
+
+def format_address(host: str, port: int) -> str:
+    """host:port, an IPv6 host in brackets ("[fd00::5]:7946")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format_size_exact(n: int) -> str:

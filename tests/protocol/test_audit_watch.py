@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import random
 
-from xchanged.protocol import codec
+from xchanged.protocol import codec, readout
 from xchanged.protocol.audit_format import SignedTreeHead
 from xchanged.protocol.audit_watch import FORKED, OK, PENDING, UNKNOWN, AuditWatch
-from xchanged.protocol.effects import Log, ProveAudit, Send
-from xchanged.protocol.events import Instant, MessageReceived
+from xchanged.protocol.effects import LAZY, Log, PersistAuditHead, ProveAudit, Send
+from xchanged.protocol.events import Instant, MessageReceived, StateRecovered
 from xchanged.protocol.merkle import MerkleAccumulator
 from xchanged.protocol.messages import AuditProof, AuditProofReq, Load
 from xchanged.protocol.node import Node, NodeSettings
@@ -157,3 +157,93 @@ def test_node_asks_for_proofs_answers_requests_and_logs_forks():
     effects = node.handle(_frame(AuditProofReq(3, 9), 4), Instant(4.0, 4000))
     assert [e for e in effects if isinstance(e, ProveAudit)] == [
         ProveAudit(target=(NID, "10.0.0.2:7946"), old_size=3, new_size=9, stimulus_id=effects[0].stimulus_id)]
+
+
+# -- across a restart of the watcher -------------------------------------------------------------
+
+
+def restarted(docs: list[dict]) -> AuditWatch:
+    """A new watcher fed what an old one handed out for the store (as after a restart)."""
+    fresh = AuditWatch()
+    assert fresh.restore(docs) == 0
+    return fresh
+
+
+def test_changes_are_handed_out_for_the_store_once():
+    w = AuditWatch()
+    w.on_head(NID, PUB, HONEST.head(10), 0.0, 1)
+    (doc,) = w.take_changes()
+    assert doc["status"] == OK and doc["head"]["size"] == 10 and w.take_changes() == []
+    w.on_head(NID, PUB, HONEST.head(20), 1.0, 2)
+    assert w.take_changes() == []                             # a pending head is not a baseline
+    w.on_proof(NID, HONEST.proof(10, 20), 3)
+    assert [d["head"]["size"] for d in w.take_changes()] == [20]
+
+
+def test_a_restarted_watcher_checks_the_first_new_head_against_the_stored_one():
+    w = AuditWatch()
+    w.on_head(NID, PUB, HONEST.head(10), 0.0, 1)
+    stored = w.take_changes()
+    # honest growth: proved against the stored baseline
+    w2 = restarted(stored)
+    assert w2.status(NID) == OK and w2.nodes[NID].head.size == 10
+    assert w2.on_head(NID, PUB, HONEST.head(25), 0.0, 2)[0] == AuditProofReq(10, 25)
+    assert w2.on_proof(NID, HONEST.proof(10, 25), 3) is None and w2.status(NID) == OK
+    # rewritten while the watcher was down: same size, another root
+    w3 = restarted(stored)
+    _, evidence = w3.on_head(NID, PUB, Log_(leaves(b"x", 10)).head(10), 0.0, 2)
+    assert "different roots" in evidence["reason"] and w3.status(NID) == FORKED and w3.forks == 1
+    # rewritten and grown: its proof fails
+    w4 = restarted(stored)
+    forged = Log_(leaves(b"a", 3) + leaves(b"forged", 37))
+    assert w4.on_head(NID, PUB, forged.head(30), 0.0, 2)[0] == AuditProofReq(10, 30)
+    assert "does not verify" in w4.on_proof(NID, forged.proof(10, 30), 3)["reason"]
+    # cut while the watcher was down
+    w5 = restarted(stored)
+    assert "shrank" in w5.on_head(NID, PUB, HONEST.head(4), 0.0, 2)[1]["reason"]
+
+
+def test_a_fork_found_before_a_restart_stays_found():
+    w = AuditWatch()
+    w.on_head(NID, PUB, HONEST.head(10), 0.0, 1)
+    w.on_head(NID, PUB, Log_(leaves(b"x", 10)).head(10), 1.0, 2)
+    evidence = w.evidence(NID)
+    w2 = restarted(w.take_changes())
+    assert w2.status(NID) == FORKED and w2.forks == 1 and w2.forked() == [NID]
+    assert w2.evidence(NID) == evidence
+    assert w2.on_head(NID, PUB, HONEST.head(12), 0.0, 3) == (None, None)     # final
+
+
+def test_a_damaged_stored_baseline_starts_over_instead_of_accusing_the_node():
+    w = AuditWatch()
+    w.on_head(NID, PUB, HONEST.head(10), 0.0, 1)
+    (doc,) = w.take_changes()
+    tampered = dict(doc, head=dict(doc["head"], size=9))       # its signature no longer covers it
+    w2 = AuditWatch()
+    junk = [{"node_id": NID}, {"status": OK}, "nonsense", dict(doc, head={"size": 1}),
+            dict(doc, status=FORKED, evidence=None)]
+    assert w2.restore([tampered, *junk]) == len(junk)
+    assert w2.on_head(NID, PUB, HONEST.head(12), 0.0, 2) == (None, None)
+    assert w2.status(NID) == OK and w2.nodes[NID].head.size == 12 and w2.forks == 0
+
+
+def test_a_restarted_node_flags_a_log_rewritten_while_it_was_down():
+    """Through Node: the heads it checked are persisted (effects), handed back at start, and the
+    first head after the restart is checked against them; the fork is reported as any other."""
+    own = generate_key()
+    settings = NodeSettings(name="me", address="10.0.0.1:7946", slots=1)
+    node = Node(node_id(public_bytes(own)), settings, random.Random(1))
+    effects = node.handle(_frame(_load(HONEST.head(10)), 1), Instant(1.0, 1000))
+    stored = [e for e in effects if isinstance(e, PersistAuditHead)]
+    assert [(e.node_id, e.doc["head"]["size"], e.when) for e in stored] == [(NID, 10, LAZY)]
+
+    again = Node(node.id, settings, random.Random(2))
+    again.handle(StateRecovered(audit_heads=[e.doc for e in stored]), Instant(0.0, 5000))
+    assert readout.audit_evidence(again, NID)[0]["head"]["size"] == 10
+    forged = Log_(leaves(b"z", 10))
+    effects = again.handle(_frame(_load(forged.head(10)), 1), Instant(1.0, 6000))
+    errors = [e for e in effects if isinstance(e, Log) and e.level == "error"]
+    assert errors and "forked its audit log" in errors[0].text
+    assert readout.counters(again).audit_forks == 1 and readout.counters(again).audit_forked_nodes == (NID,)
+    assert [p.audit for p in readout.peers(again, 1.0) if p.id == NID] == ["forked"]
+    assert [e.doc["status"] for e in effects if isinstance(e, PersistAuditHead)] == [FORKED]

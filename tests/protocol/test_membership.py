@@ -143,6 +143,74 @@ def test_seeds_get_our_load_until_a_live_peer_answers_from_that_address():
     assert [t for t in targets if t[1] == a.address] == [(a.id, a.address)]
 
 
+def addresses(targets) -> set[str]:
+    return {address for _, address in targets}
+
+
+def test_a_moved_mdns_peer_is_reached_at_its_new_address_only():
+    m, (a, b) = table(2)
+    old = a.address
+    m.add_seed(old, "mdns", a.id, now=0.0)
+    # a restarts elsewhere; mDNS finds it there (its key says who it is)
+    a.address = "10.0.0.77:7946"
+    m.add_seed(a.address, "mdns", a.id, now=1.0)
+    assert old not in m.seeds and m.seeds[a.address] == "mdns"          # the stale seed is dropped
+    assert (("", a.address)) in m.gossip_targets()                     # the new one gets our load
+    a.restart()
+    m.on_load(a.env(t=1.2), 1.2)                                       # its load says where it is now
+    assert m.peers[a.id].address == a.address
+    for round_ in range(20):                                           # from now on: never the old one
+        m.on_load(a.env(t=1.5 + round_), 1.5 + round_)
+        m.on_load(b.env(t=1.5 + round_), 1.5 + round_)
+        targets = m.gossip_targets()
+        assert old not in addresses(targets) and ("", a.address) not in targets, targets
+
+
+def test_a_dead_peer_rediscovered_elsewhere_is_probed_there():
+    m, (a, b) = table(2)
+    m.on_load(b.env(t=S.dead_after), S.dead_after)
+    m.check_health(S.dead_after)
+    assert m.peers[a.id].health == DEAD
+    m.add_seed("10.0.0.78:7946", "mdns", a.id, now=S.dead_after)
+    assert m.peers[a.id].address == "10.0.0.78:7946"
+    assert a.address not in addresses(m.gossip_targets())
+
+
+def test_a_seed_of_a_node_that_advertises_another_address_stops_once_it_is_heard():
+    """mDNS announces an IP; the node's signed loads give its hostname: the IP needs no load of ours
+    once the node is live and heard from since."""
+    m, (a,) = table(1)
+    m.add_seed("10.0.0.5:7946", "mdns", a.id, now=1.0)
+    assert ("", "10.0.0.5:7946") in m.gossip_targets()                 # not heard since the announcement
+    m.on_load(a.env(t=1.5), 1.5)
+    assert "10.0.0.5:7946" not in addresses(m.gossip_targets())
+    m.check_health(10.0)                                               # dead: knock on every door again
+    assert "10.0.0.5:7946" in addresses(m.gossip_targets())
+
+
+def test_a_configured_seed_stays_when_its_node_is_found_elsewhere():
+    m, (a,) = table(1)
+    m.add_seed("10.0.0.5:7946", "seed", a.id, now=0.0)
+    m.add_seed("10.0.0.6:7946", "mdns", a.id, now=1.0)
+    assert set(m.seeds) == {"10.0.0.5:7946", "10.0.0.6:7946"}
+    m.add_seed("10.0.0.7:7946", "mdns", a.id, now=2.0)
+    assert set(m.seeds) == {"10.0.0.5:7946", "10.0.0.7:7946"}
+
+
+def test_the_node_takes_the_seed_owner_from_the_discovered_key(trust):
+    from xchanged.protocol.events import SeedConfigured
+
+    from .fakes import NodeUnderTest
+
+    n = NodeUnderTest(trust)
+    p = FakePeer("p", trust)
+    n.handle(SeedConfigured("10.0.0.9:7946", p.pub, source="mdns"), 0.0)
+    n.handle(SeedConfigured("10.0.0.10:7946", p.pub, source="mdns"), 1.0)
+    n.handle(SeedConfigured("10.0.0.11:7946"), 1.0)                    # a configured seed: no key
+    assert n.node.membership.seeds == {"10.0.0.10:7946": "mdns", "10.0.0.11:7946": "seed"}
+    assert n.node.membership.seed_owner == {"10.0.0.10:7946": (p.id, 1.0)}
+
+
 # -- probes end to end: ping_req -> ping -> pong -> forwarded pong ------------------------------
 
 def test_an_indirect_probe_through_a_helper_proves_the_target_alive():

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from xchanged.protocol.signing import TrustStore, fingerprint, generate_key, node_id, public_bytes
-from xchanged.runtime.discovery import Discovery, instance_name, interface_ip, parse_announcement, txt_properties
+from xchanged.runtime.discovery import (
+    Discovery,
+    first_ipv4,
+    instance_name,
+    interface_ip,
+    ipv4_for,
+    parse_announcement,
+    txt_properties,
+)
 
 
 def ident():
@@ -59,3 +67,11 @@ def test_interface_is_the_specific_listen_address_only():
     assert interface_ip("0.0.0.0:7946") is None
     assert interface_ip("[::]:7946") is None
     assert interface_ip("myhost:7946") is None
+
+
+def test_the_announced_ipv4_follows_an_advertised_name_or_falls_back():
+    """An advertised host name or IPv6 address never turns mDNS off: it announces an IPv4 address."""
+    assert ipv4_for("10.1.2.3", None) == "10.1.2.3"
+    assert ipv4_for("localhost", None) == "127.0.0.1"                    # what the name resolves to
+    assert ipv4_for("fd00::5", "10.9.9.9") == "10.9.9.9"                 # the interface mDNS binds to
+    assert ipv4_for("no-such-host.invalid", None) == first_ipv4()

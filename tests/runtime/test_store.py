@@ -62,3 +62,35 @@ def test_commits_are_unsynced_until_sync_and_a_sync_write_is_synced_at_once(tmp_
     assert not store.unsynced                              # fsynced before the reply could go out
     store.close()
     store.sync(now=200.0)                                  # a late worker-thread sync after close: a no-op
+
+
+def test_audit_heads_and_reputation_are_kept_across_a_reopen(tmp_path):
+    store = Store(tmp_path / "x.db")
+    store.put_audit_head("N1", {"node_id": "N1", "status": "ok", "head": {"size": 3}})
+    store.put_audit_head("N2", {"node_id": "N2", "status": "forked"})
+    store.put_audit_head("N1", {"node_id": "N1", "status": "ok", "head": {"size": 5}})
+    store.put_reputation("contractor", "N1", {"kind": "contractor", "peer": "N1", "successes": 2})
+    store.put_reputation("speed", "make", {"kind": "speed", "command": "make", "runtimes": {"N1": 10.0}})
+    store.put_reputation("speed", "gone", {"kind": "speed", "command": "gone", "runtimes": {}})
+    store.put_reputation("speed", "gone", None)                       # forgotten: deleted
+    store.close()
+    store = Store(tmp_path / "x.db")
+    assert [d["head"]["size"] for d in store.audit_heads({"N1"})] == [5]
+    assert [d["node_id"] for d in store.audit_heads()] == ["N1", "N2"]
+    assert sorted(d.get("peer") or d["command"] for d in store.reputation()) == ["N1", "make"]
+    assert store.get_meta("schema_version") == "4"
+    store.close()
+
+
+def test_an_older_file_gains_the_new_tables(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                     "INSERT INTO meta VALUES ('schema_version', '2');"
+                     "CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT NOT NULL, submitted INTEGER NOT NULL,"
+                     " doc TEXT NOT NULL);")
+    db.execute("INSERT INTO tasks VALUES ('T-1', 'queued', 1, '{\"id\": \"T-1\"}')")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "old.db")
+    assert store.unfinished_tasks() == [{"id": "T-1"}] and store.audit_heads() == [] and store.reputation() == []
+    store.close()

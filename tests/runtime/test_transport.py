@@ -80,3 +80,31 @@ def test_a_peer_is_reached_again_after_its_socket_was_closed():
             sender.close()
             receiver.close()
     asyncio.run(scenario())
+
+
+def test_an_ipv6_peer_is_reached():
+    """A node listening on IPv6 ("[::1]:port", as `[network] advertise` may say) gets frames."""
+    import socket
+
+    import pytest
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+    async def scenario():
+        sender = PeerTransport("127.0.0.1:0")
+        receiver = PeerTransport("[::1]:0")
+        try:
+            for _ in range(200):            # connecting goes on in the background (IMMEDIATE drops)
+                sender.send(f"[::1]:{receiver.port}", b"over v6")
+                try:
+                    return await asyncio.wait_for(receiver.receive(), 0.05)
+                except asyncio.TimeoutError:
+                    continue
+        finally:
+            sender.close()
+            receiver.close()
+    assert asyncio.run(scenario()) == b"over v6"

@@ -2,14 +2,18 @@
 
 show, verify, export and prove read the log file directly (from the config's `[audit] path`, or a
 path given), so they work offline, on a copied log, and next to a running daemon: readers take no
-lock and stop quietly at a record still being written. `evidence` asks the running daemon.
+lock and stop quietly at a record still being written. `repair` cuts a tail lost in a crash, as the
+daemon does at start, so it takes the log's lock (the daemon must be stopped). `evidence` asks the
+running daemon.
 
-Exit codes: 0 success; 1 the log does not verify (verify) or the entry can't be proved (prove);
+Exit codes: 0 success; 1 the log does not verify (verify), the entry can't be proved (prove), or the
+damage is not a lost tail and was left alone (repair);
 2 usage, config or file error; 3 daemon not reachable (evidence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -24,7 +28,16 @@ from ..protocol import codec
 from ..protocol.audit_format import parse_head
 from ..protocol.merkle import MerkleAccumulator, verify_inclusion
 from ..protocol.signing import TrustError, TrustStore, load_private_key, node_id, public_bytes
-from ..runtime.audit import HEAD_SUFFIX, AuditCorrupted, AuditRecord, read_records, verify_log
+from ..runtime.audit import (
+    HEAD_SUFFIX,
+    AuditCorrupted,
+    AuditError,
+    AuditLocked,
+    AuditRecord,
+    read_records,
+    verify_log,
+)
+from ..runtime.audit import repair as repair_log
 from .common import Exit, call_daemon, config_option, json_option
 
 # -- where things are -----------------------------------------------------------------------------
@@ -233,15 +246,7 @@ def verify(config, key_file, head_file, as_json, path) -> None:
     if not ctx.path.exists():
         raise Exit(f"no audit log at {ctx.path}", 2)
     head = _head_of(ctx.path, Path(head_file) if head_file else None)
-    try:
-        if key_file:
-            key = read_public_key(Path(key_file))
-        else:
-            key = ctx.key_for(head.node_id if head else None)
-    except (OSError, ValueError, TrustError) as exc:
-        raise Exit(f"cannot read the key: {exc}", 2) from None
-    if key is None:
-        raise Exit("no public key to verify with: give --key node.pub", 2)
+    key = _log_key(ctx, key_file, head)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     report = verify_log(ctx.path, Ed25519PublicKey.from_public_bytes(key), head_path=head_file)
@@ -256,6 +261,58 @@ def verify(config, key_file, head_file, as_json, path) -> None:
         raise SystemExit(1)
     if not as_json:
         click.echo(f"{ctx.path}: OK: {report.message}")
+
+
+@audit.command("repair")
+@config_option
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False),
+              help="the log's node public key (node.pub line or PEM); default: from the config/authorized_keys")
+@json_option
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+def repair(config, key_file, as_json, path) -> None:
+    """Cut a tail lost in a crash (torn or zero-filled, after the signed head), as the daemon does at
+    start; the cut bytes are kept in PATH.cut-<time_ms>. Refuses (exit 1) damage the head covers."""
+    ctx = Context(config, path, need_config=path is None and key_file is None)
+    if not ctx.path.exists():
+        raise Exit(f"no audit log at {ctx.path}", 2)
+    head = _head_of(ctx.path)
+    key = _log_key(ctx, key_file, head)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        cut = repair_log(ctx.path, Ed25519PublicKey.from_public_bytes(key), head.node_id if head else None)
+    except AuditLocked:
+        raise Exit(f"{ctx.path} is open in a running daemon: stop it first (a daemon repairs its own "
+                   "log when it starts)", 2) from None
+    except AuditCorrupted as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "path": str(ctx.path), "cut": None, "message": str(exc)},
+                                  indent=2, sort_keys=True))
+        raise Exit(f"{exc}. Not repaired: this is not a tail lost in a crash (inspect it with "
+                   f"`xchanged audit verify`; keep the file as evidence)", 1) from None
+    except (AuditError, OSError) as exc:
+        raise Exit(f"cannot repair {ctx.path}: {exc}", 2) from None
+    if as_json:
+        click.echo(json.dumps({"ok": True, "path": str(ctx.path), "cut": dataclasses.asdict(cut) if cut else None,
+                               "message": cut.describe() if cut else "nothing to cut"}, indent=2, sort_keys=True))
+    elif cut is None:
+        click.echo(f"{ctx.path}: OK: the log is whole, nothing to cut")
+    else:
+        click.echo(f"{ctx.path}: repaired: {cut.describe()}")
+
+
+def _log_key(ctx: Context, key_file: str | None, head) -> bytes:
+    """The public key of the log's node: --key, else the trusted key of the head's node id."""
+    try:
+        if key_file:
+            key = read_public_key(Path(key_file))
+        else:
+            key = ctx.key_for(head.node_id if head else None)
+    except (OSError, ValueError, TrustError) as exc:
+        raise Exit(f"cannot read the key: {exc}", 2) from None
+    if key is None:
+        raise Exit("no public key to verify with: give --key node.pub", 2)
+    return key
 
 
 @audit.command("export")

@@ -18,7 +18,7 @@ from .common import call_daemon, client_for, config_option, console, json_option
 @click.option("--all", "show_all", is_flag=True,
               help="also list mDNS services whose keys are not trusted (health 'untrusted'; never used)")
 def peers(config, as_json, show_all) -> None:
-    """Peers: health, age of the last signal, free slots, CPU, memory, GPUs, labels."""
+    """Peers: health, age of the last signal, free slots, CPU, memory, GPUs (free memory, utilisation), labels."""
     with client_for(config) as client:
         docs = call_daemon(lambda: client.peers(all=show_all))
     if as_json:
@@ -29,8 +29,14 @@ def peers(config, as_json, show_all) -> None:
         table.add_row(p["name"] + (" (self)" if p.get("self") else ""), p["id"], p["address"], p["health"],
                       f"{p['last_seen_s']:.1f}s" if p["last_seen_s"] is not None else "-", str(p["slots"]),
                       str(p["slots_free"]), f"{p['cpu_percent']:.0f}", format_size(p["mem_available"]),
-                      str(len(p["gpus"])), ",".join(f"{k}={v}" for k, v in p["labels"].items()))
+                      gpu_lines(p["gpus"]), ",".join(f"{k}={v}" for k, v in p["labels"].items()))
     console.print(table)
+
+
+def gpu_lines(gpus: list[dict]) -> str:
+    """One line per GPU: its (NVML) index, free of total memory, utilisation; "-" for none."""
+    return "\n".join(f"{g['index']}: {format_size(g['mem_free'])}/{format_size(g['mem_total'])} free, "
+                     f"{g['util_percent']:.0f}%" for g in gpus) or "-"
 
 
 @click.command()
@@ -47,10 +53,12 @@ def stats(config, as_json) -> None:
                 "free_slots", "queued_total", "queued_jobs", "running_jobs", "submitted", "succeeded", "failed",
                 "retries", "success_rate"):
         console.print(f"{key:22} {doc.get(key)}")
-    table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "success rate", "score")
+    table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "gpus", "success rate",
+                  "score")
     for a in doc["agents"]:
         table.add_row(a["name"], a["health"], str(a["slots"]), str(a["slots_free"]), str(a["running"]),
                       f"{a.get('load_percent', 0):.0f}", str(a["queued"]), f"{a['cpu_percent']:.0f}",
+                      gpu_lines(a.get("gpus") or []),
                       "-" if a.get("success_rate") is None else f"{a['success_rate']:.2f}",
                       "-" if a.get("score") is None else f"{a['score']:.2f}")
     console.print(table)

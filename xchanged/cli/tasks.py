@@ -39,6 +39,9 @@ from .common import (
 @click.option("--timeout", type=float, default=None, help="run-time limit in seconds")
 @click.option("--retries", type=int, default=3, show_default=True, help="attempts after the first")
 @click.option("--deadline", default=None, help="ISO 8601 time, for earliest-deadline-first ordering")
+@click.option("--est-runtime", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="your estimate of the run time: contractors bid with it, and the measured run time is "
+                   "checked against their bids (bid accuracy)")
 @click.option("--env", multiple=True, help="K=V environment variable (repeatable)")
 @click.option("--cwd", default=None, help="working directory of the command")
 @click.option("--name", default="", help="a name to show in listings")
@@ -46,7 +49,7 @@ from .common import (
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority, timeout, retries, deadline,
-           env, cwd, name, wait, as_json, command) -> None:
+           est_runtime, env, cwd, name, wait, as_json, command) -> None:
     """Submit a task: xchanged submit [options] -- CMD ARG..."""
     try:
         if spec_file is not None:
@@ -55,7 +58,7 @@ def submit(config, spec_file, cpus, mem, gpus, gpu_mem, label, prefer, priority,
             specs = [build_spec(list(command), cpus=cpus, mem=mem, gpus=gpus, gpu_mem=gpu_mem,
                                 labels=key_values(label, "--label"), prefer=key_values(prefer, "--prefer"),
                                 priority=priority, timeout=timeout, retries=retries, deadline=deadline,
-                                env=key_values(env, "--env"), cwd=cwd, name=name)]
+                                env=key_values(env, "--env"), cwd=cwd, name=name, est_runtime=est_runtime)]
         else:
             raise click.UsageError("give a command after --, or a spec file with -f")
     except specfile.SpecFileError as exc:

@@ -283,6 +283,8 @@ class Problem:
     offset: int
     reason: str
     torn: bool  # no valid record after it: may be a write cut short, not tampering
+    framing: bool = False  # the frame itself is bad (short, zero or implausible length, CRC), as a
+    # crash can leave it; False: a whole frame holding a wrong record, which no crash writes
 
     def describe(self) -> str:
         text = f"record {self.index} at byte {self.offset}: {self.reason}"
@@ -319,7 +321,7 @@ class Scan:
                 payload = frame_payload(buf, offset)
             except BadRecord as bad:
                 torn = not valid_record_after(buf, offset + 1, index)
-                self.problem = Problem(index, offset, str(bad), torn)
+                self.problem = Problem(index, offset, str(bad), torn, framing=True)
                 return
             try:
                 record = decode_record(payload, offset)

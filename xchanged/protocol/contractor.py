@@ -351,6 +351,9 @@ class Contractor:
         extra_env = {"XCHANGED_TASK_ID": claim.task_id, "XCHANGED_ATTEMPT": str(claim.attempt),
                      "XCHANGED_NODE": self.settings.self_id}
         if claim.req.gpus:
+            # our GPU indices are NVML's, which number devices by PCI bus id; CUDA's own default
+            # order is fastest first, so without PCI_BUS_ID a task could be handed another's GPU
+            extra_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in claim.gpus)
         self.out.emit(StartTask, task_id=claim.task_id, attempt=claim.attempt, spec=claim.spec, env=extra_env)
 

@@ -3,7 +3,7 @@
 Order matters: a `PersistTask` or `Audit` comes before the `Send` or `Reply` that depends on it, and
 the driver must finish each durable effect before it performs the next one.
 
-Durability (`when` on `PersistTask` and `PersistAttempt`). "Written" survives a crash of the daemon;
+Durability (`when` on the Persist* effects). "Written" survives a crash of the daemon;
 "on disk" (fsynced) survives power loss, which the driver ensures for every write within
 SYNC_INTERVAL (a group fsync off its event loop), so a decision lost to a power cut is at most
 that old: the protocol then runs that task again (at least once), never loses it.
@@ -99,6 +99,31 @@ class ForgetAttempt:
 
     task_id: str
     attempt: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistAuditHead:
+    """Keep what we know of a peer's audit log (audit_watch.Watched.stored(): its last checked head,
+    status and fork evidence), so a restart of ours does not forget it. LAZY: a lost write only
+    means an older baseline, which the next head is still checked against."""
+
+    node_id: str
+    doc: dict[str, Any]
+    when: str = LAZY
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistReputation:
+    """Keep a manager's reputation document (reputation.py): `kind` "contractor" (a peer's record)
+    or "speed" (a command's run times), `key` the peer or the command; `doc` None deletes it. LAZY:
+    not safety-critical."""
+
+    kind: str
+    key: str
+    doc: dict[str, Any] | None
+    when: str = LAZY
     stimulus_id: str = ""
 
 

@@ -131,11 +131,15 @@ class AuditHeadSigned:
 
 @dataclass(frozen=True, slots=True)
 class StateRecovered:
-    """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), and
-    the attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs)."""
+    """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), the
+    attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs), the
+    peers' audit heads it had checked (`PersistAuditHead` docs) and its reputation documents
+    (`PersistReputation` docs)."""
 
     tasks: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    audit_heads: list[dict[str, Any]] = field(default_factory=list)
+    reputation: list[dict[str, Any]] = field(default_factory=list)
     stimulus_id: str = ""
 
 

@@ -15,6 +15,11 @@ Rules:
   materially or every `refresh_rounds()` rounds (a heartbeat), and send it to `fanout` peers. Seeds
   not yet known as live peers and one dead peer get our load every round, so partitions heal and
   seeds join us.
+- Seeds whose node we know (mDNS gives its key): one address per node. Rediscovered at a new address,
+  the node's old discovered address is dropped (a configured seed stays), so a node that moved is not
+  sent load at its old address forever; a suspect or dead node's address moves with it at once (a
+  live one keeps the address its signed loads give). Such a seed is left alone while its node is
+  live and was heard from (a load) since the seed was announced: it is reachable where it says.
 - Scaling: the refresh period grows with N so that the loads due for forwarding fit one batch
   (N * relay_rounds / refresh <= max_batch), so a node sends O(fanout) frames per round whatever N;
   suspect_after and dead_after grow by the extra heartbeat period and the extra dissemination
@@ -78,6 +83,7 @@ class Membership:
     rng: random.Random
     peers: dict[str, Peer] = field(default_factory=dict)
     seeds: dict[str, str] = field(default_factory=dict)        # address -> source
+    seed_owner: dict[str, tuple[str, float]] = field(default_factory=dict)  # address -> (node id, announced at)
     next_round: float = 0.0
     _nonce: int = 0
     _round: int = 0
@@ -127,9 +133,21 @@ class Membership:
             return [Transition(peer, ALIVE)]
         return []
 
-    def add_seed(self, address: str, source: str = "seed") -> None:
-        if address:
-            self.seeds.setdefault(address, source)
+    def add_seed(self, address: str, source: str = "seed", node: str = "", now: float = 0.0) -> None:
+        """A static or discovered address to send our load to; `node`: whose it is, when known."""
+        if not address:
+            return
+        if node and node != self.self_id:
+            for old, (owner, _) in list(self.seed_owner.items()):
+                if owner == node and old != address:        # it moved: forget where it was
+                    del self.seed_owner[old]
+                    if self.seeds.get(old) == source:       # a configured seed at that address stays
+                        del self.seeds[old]
+            self.seed_owner[address] = (node, now)
+            peer = self.peers.get(node)
+            if peer is not None and peer.health != ALIVE:
+                peer.address = address
+        self.seeds.setdefault(address, source)
 
     # -- probes ---------------------------------------------------------------------------------
 
@@ -219,7 +237,7 @@ class Membership:
             targets = {p.address: (p.id, p.address) for p in chosen}
         known = {p.address for p in self.peers.values() if p.health != DEAD}
         for address in self.seeds:
-            if address not in known:
+            if address not in known and not self._seed_reached(address):
                 targets.setdefault(address, ("", address))
         dead = [p for p in self.peers.values() if p.health == DEAD and p.address]
         if dead:
@@ -244,6 +262,14 @@ class Membership:
         for peer in due:
             peer.relay_left -= 1
         return [([(p.id, p.address) for p in chosen], [p.load_frame for p in due])]
+
+    def _seed_reached(self, address: str) -> bool:
+        """The seed's node (if known) is live and its load came after the seed was announced."""
+        owner = self.seed_owner.get(address)
+        if owner is None:
+            return False
+        peer = self.peers.get(owner[0])
+        return peer is not None and peer.health != DEAD and peer.load is not None and peer.load_received >= owner[1]
 
     # -- queries --------------------------------------------------------------------------------
 

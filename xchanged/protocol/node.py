@@ -24,7 +24,7 @@ from .audit_watch import AuditWatch
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
 from .coordinator import Coordinator
-from .effects import Log, Outbox, ProveAudit, Relay, Send
+from .effects import Log, Outbox, PersistAuditHead, PersistReputation, ProveAudit, Relay, Send
 from .errors import LocalProtocolError
 from .events import (
     AuditHeadSigned,
@@ -65,7 +65,9 @@ from .messages import (
     RejectBid,
     Result,
 )
+from .reputation import Keeper
 from .scheduling import Candidate
+from .signing import node_id as id_of_key
 from .tasks import FINISHED_RETENTION
 
 
@@ -111,6 +113,7 @@ class Node:
         self.drops: Counter[str] = Counter()
         self.audit_head: dict[str, Any] | None = None       # our latest signed audit head (AuditHeadSigned)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
+        self.reputation = Keeper()                # which reputation records to persist (reputation.py)
         self._pump_due = False                    # an input changed state since the last pump
 
     # -- the one entry point --------------------------------------------------------------------
@@ -138,7 +141,8 @@ class Node:
         elif isinstance(event, ResourcesRead):
             self.contractor.capacity = event.capacity
         elif isinstance(event, SeedConfigured):
-            self.membership.add_seed(event.address, event.source)
+            self.membership.add_seed(event.address, event.source,
+                                     id_of_key(event.public_key) if event.public_key else "", mono)
         elif isinstance(event, FrameDropped):
             self.drops[event.reason] += 1
             changed = False                     # a flood of bad frames costs no pump
@@ -148,6 +152,7 @@ class Node:
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
             self.contractor.recover(event.attempts, mono)
+            self._recover_memory(event, mono, wall)
         else:
             raise LocalProtocolError(f"no such input: {event!r}")
         if changed:
@@ -219,6 +224,7 @@ class Node:
             self.manager.on_progress(env, now, wall)
         elif isinstance(msg, Result):
             self.manager.on_result(env, now, wall)
+            self._persist_reputation(now, wall, env.sender)
         elif isinstance(msg, Ping):
             answer = self.membership.on_ping(env)
             if answer:
@@ -234,6 +240,7 @@ class Node:
                               new_size=msg.new_size)
         elif isinstance(msg, AuditProof):
             self._audit_fork(env.sender, self.audit_watch.on_proof(env.sender, msg, wall))
+            self._persist_audit_watch()
         elif isinstance(msg, Pong):
             transitions, forward_to = self.membership.on_pong(env, now)
             self._apply(transitions, now, wall)
@@ -254,6 +261,7 @@ class Node:
                 self.out.emit(Send, targets=tuple(targets), message=load)
             for relay_targets, frames in m.relays():        # one batch of original signed frames
                 self.out.emit(Send, targets=tuple(relay_targets), message=Gossip(frames=frames))
+            self._persist_reputation(now, wall)             # timeouts change records without a message
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
         self.coordinator.on_timer(now)
@@ -263,6 +271,25 @@ class Node:
         if request is not None and load.address:
             self.out.emit(Send, targets=((env.sender, load.address),), message=request)
         self._audit_fork(env.sender, fork)
+        self._persist_audit_watch()
+
+    def _persist_audit_watch(self) -> None:
+        for doc in self.audit_watch.take_changes():
+            self.out.emit(PersistAuditHead, node_id=doc["node_id"], doc=doc)
+
+    def _persist_reputation(self, now: float, wall: int, peer: str | None = None) -> None:
+        m = self.manager
+        for kind, key, doc in self.reputation.changes(m.records, m.speeds, now, wall, peer):
+            self.out.emit(PersistReputation, kind=kind, key=key, doc=doc)
+
+    def _recover_memory(self, event: StateRecovered, now: float, wall: int) -> None:
+        """What outlives a restart besides tasks: peers' audit heads, and reputation (not safety-critical:
+        documents that do not make sense are skipped, and said)."""
+        skipped = self.audit_watch.restore(event.audit_heads)
+        skipped += self.reputation.restore(event.reputation, self.manager.records, self.manager.speeds, now, wall)
+        if skipped:
+            self.out.emit(Log, level="warning", text=f"recovery skipped {skipped} malformed audit-head or "
+                                                     "reputation documents from the store")
 
     def _audit_fork(self, peer_id: str, evidence: dict[str, Any] | None) -> None:
         if evidence is None:

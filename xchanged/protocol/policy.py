@@ -72,6 +72,7 @@ class ContractorRecord:
     half_open_trial: bool = False
     accuracy: float = 1.0       # EWMA of min(1, estimated / actual run time) over its successes
     estimates: int = 0
+    version: int = 0            # bumped by every change worth keeping across a restart (reputation.py)
 
     def observe_runtime(self, estimate_ms: int, actual_ms: int) -> None:
         """Reputation: compare a winning bid's run-time estimate with the measured run time."""
@@ -80,6 +81,7 @@ class ContractorRecord:
         sample = min(1.0, estimate_ms / actual_ms)
         self.accuracy = (1 - ACCURACY_WEIGHT) * self.accuracy + ACCURACY_WEIGHT * sample
         self.estimates += 1
+        self.version += 1
 
     @property
     def success_rate(self) -> float:
@@ -100,12 +102,14 @@ class ContractorRecord:
             self.half_open_trial = True
 
     def succeeded(self) -> None:
+        self.version += 1
         self.successes += 1
         self.consecutive_failures = 0
         if self.breaker != CLOSED:
             self.breaker, self.cooldown = CLOSED, BREAKER_COOLDOWN
 
     def failed(self, now: float) -> None:
+        self.version += 1
         self.failures += 1
         self.consecutive_failures += 1
         if self.breaker == HALF_OPEN:
@@ -122,13 +126,15 @@ class SpeedTable:
 
     def __init__(self) -> None:
         self.runtimes: OrderedDict[str, dict[str, float]] = OrderedDict()   # command -> peer -> ms
+        self.changed: set[str] = set()     # commands observed or forgotten since reputation.py last looked
 
     def observe(self, command: str, peer: str, runtime_ms: int) -> None:
+        self.changed.add(command)
         peers = self.runtimes.pop(command, None)
         if peers is None:
             peers = {}
             while len(self.runtimes) >= SPEED_COMMANDS:
-                self.runtimes.popitem(last=False)
+                self.changed.add(self.runtimes.popitem(last=False)[0])
         self.runtimes[command] = peers                  # most recently used last
         old = peers.pop(peer, None)
         peers[peer] = float(runtime_ms) if old is None else (1 - SPEED_WEIGHT) * old + SPEED_WEIGHT * runtime_ms

@@ -15,10 +15,12 @@ What each layer catches:
 - "sig": records forged or altered by anyone without the node's key;
 - the signed head: the end cut off, and history rewritten later even by the key's holder.
 
-Recovery at open: a short or CRC-bad record at the very end, with no valid record after it, is a
-torn write; it is truncated away and a warning logged. A bad record followed by any valid record
-is damage or tampering: AuditCorrupted, naming the record's index and byte offset. Nothing before
-the tail is ever rewritten, and a tail the signed head covers is never dropped (AuditCorrupted).
+Recovery at open (rules in runtime/audit_tail.py): a tail lost in a crash after the records the
+signed head covers (a torn record, zero-filled blocks, even with whole records after them) is cut,
+the cut bytes kept in a side file `<path>.cut-<time_ms>`, and a warning logged; `repair()` does the
+same offline (`xchanged audit repair`). Damage among the records the head covers, or a whole frame
+holding a wrong record anywhere, is damage or tampering: AuditCorrupted, naming the record's index
+and byte offset, and nothing is changed. Nothing before the tail is ever rewritten.
 
 Durability: append() hands the frame to the kernel at once (it survives the process dying);
 flush() fsyncs (it survives power loss), once for any number of appends (group commit). A failed
@@ -39,6 +41,7 @@ import hashlib
 import logging
 import mmap
 import os
+import time
 import zlib
 from array import array
 from collections.abc import Iterator
@@ -53,7 +56,6 @@ from xchanged.protocol.audit_format import (
     MAX_PAYLOAD_BYTES,
     ZERO_HASH,
     AuditRecord,
-    Problem,
     Scan,
     SignedTreeHead,
     decode_record,
@@ -66,10 +68,13 @@ from xchanged.protocol.audit_format import (
 )
 from xchanged.protocol.merkle import MerkleAccumulator, leaf_hash
 
+from . import audit_tail
+from .audit_tail import TailCut, write_all
+
 __all__ = [
     "EVENTS", "AuditCorrupted", "AuditEntryError", "AuditError", "AuditFsyncError", "AuditLocked",
-    "AuditLog", "AuditRecord", "AuditWriteError", "SignedTreeHead", "VerifyReport",
-    "read_records", "verify_log",
+    "AuditLog", "AuditRecord", "AuditWriteError", "SignedTreeHead", "TailCut", "VerifyReport",
+    "read_records", "repair", "verify_log",
 ]
 
 HEAD_SUFFIX = ".head"
@@ -144,6 +149,7 @@ class AuditLog:
         self._durable_size = 0
         self._head: SignedTreeHead | None = None
         self._failure: AuditError | None = None  # set once an I/O error poisoned the log
+        self.cut: TailCut | None = None  # what recovery cut from a crash-damaged tail, if anything
         self._fd = _open_locked(self._path)
         try:
             self._recover()
@@ -228,7 +234,7 @@ class AuditLog:
         try:
             fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                _write_all(fd, text.encode())
+                write_all(fd, text.encode())
                 self._fsync(fd, "the new head")
             finally:
                 os.close(fd)
@@ -282,72 +288,12 @@ class AuditLog:
     # --- internals ---------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        head = self._read_own_head()
-        # Records the head covers are vouched for by its one signature over their Merkle root
-        # (checked below), so only later records need their own signature checked: a long log
-        # opens in seconds, not minutes. verify_log still checks every signature.
-        file_size = os.fstat(self._fd).st_size
-        with _mapped(self._fd, file_size) as buf:
-            scan = Scan(buf, self._public_key, self._node_id, head.size if head else 0)
-            for record, payload in scan:
-                self._offsets.append(record.offset)
-                self._tree.append(leaf_hash(payload))
-        problem = scan.problem
-        if problem is not None and not problem.torn:
-            raise AuditCorrupted(self._path, problem.index, problem.offset, problem.reason)
-        if head is not None:
-            self._check_head_covers_log(head, scan, problem)
-        self._head = head
-        if problem is not None:
-            self._logger.warning(
-                "audit log %s: dropped an incomplete final record %d at byte %d (%s); "
-                "keeping %d records",
-                self._path, problem.index, problem.offset, problem.reason, scan.count,
-            )
-            try:
-                os.ftruncate(self._fd, scan.end)
-            except OSError as exc:
-                raise AuditWriteError(f"truncating {self._path} failed: {exc}") from exc
-            self._fsync(self._fd, "the truncated log")
-        self._end = scan.end
-        self._last_digest = scan.last_digest
+        opened = _recover_fd(self._fd, self._path, self._public_key, self._node_id, self._logger)
+        self._head, self._tree, self._offsets = opened.head, opened.tree, opened.offsets
+        self._end = opened.end
+        self._last_digest = opened.last_digest
         self._durable_size = self.size
-
-    def _read_own_head(self) -> SignedTreeHead | None:
-        try:
-            os.unlink(self._head_path + ".tmp")  # a head write cut short by a crash
-        except FileNotFoundError:
-            pass
-        try:
-            head = _read_head_file(self._head_path)
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise AuditCorrupted(self._head_path, None, None, str(exc)) from None
-        if head.node_id != self._node_id:
-            raise AuditCorrupted(
-                self._head_path, None, None,
-                f"head is for node {head.node_id!r}, this node is {self._node_id!r}",
-            )
-        if not head.verify(self._public_key):
-            raise AuditCorrupted(self._head_path, None, None, "head signature does not verify")
-        return head
-
-    def _check_head_covers_log(
-        self, head: SignedTreeHead, scan: Scan, torn: Problem | None
-    ) -> None:
-        if head.size > scan.count:
-            offset = torn.offset if torn else scan.end
-            raise AuditCorrupted(
-                self._path, scan.count, offset,
-                f"the signed head covers {head.size} records but only {scan.count} are whole"
-                + (f" ({torn.reason})" if torn else " (records were removed from the end)"),
-            )
-        if self._tree.root(head.size) != head.root:
-            raise AuditCorrupted(
-                self._head_path, None, None,
-                f"head root does not match the log's first {head.size} records",
-            )
+        self.cut = opened.cut
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -358,7 +304,7 @@ class AuditLog:
 
     def _write(self, frame: bytes) -> None:
         try:
-            _write_all(self._fd, frame)
+            write_all(self._fd, frame)
         except OSError as exc:
             try:  # keep the file a whole number of records for the next start
                 os.ftruncate(self._fd, self._end)
@@ -380,6 +326,97 @@ class AuditLog:
             self._fsync(fd, "the log's directory")
         finally:
             os.close(fd)
+
+
+@dataclass
+class _Opened:
+    """What recovery found in a log file (see _recover_fd)."""
+
+    head: SignedTreeHead | None
+    tree: MerkleAccumulator
+    offsets: array
+    end: int
+    last_digest: bytes
+    cut: TailCut | None
+
+
+def _recover_fd(fd: int, path: str, public_key: Ed25519PublicKey, node_id: str,
+                logger: logging.Logger) -> _Opened:
+    """Scan the log open (and locked) on `fd`, check it against its signed head, and cut a lost tail
+    (runtime/audit_tail.py); AuditCorrupted when it must not be used."""
+    head = _read_own_head(path + HEAD_SUFFIX, public_key, node_id)
+    covered = head.size if head else 0
+    tree, offsets = MerkleAccumulator(), array("Q")
+    # Records the head covers are vouched for by its one signature over their Merkle root
+    # (checked below), so only later records need their own signature checked: a long log
+    # opens in seconds, not minutes. verify_log still checks every signature.
+    file_size = os.fstat(fd).st_size
+    with _mapped(fd, file_size) as buf:
+        scan = Scan(buf, public_key, node_id, covered)
+        for record, payload in scan:
+            offsets.append(record.offset)
+            tree.append(leaf_hash(payload))
+    problem = scan.problem
+    if problem is not None:
+        why = audit_tail.refusal(problem, covered)
+        if why is not None:
+            raise AuditCorrupted(path, problem.index, problem.offset, why)
+    elif head is not None and head.size > scan.count:
+        raise AuditCorrupted(path, scan.count, scan.end,
+                             f"the signed head covers {head.size} records but only {scan.count} are whole"
+                             " (records were removed from the end)")
+    if head is not None and tree.root(head.size) != head.root:
+        raise AuditCorrupted(path + HEAD_SUFFIX, None, None,
+                             f"head root does not match the log's first {head.size} records")
+    cut = None
+    if problem is not None:
+        try:
+            side = audit_tail.keep_and_cut(fd, path, scan.end, file_size, time.time_ns() // 1_000_000)
+        except OSError as exc:
+            raise AuditWriteError(f"cutting the damaged tail of {path} failed: {exc}") from exc
+        cut = TailCut(scan.end, file_size - scan.end, problem.index, scan.count, problem.reason, side)
+        logger.warning("audit log %s: recovered from a crash: %s", path, cut.describe())
+    return _Opened(head, tree, offsets, scan.end, scan.last_digest, cut)
+
+
+def _read_own_head(head_path: str, public_key: Ed25519PublicKey, node_id: str) -> SignedTreeHead | None:
+    try:
+        os.unlink(head_path + ".tmp")  # a head write cut short by a crash
+    except FileNotFoundError:
+        pass
+    try:
+        head = _read_head_file(head_path)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise AuditCorrupted(head_path, None, None, str(exc)) from None
+    if head.node_id != node_id:
+        raise AuditCorrupted(head_path, None, None, f"head is for node {head.node_id!r}, this node is {node_id!r}")
+    if not head.verify(public_key):
+        raise AuditCorrupted(head_path, None, None, "head signature does not verify")
+    return head
+
+
+def repair(path: str | os.PathLike[str], public_key: Ed25519PublicKey, node_id: str | None = None,
+           *, logger: logging.Logger | None = None) -> TailCut | None:
+    """Offline, what the daemon does when it opens its log: cut a tail lost in a crash (kept in a
+    side file) and return what was cut (None: the log was whole). AuditCorrupted when it must not be
+    used (tampering, or damage a signed head covers): nothing is changed then. AuditLocked while a
+    daemon has it open; FileNotFoundError when there is no log. `node_id` defaults to the head's,
+    and without a head to the one derived from the key."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no audit log at {path}")
+    if node_id is None:
+        try:
+            node_id = _read_head_file(path + HEAD_SUFFIX).node_id
+        except (OSError, ValueError):
+            node_id = signing.node_id(signing.public_bytes(public_key))
+    fd = _open_locked(path)
+    try:
+        return _recover_fd(fd, path, public_key, node_id, logger or logging.getLogger(__name__)).cut
+    finally:
+        os.close(fd)
 
 
 def verify_log(
@@ -420,6 +457,9 @@ def verify_log(
     if scan.problem is not None:
         first_bad = scan.problem.index
         problems.insert(0, scan.problem.describe())
+        if head is not None and audit_tail.refusal(scan.problem, head.size) is None:
+            problems.insert(1, "this is a tail lost in a crash, after the signed head: the daemon cuts it"
+                               " when it starts (or `xchanged audit repair`), keeping the bytes aside")
 
     if head is not None:
         if head.node_id != node_id:
@@ -510,8 +550,3 @@ def _read_head_file(head_path: str) -> SignedTreeHead:
         data = file.read(64 * 1024)
     return parse_head(data)
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

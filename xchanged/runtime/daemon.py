@@ -24,10 +24,8 @@ import sqlite3
 import time
 from typing import Any
 
-import psutil
-
 from .. import __version__
-from ..config import Config, parse_host_port
+from ..config import Config, format_address, parse_address, parse_host_port
 from ..driver import Driver
 from ..protocol import codec
 from ..protocol.effects import (
@@ -36,7 +34,9 @@ from ..protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistAuditHead,
     PersistParts,
+    PersistReputation,
     PersistTask,
     ProveAudit,
     Relay,
@@ -56,7 +56,7 @@ from ..protocol.signing import TrustStore, load_private_key, node_id, public_byt
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .control import Control
-from .discovery import Discovery, interface_ip
+from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
 from .metrics import MetricsServer, serve_metrics
 from .ratelimit import RateLimitedLog
@@ -84,16 +84,15 @@ def wall_ms() -> int:
 
 
 def advertised_address(config: Config, port: int) -> str:
+    """The host:port peers dial: `[network] advertise` (a bare host gets the listen port), else the
+    listen address when it is a specific one, else the first non-loopback IPv4 address."""
     if config.network.advertise:
-        return config.network.advertise
+        host, given = parse_address(config.network.advertise, port)
+        return format_address(host, given or port)
     host, _ = parse_host_port(config.network.listen)
     if host not in ("0.0.0.0", "::", ""):
-        return f"{host}:{port}"
-    for addrs in psutil.net_if_addrs().values():          # first non-loopback IPv4 address
-        for addr in addrs:
-            if addr.family == socket.AF_INET and not addr.address.startswith("127."):
-                return f"{addr.address}:{port}"
-    return f"127.0.0.1:{port}"
+        return format_address(host, port)
+    return f"{first_ipv4()}:{port}"
 
 
 class Daemon:
@@ -219,7 +218,9 @@ class Daemon:
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
         tasks = [dict(d, parts_done=self.store.parts(d["id"])) if d.get("composite") else d
                  for d in self.store.unfinished_tasks()]         # a composite's reported parts come back with it
-        self._handle(StateRecovered(tasks, self._recover_attempts()))
+        self._handle(StateRecovered(tasks, self._recover_attempts(),
+                                    self.store.audit_heads({node_id(k) for k in self.trust.keys}),
+                                    self.store.reputation()))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
@@ -382,6 +383,8 @@ class Daemon:
             PersistParts: lambda e: store.put_parts(e.task_id, [to_body(p) for p in e.parts]),
             ForgetAttempt: lambda e: store.delete_attempt(e.task_id, e.attempt),
             StoreOutput: lambda e: store.put_output(e.task_id, e.attempt, e.stdout, e.stderr),
+            PersistAuditHead: lambda e: store.put_audit_head(e.node_id, e.doc, e.when),
+            PersistReputation: lambda e: store.put_reputation(e.kind, e.key, e.doc, e.when),
             Audit: lambda e: self.audit.append(e.entry),
             Log: lambda e: log.log(logging.getLevelName(e.level.upper()), "%s [%s]", e.text, e.stimulus_id),
             Send: send, Relay: relay, Reply: reply,

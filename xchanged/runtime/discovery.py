@@ -14,8 +14,10 @@ What is done with what others announce (attacker-influenced input, so checked an
   is ignored, with a rate-limited warning.
 - A service whose key is in the trust store becomes `on_peer(address, public_key)`; the daemon turns
   it into a `SeedConfigured(address, public_key, source="mdns")` for the core, which sends it our
-  load. mDNS tells us only where to knock: everything learnt about the peer afterwards comes from
-  its signed frames.
+  load, and drops that node's previously discovered address (it moved). mDNS tells us only where to
+  knock: everything learnt about the peer afterwards comes from its signed frames.
+- We announce an IPv4 address (an A record) even when we advertise a host name or an IPv6 address:
+  the name's IPv4 address, else our interface's (`ipv4_for`).
 - A service whose key is not trusted is remembered (at most `MAX_UNTRUSTED`) so `xchanged peers
   --all` can show it as `untrusted`; it is never used, and frames signed by its key are dropped by
   the codec anyway.
@@ -37,11 +39,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import psutil
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..protocol import codec
 from ..protocol.signing import PUBLIC_KEY_LEN, TrustStore, fingerprint, node_id
+from ..units import parse_host_port
 
 log = logging.getLogger("xchanged.discovery")
 
@@ -123,17 +127,18 @@ class Discovery:
 
     async def start(self) -> None:
         """Open the mDNS sockets and start announcing and browsing (both go on in the background)."""
-        host, _, port = self.address.rpartition(":")
+        host, port = parse_host_port(self.address)
+        ip = await asyncio.to_thread(ipv4_for, host, self.interface_ip)      # a host name may need DNS
         interfaces = [self.interface_ip] if self.interface_ip else InterfaceChoice.All
         self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
         self._info = AsyncServiceInfo(
             SERVICE_TYPE, f"{instance_name(self.name, self.id)}.{SERVICE_TYPE}",
-            addresses=[socket.inet_aton(host)], port=int(port),
+            addresses=[socket.inet_aton(ip)], port=port,
             properties=txt_properties(self.id, self.public_key, self.name),
             server=f"xc-{self.id.lower()}.local.")
         self._spawn(self._register())
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
-        log.info("mDNS: announcing %s at %s on %s", SERVICE_TYPE, self.address,
+        log.info("mDNS: announcing %s at %s:%s (advertised %s) on %s", SERVICE_TYPE, ip, port, self.address,
                  self.interface_ip or "all interfaces")
 
     async def close(self) -> None:
@@ -231,6 +236,33 @@ class Discovery:
                  "queued": 0, "cpus": 0, "cpu_percent": 0.0, "mem_total": 0, "mem_available": 0, "gpus": [],
                  "labels": {}, "utilisation": 0.0, "fingerprint": u.fingerprint, "self": False}
                 for u in sorted(self.untrusted.values(), key=lambda u: (u.name, u.id))]
+
+
+def ipv4_for(host: str, interface: str | None) -> str:
+    """The IPv4 address mDNS announces for our advertised `host` (mDNS only says where to knock; our
+    signed loads say where we are): the host itself if it is one, else what the name resolves to,
+    else the interface mDNS is bound to, else the first non-loopback IPv4 address. An advertised
+    host name or IPv6 address therefore never turns mDNS off."""
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        infos = []
+    if infos:
+        return str(infos[0][4][0])
+    return interface or first_ipv4()
+
+
+def first_ipv4() -> str:
+    """The first non-loopback IPv4 address of this host's interfaces, else 127.0.0.1."""
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family == socket.AF_INET and not addr.address.startswith("127."):
+                return str(addr.address)
+    return "127.0.0.1"
 
 
 def interface_ip(listen: str) -> str | None:

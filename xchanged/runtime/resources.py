@@ -2,11 +2,16 @@
 
 No GPU, no driver or no NVML library means zero GPUs, never an error. Readings block (psutil's CPU
 percentage, NVML calls), so the daemon takes them in a worker thread and caches the last one.
+
+A GPU's index is NVML's, which numbers devices by PCI bus id; a task given GPUs gets them as
+CUDA_VISIBLE_DEVICES with CUDA_DEVICE_ORDER=PCI_BUS_ID (protocol/contractor.py), so CUDA numbers
+them the same way. Per-GPU free memory and utilisation travel in the load signal (`peers`, `stats`).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psutil
 
@@ -19,14 +24,16 @@ log = logging.getLogger(__name__)
 class GpuReader:
     """NVML, initialised once; `available` is False when there is nothing to read."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: Any = None) -> None:
+        """`nvml`: the NVML module (default: pynvml, from nvidia-ml-py); tests pass a fake one."""
         self.available = False
         self._nvml = None
         try:
-            import pynvml  # provided by nvidia-ml-py
+            if nvml is None:
+                import pynvml as nvml  # provided by nvidia-ml-py
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
+            nvml.nvmlInit()
+            self._nvml = nvml
             self.available = True
         except Exception as exc:  # no library, no driver, no device: all mean "no GPUs"
             log.debug("NVML unavailable: %s", exc)
@@ -62,8 +69,8 @@ class GpuReader:
 
 
 class ResourceReader:
-    def __init__(self) -> None:
-        self.gpus = GpuReader()
+    def __init__(self, gpus: GpuReader | None = None) -> None:
+        self.gpus = gpus or GpuReader()
         psutil.cpu_percent(interval=None)       # prime: the first non-blocking reading is meaningless
 
     def read(self) -> Capacity:

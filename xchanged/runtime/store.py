@@ -15,8 +15,11 @@ any effect that depends on the write (a reply to the client, a message to a peer
 
 Contractor attempt records (`put_attempt`, msgpack documents since results carry raw output bytes)
 are handed back to the core at start-up (`StateRecovered.attempts`) and deleted on the manager's ack.
-Schema 2 added the `attempts` table, schema 3 the `parts` table (a composite's parts that ended, kept by
-the node that manages the composite); opening an older file creates them (nothing else changed).
+So are the peers' audit heads this node checked (`audit_heads`, one row per peer) and its reputation
+documents (`reputation`, a contractor's record or a command's run times: protocol/reputation.py),
+both written LAZY. Schema 2 added the `attempts` table, schema 3 the `parts` table (a composite's parts
+that ended, kept by the node that manages the composite), schema 4 `audit_heads` and `reputation`;
+opening an older file creates what it lacks (nothing else changed).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import msgpack
 
 from ..protocol.effects import AFTER, BEFORE, LAZY, SYNC
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -59,6 +62,16 @@ CREATE TABLE IF NOT EXISTS attempts (
     attempt INTEGER NOT NULL,
     doc BLOB NOT NULL,
     PRIMARY KEY (task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    node_id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reputation (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
 );
 """
 UNFINISHED = ("queued", "assigned", "running")
@@ -121,6 +134,27 @@ class Store:
     def delete_attempt(self, task_id: str, attempt: int) -> None:
         self._begin(LAZY)
         self.db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
+
+    def put_audit_head(self, node_id: str, doc: dict, when: str = LAZY) -> None:
+        self._begin(when)
+        self.db.execute("INSERT OR REPLACE INTO audit_heads VALUES (?, ?)",
+                        (node_id, json.dumps(doc, separators=(",", ":"))))
+
+    def audit_heads(self, wanted: set[str] | None = None) -> list[dict]:
+        """The stored audit-head documents (of the nodes in `wanted`, when given)."""
+        rows = self.db.execute("SELECT node_id, doc FROM audit_heads ORDER BY node_id")
+        return [json.loads(doc) for nid, doc in rows if wanted is None or nid in wanted]
+
+    def put_reputation(self, kind: str, key: str, doc: dict | None, when: str = LAZY) -> None:
+        self._begin(when)
+        if doc is None:
+            self.db.execute("DELETE FROM reputation WHERE kind = ? AND key = ?", (kind, key))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO reputation VALUES (?, ?, ?)",
+                            (kind, key, json.dumps(doc, separators=(",", ":"))))
+
+    def reputation(self) -> list[dict]:
+        return [json.loads(doc) for (doc,) in self.db.execute("SELECT doc FROM reputation ORDER BY kind, key")]
 
     def attempts(self) -> list[dict]:
         rows = self.db.execute("SELECT doc FROM attempts ORDER BY task_id, attempt")

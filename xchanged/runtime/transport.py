@@ -81,6 +81,8 @@ class PeerTransport:
         sock.setsockopt(zmq.IMMEDIATE, 1)       # don't queue for a peer we are not connected to
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if address.startswith("["):             # an IPv6 peer ("[fd00::5]:7946"); names resolve to IPv4
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(zmq_endpoint(address))
         self.dealers[address] = (sock, now)
         return sock

@@ -100,7 +100,7 @@ def stats(node: Node, now: float, uptime: float, stored_states: dict[str, int] |
         "outranked_rounds": m.get("outranked", 0),
         "agents": [{k: p[k] for k in ("name", "health", "slots", "slots_free", "running", "queued", "cpu_percent",
                                        "utilisation", "completed", "success_rate", "score", "breaker",
-                                       "bid_accuracy") if k in p}
+                                       "bid_accuracy", "gpus") if k in p}
                    | {"agent_id": p["id"], "current_jobs": p["running"], "max_jobs": p["slots"],
                       "load_percent": round(100 * p["utilisation"], 1), "total_completed": p["completed"],
                       "total_failed": p["failures"], "is_healthy": p["health"] == "alive"}

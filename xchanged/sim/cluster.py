@@ -28,7 +28,9 @@ from ..protocol.effects import (
     KillTask,
     Log,
     PersistAttempt,
+    PersistAuditHead,
     PersistParts,
+    PersistReputation,
     PersistTask,
     ProveAudit,
     Relay,
@@ -236,7 +238,8 @@ class SimCluster:
 
     def restart(self, name: str) -> None:
         """Start a crashed node again from what it persisted: same key, a new incarnation, a fresh
-        Node fed `StateRecovered` (its unfinished tasks and its contractor's attempt records)."""
+        Node fed `StateRecovered` (its unfinished tasks, its contractor's attempt records, the audit
+        heads it checked and its reputation documents)."""
         sim = self.node(name)
         old = sim.node
         sim.up, sim.timer_at = True, float("inf")
@@ -250,7 +253,9 @@ class SimCluster:
         unfinished = [dict(d, parts_done=[p for (task_id, _), p in parts.items() if task_id == d["id"]])
                       for d in sim.disk.table("tasks").values() if d["state"] in ("queued", "assigned", "running")]
         self.deliver(old.id, StateRecovered(sorted(unfinished, key=lambda d: d["order"]),
-                                            list(sim.disk.table("attempts").values())))
+                                            list(sim.disk.table("attempts").values()),
+                                            list(sim.disk.table("audit_heads").values()),
+                                            list(sim.disk.table("reputation").values())))
         for address in self.seed_addresses(old.id):
             self.deliver(old.id, SeedConfigured(address))
 
@@ -298,6 +303,9 @@ class SimCluster:
             PersistParts: persist_parts,
             PersistAttempt: lambda e: disk.put("attempts", (e.doc["task_id"], e.doc["attempt"]), e.doc, e.when),
             ForgetAttempt: lambda e: disk.delete("attempts", (e.task_id, e.attempt)),
+            PersistAuditHead: lambda e: disk.put("audit_heads", e.node_id, e.doc, e.when),
+            PersistReputation: lambda e: (disk.put("reputation", (e.kind, e.key), e.doc, e.when) if e.doc is not None
+                                          else disk.delete("reputation", (e.kind, e.key), e.when)),
             StoreOutput: lambda e: sim.outputs.__setitem__((e.task_id, e.attempt), (e.stdout, e.stderr)),
             Audit: lambda e: sim.audit.append(e.entry),
             Reply: lambda e: sim.replies.__setitem__(e.request_id, e),
