@@ -78,15 +78,15 @@ def test_counts_and_slots_held_follow_every_move():
     att = Attempt(1, "Npeer", "peer", AttemptState.AWARDED)
     index.award(t, att)
     index.move(t, TaskState.ASSIGNED)
-    assert index.holding == {"Npeer": 1} and index.count(TaskState.ASSIGNED) == 1
+    assert index.holding("Npeer") == 1 and index.queued_at("Npeer") == 1 and index.count(TaskState.ASSIGNED) == 1
     index.move_attempt(t, att, AttemptState.WAITING)              # queued there: holds a queue place only
-    assert index.holding == {}
+    assert index.holding("Npeer") == 0 and index.queued_at("Npeer") == 1
     index.move_attempt(t, att, AttemptState.RUNNING)
     index.move(t, TaskState.RUNNING)
-    assert index.holding == {"Npeer": 1} and index.count(TaskState.RUNNING) == 1
+    assert index.holding("Npeer") == 1 and index.queued_at("Npeer") == 0 and index.count(TaskState.RUNNING) == 1
     index.move_attempt(t, att, AttemptState.SUCCEEDED)
     index.move(t, SUCCEEDED)
-    assert index.holding == {} and +index.counts == {}
+    assert index.holding("Npeer") == 0 and +index.counts == {}
     index.validate()
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from typing import Any
 
 from .codec import Envelope
@@ -78,6 +79,7 @@ class Manager(Negotiation):
                     origin=resubmit_of)
         task.record_parts([p for p in done if p.state == "succeeded"])   # a rerun: its coordinator skips these
         self.index.add(task)
+        self._wait(task, now)
         self.stats["submitted"] += 1
         if task.parts:
             self.out.emit(PersistParts, task_id=task_id, parts=tuple(task.parts.values()))
@@ -97,6 +99,7 @@ class Manager(Negotiation):
             return
         self._stop_current(task, A.CANCELLED, W.CANCELLED, reason, wall_ms)
         self._release_standby(task, "task cancelled")
+        self._drop_round(task)
         self._finish(task, T.CANCELLED, None, W.CANCELLED, reason, wall_ms)
         self._audit(task, "cancel", wall_ms)
         self._persist(task, SYNC)
@@ -109,7 +112,9 @@ class Manager(Negotiation):
         if task_id in self.tasks:
             return
         self._order += 1
-        self.index.add(Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id))
+        task = Task(task_id, spec, wall_ms, self._order, queued_since=now, stimulus=self.out.stimulus_id)
+        self.index.add(task)
+        self._wait(task, now)
         self.stats["parts"] += 1
 
     def cancel_part(self, task_id: str, wall_ms: int) -> None:
@@ -124,6 +129,8 @@ class Manager(Negotiation):
             self._order = max(self._order, task.order)
             task.queued_since, task.stimulus = now, self.out.stimulus_id
             self.index.add(task)
+            if task.state is T.QUEUED:
+                self._wait(task, now)
             if task.state in (T.ASSIGNED, T.RUNNING):
                 task.last_heard = now
                 self._arm(task, now + self.settings.heartbeat_timeout)
@@ -197,7 +204,7 @@ class Manager(Negotiation):
         ending = current is not None and current.attempt == res.attempt and current.node == env.sender
         if task is None or task.holds_slots:    # a coordinator's result frees no slot
             known = self.known.get(env.sender)
-            holding = self.index.holding[env.sender] - (current is not None and ending and current.state in HOLDS_SLOT)
+            holding = self.index.holding(env.sender) - (current is not None and ending and current.state in HOLDS_SLOT)
             at_most = None if known is None else known.slots - holding
             self.beliefs.result(env.sender, res.task_id, res.attempt, (env.incarnation, env.seq),
                                 res.slot_refilled, at_most)
@@ -307,9 +314,12 @@ class Manager(Negotiation):
         self.index.move(task, T.QUEUED)
         task.says(W.RETRYING, f"retrying: {reason}")
         task.queued_since, task.not_before = now, now
+        self._wait(task, now)
 
     def _finish(self, task: Task, state: TaskState, exit_code: int | None, why: str, reason: str,
                 wall_ms: int) -> None:
+        self._drop_round(task)
+        self._set_standby(task, [])
         self.index.move(task, state)
         task.says(why, reason)
         task.exit_code, task.finished = exit_code, wall_ms
@@ -340,9 +350,8 @@ class Manager(Negotiation):
                 self._audit(task, "reassign", wall_ms, att, reason=att.reason)
                 self._retry(task, now, wall_ms, failure=False, reason=att.reason)
                 self._persist(task)
-            elif task.round is not None and peer_id in task.round.candidates:
-                task.round.candidates.discard(peer_id)
-            task.standby = [s for s in task.standby if s[0] != peer_id]
+            else:
+                self._drop_candidate(task, peer_id)
 
     def on_timer(self, now: float, wall_ms: int) -> None:
         while self._timers and self._timers[0][0] <= now:
@@ -396,6 +405,19 @@ class Manager(Negotiation):
                 raise LocalProtocolError(f"{task.id}: a queue deadline without a waiting attempt")
             if task.award_deadline is not None and (att is None or att.state is not A.AWARDED):
                 raise LocalProtocolError(f"{task.id}: an award deadline without an award")
+            if task.state is T.QUEUED and task.round is None and task.id not in (
+                    self.backlog if task.holds_slots else self.composites).live:
+                raise LocalProtocolError(f"{task.id}: queued, with no round and not in the backlog")
+        claims: Counter[str] = Counter()
+        for task in self.index.active.values():
+            if task.holds_slots:
+                claims.update(task.round.candidates if task.round is not None else ())
+                claims.update(peer for peer, _, _ in task.standby)
+        if +claims != +self.claims:
+            raise LocalProtocolError(f"claims {dict(+self.claims)} != recount {dict(+claims)}")
+        rounds = sum(1 for t in self.index.active.values() if t.round is not None and t.holds_slots)
+        if rounds != self.open_rounds:
+            raise LocalProtocolError(f"{self.open_rounds} open rounds counted, {rounds} open")
         for peer, entries in self.beliefs.ledger.awards.items():
             for task_id, attempt in entries:
                 if task_id not in self.index.tasks:

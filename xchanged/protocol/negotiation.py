@@ -81,6 +81,10 @@ class Negotiation:
         self._order = 0
         self.stats: Counter[str] = Counter()
         self.finished_parts: list[Task] = []           # parts that ended since the coordinator last looked
+        self.backlog = scheduling.Backlog()            # tasks waiting to be announced, best first
+        self.composites = scheduling.Backlog()         # composites waiting for a coordinator
+        self.claims: Counter[str] = Counter()          # peer -> slots held there by our open rounds and standby bids
+        self.open_rounds = 0                           # of tasks that take a slot
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -96,14 +100,15 @@ class Negotiation:
         """Announce queued tasks, best first, while some fitting peer has an unclaimed free slot
         (the decision: scheduling.py)."""
         self.known = {c.id: c for c in candidates}
-        active = self.index.active.values()
-        units, waiting, composites, mixed = scheduling.unclaimed(candidates, active, self.settings.self_id, now)
-        self.queue_ok = scheduling.use_queues(candidates, units, len(waiting), mixed, active,
-                                              self.beliefs.turned_away)
-        announcements = scheduling.plan(waiting, candidates, units, self._record, self._may_award_directly,
-                                        self.settings.max_candidates, self.rng, now)
-        if composites:
-            announcements += scheduling.plan_coordinators(composites, candidates, self._record,
+        self_id, index = self.settings.self_id, self.index
+        units = scheduling.free_units(candidates, self.claims, self_id, index.live[A.AWARDED][self_id])
+        waiting = sum(index.queued_levels.values()) - self.open_rounds       # queued, not being announced
+        self.queue_ok = scheduling.use_queues(candidates, units, waiting, len(index.queued_levels) > 1,
+                                              index.queued_at, self.beliefs.turned_away)
+        announcements = scheduling.plan(self.backlog, waiting, candidates, units, self._record,
+                                        self._may_award_directly, self.settings.max_candidates, self.rng, now)
+        if self.composites.live:
+            announcements += scheduling.plan_coordinators(self.composites, candidates, self._record,
                                                           self._may_award_directly, self.rng, now)
         for a in announcements:
             with self.out.caused_by(a.task.stimulus):
@@ -121,6 +126,9 @@ class Negotiation:
     def _announce(self, task: Task, chosen: list[Candidate], now: float, wall_ms: int) -> None:
         attempt = task.new_attempt()
         task.round = Round(attempt, {c.id for c in chosen}, now + self.settings.bid_window)
+        if task.holds_slots:
+            self.claims.update(task.round.candidates)
+            self.open_rounds += 1
         spec = task.spec
         deadline_in = spec.deadline_ms - wall_ms if spec.deadline_ms is not None else None
         cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
@@ -143,7 +151,7 @@ class Negotiation:
                     affinity=policy.affinity(cand.labels, req))
         score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
                              self.speeds.relative(task.spec.command, cand.id))
-        task.standby = [(cand.id, score, None)]
+        self._set_standby(task, [(cand.id, score, None)])
         self.stats["direct_awards"] += 1
         self._award_next(task, now, wall_ms)
 
@@ -177,7 +185,7 @@ class Negotiation:
             self._close_round(task, now, wall_ms)
 
     def _close_round(self, task: Task, now: float, wall_ms: int) -> None:
-        rnd, task.round = task.round, None
+        rnd = self._drop_round(task)
         if rnd is None:
             return
         req = task.spec.requirements
@@ -190,16 +198,18 @@ class Negotiation:
             task.says(W.NO_BIDS, scheduling.why_no_bids(rnd))
             if len(rnd.refusals) == len(rnd.candidates) and all(r.code in BUSY_CODES for r in rnd.refusals.values()):
                 task.not_before = now           # they are full, not unable: wait for the next free slot
-                return
-            self._back_off(task, now)
+            else:
+                self._back_off(task, now)
+            self._wait(task, now)
             return
         if scheduling.outranked(task, self.known.get(order[0]), self.index.active.values(), now):
             for peer in rnd.bids:               # a more urgent task arrived: it gets the room instead
                 self._send(peer, RejectBid(task.id, rnd.attempt, "a higher-priority task came first"))
             task.not_before = now
             self.stats["outranked"] += 1
+            self._wait(task, now)
             return
-        task.standby = [(peer, scored[peer], rnd.bids[peer]) for peer in order]
+        self._set_standby(task, [(peer, scored[peer], rnd.bids[peer]) for peer in order])
         self._award_next(task, now, wall_ms, attempt=rnd.attempt)
 
     def on_reject(self, env: Envelope, now: float, wall_ms: int) -> None:
@@ -226,9 +236,12 @@ class Negotiation:
             if last is not None and last.state is A.REJECTED and last.why not in BUSY_CODES:
                 self._back_off(task, now)                 # it cannot run there: don't hammer it
                 self.bid_first.add(task.id)               # and ask with a cfp next time (a refusal adds no attempt)
+            self._wait(task, now)
             self._persist(task)
             return
         peer, score, bid_env = task.standby.pop(0)
+        if task.holds_slots:
+            self.claims[peer] -= 1
         attempt = attempt if attempt is not None else task.new_attempt()
         taken = (bid_env.incarnation, bid_env.seq) if bid_env is not None and not bid_env.message.queued else None
         if task.holds_slots:
@@ -252,7 +265,37 @@ class Negotiation:
         for peer, _, env in task.standby:
             if env is not None:                           # a direct award holds no reservation
                 self._send(peer, RejectBid(task.id, env.message.attempt, reason))
-        task.standby = []
+        self._set_standby(task, [])
+
+    # -- what holds a slot at a peer, and what waits ------------------------------------------------
+
+    def _set_standby(self, task: Task, entries: list[tuple[str, float, Envelope | None]]) -> None:
+        """The bids kept in reserve for an award: each claims its bidder's slot until released."""
+        if task.holds_slots:
+            self.claims.subtract(peer for peer, _, _ in task.standby)
+            self.claims.update(peer for peer, _, _ in entries)
+        task.standby = entries
+
+    def _drop_round(self, task: Task) -> Round | None:
+        """Close the task's open round (if any): the peers it asked no longer hold a slot for it."""
+        rnd, task.round = task.round, None
+        if rnd is not None and task.holds_slots:
+            self.claims.subtract(rnd.candidates)
+            self.open_rounds -= 1
+        return rnd
+
+    def _drop_candidate(self, task: Task, peer: str) -> None:
+        """A peer died: it no longer holds anything for this task."""
+        if task.round is not None and peer in task.round.candidates:
+            task.round.candidates.discard(peer)
+            if task.holds_slots:
+                self.claims[peer] -= 1
+        if any(p == peer for p, _, _ in task.standby):
+            self._set_standby(task, [s for s in task.standby if s[0] != peer])
+
+    def _wait(self, task: Task, now: float) -> None:
+        """The task is queued with no open round: it waits for its turn to be announced."""
+        (self.backlog if task.holds_slots else self.composites).push(task, now)
 
     def _back_off(self, task: Task, now: float) -> None:
         task.backoff = min(max(task.backoff * 2, NO_BID_BACKOFF[0]), NO_BID_BACKOFF[1])

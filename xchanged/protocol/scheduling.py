@@ -24,18 +24,21 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from . import policy
-from .lifecycle import AttemptState, TaskState, Why
+from .lifecycle import TaskState, Why
 from .messages import Load
 from .tasks import Round, Task
 
 COORDINATOR_CANDIDATES = 3     # peers asked to coordinate one composite
+MAX_LOOKED_AT = 256            # waiting tasks looked at per pump, at most
+AGING_RESORT = 5.0             # seconds between re-sorting the backlog for aging (a level per AGING_STEP)
 
 
 @dataclass(slots=True)
@@ -60,70 +63,101 @@ class Announcement:
     direct: bool                # award at once, without a cfp/bid round
 
 
-def unclaimed(candidates: list[Candidate], active: Iterable[Task], self_id: str,
-              now: float) -> tuple[dict[str, int], list[Task], list[Task], bool]:
-    """(free units per peer not yet claimed by our rounds, standby bids and unanswered awards to
-    ourselves; the tasks waiting to be announced now; the composites among them (they need a
-    coordinator, not a slot); whether the queued tasks have mixed levels)."""
-    units = {c.id: c.free for c in candidates}
-    waiting: list[Task] = []
-    composites: list[Task] = []
-    levels: set[int] = set()
-    for task in active:
-        if not task.holds_slots:
-            if task.state is TaskState.QUEUED and task.round is None and task.not_before <= now:
-                composites.append(task)
-            continue
-        if task.state is TaskState.QUEUED:
-            levels.add(task.base_level)
-            if task.round is None and task.not_before <= now:
-                waiting.append(task)
-        if task.round is not None:
-            for peer in task.round.candidates:
-                units[peer] = units.get(peer, 0) - 1
-        for peer, _, _ in task.standby:
-            units[peer] = units.get(peer, 0) - 1
-        att = task.current
-        if att is not None and att.state is AttemptState.AWARDED and att.node == self_id:
-            units[self_id] = units.get(self_id, 0) - 1   # our own contractor counts it once it arrives
-    waiting.sort(key=lambda t: (-t.level(now), t.spec.deadline_ms or math.inf, t.order))
-    return units, waiting, composites, len(levels) > 1
+class Backlog:
+    """The tasks waiting to be announced, best first, kept as tasks change rather than sorted anew at
+    every pump (a deep queue made each pump O(tasks log tasks)). Entries are lazy: an entry whose task
+    was pushed again, announced or ended is skipped when it comes up. A task that may be waiting must
+    be `push`ed whenever it becomes so (queued, or its round closed); `live` names the task ids with a
+    current entry, so Node.validate_state can check none was forgotten. Aging (a level per AGING_STEP
+    waited) re-sorts the entries every AGING_RESORT seconds."""
+
+    def __init__(self) -> None:
+        self._ready: list[tuple[tuple[int, float, int], int, Task]] = []
+        self._later: list[tuple[float, int, Task]] = []      # backing off: by not_before
+        self.live: dict[str, int] = {}                        # task id -> its current entry
+        self._seq = 0
+        self._sorted_at = -math.inf
+
+    def push(self, task: Task, now: float) -> None:
+        self._seq += 1
+        self.live[task.id] = self._seq
+        if task.not_before > now:
+            heapq.heappush(self._later, (task.not_before, self._seq, task))
+        else:
+            heapq.heappush(self._ready, (_rank(task, now), self._seq, task))
+
+    def take(self, now: float, most: int) -> Iterator[Task]:
+        """Up to `most` waiting tasks, best first. A task taken and not announced must be pushed again."""
+        self._ripen(now)
+        while self._ready and most > 0:
+            _, seq, task = heapq.heappop(self._ready)
+            if self._current(seq, task):
+                del self.live[task.id]
+                most -= 1
+                yield task
+
+    def _ripen(self, now: float) -> None:
+        while self._later and self._later[0][0] <= now:
+            _, seq, task = heapq.heappop(self._later)
+            if self._current(seq, task):
+                heapq.heappush(self._ready, (_rank(task, now), seq, task))
+        if now - self._sorted_at >= AGING_RESORT:
+            self._ready = [(_rank(t, now), seq, t) for _, seq, t in self._ready if self._current(seq, t)]
+            heapq.heapify(self._ready)
+            self._sorted_at = now
+
+    def _current(self, seq: int, task: Task) -> bool:
+        return self.live.get(task.id) == seq and task.state is TaskState.QUEUED and task.round is None
+
+
+def _rank(task: Task, now: float) -> tuple[int, float, int]:
+    return -task.level(now), task.spec.deadline_ms or math.inf, task.order
+
+
+def free_units(candidates: list[Candidate], claims: Counter[str], self_id: str,
+               awarded_to_self: int) -> dict[str, int]:
+    """Free slots per peer not yet claimed by our open rounds and standby bids (`claims`), nor by
+    awards to our own contractor it has not answered yet (it counts them once they arrive)."""
+    units = {c.id: c.free - claims[c.id] for c in candidates}
+    if awarded_to_self:
+        units[self_id] = units.get(self_id, 0) - awarded_to_self
+    return units
 
 
 def use_queues(candidates: list[Candidate], units: dict[str, int], waiting: int, mixed: bool,
-               active: Iterable[Task], turned_away: set[str]) -> bool:
+               queued_at: Callable[[str], int], turned_away: set[str]) -> bool:
     """Offer contractors' local queues (prefetch) only while the backlog is deep: more tasks wait than
     there are free slots plus two rounds of every slot we know. Then a queued task starts the moment
     a slot frees, and many tasks still follow it. Toward the tail of a workload, a task queued behind
     a busy node while another idles would lengthen it, so free slots alone are used. And only while
     every waiting task has the same priority: a task queued on one node cannot be overtaken there,
     but a less urgent one given a slot that frees elsewhere would start first (`mixed`). Adds the
-    queue room (less our attempts awarded or waiting there) to `units`."""
+    queue room (less our attempts awarded or waiting there, `queued_at`) to `units`."""
     if mixed or not any(c.queue for c in candidates):
         return False
     if waiting <= sum(u for u in units.values() if u > 0) + 2 * sum(c.slots for c in candidates):
         return False
-    queued_at = Counter(a.node for t in active if (a := t.current) is not None
-                        and a.state in (AttemptState.AWARDED, AttemptState.WAITING))
     used = False
     for c in candidates:
-        room = 0 if c.id in turned_away else c.queue - queued_at[c.id]
+        room = 0 if c.id in turned_away else c.queue - queued_at(c.id)
         if room > 0:
             units[c.id] = units.get(c.id, 0) + room
             used = True
     return used
 
 
-def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int],
+def plan(backlog: Backlog, waiting: int, candidates: list[Candidate], units: dict[str, int],
          record: Callable[[str], policy.ContractorRecord], may_award_directly: Callable[[Task, Candidate], bool],
          max_candidates: int, rng: random.Random, now: float) -> list[Announcement]:
-    """Whom each waiting task asks, best task first, while unclaimed room lasts; sets the reason of
-    each task that cannot go yet."""
+    """Whom each waiting task asks, best task first, while unclaimed room lasts (`waiting`: how many
+    wait); sets the reason of each task looked at that cannot go yet. At most MAX_LOOKED_AT tasks are
+    looked at per pump, so a long queue of tasks no free peer can take costs no more."""
     room = sum(u for u in units.values() if u > 0)     # unclaimed units, kept up to date below
     out: list[Announcement] = []
     if room <= 0:
         return out
-    for left, task in enumerate(waiting):
+    passed: list[Task] = []
+    for left, task in enumerate(backlog.take(now, MAX_LOOKED_AT)):
         fitting: list[Candidate] = []
         reasons: Counter[str] = Counter()
         for c in candidates:
@@ -137,8 +171,9 @@ def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int]
         free = [c for c in fitting if units.get(c.id, 0) > 0]
         if not free:
             task.says(*waiting_reason(fitting, reasons, task))
+            passed.append(task)
             continue
-        d = max(1, min(max_candidates, room // (len(waiting) - left)))
+        d = max(1, min(max_candidates, room // max(1, waiting - left)))
         chosen = policy.sample_candidates(free, units, task.avoid, d, rng)
         for c in chosen:
             units[c.id] -= 1
@@ -146,10 +181,12 @@ def plan(waiting: list[Task], candidates: list[Candidate], units: dict[str, int]
         out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
         if room <= 0:
             break
+    for task in passed:                                 # still waiting, in their turn
+        backlog.push(task, now)
     return out
 
 
-def plan_coordinators(composites: list[Task], candidates: list[Candidate],
+def plan_coordinators(backlog: Backlog, candidates: list[Candidate],
                       record: Callable[[str], policy.ContractorRecord],
                       may_award_directly: Callable[[Task, Candidate], bool], rng: random.Random,
                       now: float) -> list[Announcement]:
@@ -157,15 +194,19 @@ def plan_coordinators(composites: list[Task], candidates: list[Candidate],
     (no slot is needed), those with the most room first; COORDINATOR_CANDIDATES of them bid."""
     room = {c.id: c.coord for c in candidates if c.coord > 0 and record(c.id).allows_award(now)}
     out: list[Announcement] = []
-    for task in composites:
+    passed: list[Task] = []
+    for task in backlog.take(now, MAX_LOOKED_AT):
         free = [c for c in candidates if room.get(c.id, 0) > 0]
         if not free:
             task.says(Why.BUSY, "waiting for a peer with room to coordinate it")
+            passed.append(task)
             continue
         chosen = policy.sample_candidates(free, room, task.avoid, COORDINATOR_CANDIDATES, rng)
         for c in chosen:
             room[c.id] -= 1
         out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
+    for task in passed:
+        backlog.push(task, now)
     return out
 
 

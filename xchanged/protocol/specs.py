@@ -18,13 +18,14 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 MAX_PARTS = 100_000            # parts of one composite (all steps), and items of one array
 MAX_PARTS_INPUT = 2 << 20      # characters of the part results handed to a reduce
 MAX_NESTING = 8                # composites within composites
+PRIORITY_LEVEL = {name: level for level, name in enumerate(PRIORITIES)}
 
 
 def priority_level(name: str) -> int:
     """Queue rank of a priority name (low=0 .. urgent=3)."""
     try:
-        return PRIORITIES.index(name)
-    except ValueError:
+        return PRIORITY_LEVEL[name]
+    except KeyError:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {name!r}") from None
 
 

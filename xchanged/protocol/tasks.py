@@ -29,7 +29,6 @@ from .codec import Envelope
 from .decompose import total_parts
 from .errors import LocalProtocolError
 from .lifecycle import (
-    HOLDS_SLOT,
     LIVE_ATTEMPT,
     TERMINAL,
     AttemptState,
@@ -211,13 +210,23 @@ class TaskIndex:
         self._finished: OrderedDict[str, None] = OrderedDict()   # retained finished ids, oldest first
         self.evicted = 0                                    # finished tasks dropped from memory so far
         self.counts: Counter[TaskState] = Counter()         # unfinished tasks per state
-        self.holding: Counter[str] = Counter()              # peer -> our attempts holding a slot there
+        self.live: dict[AttemptState, Counter[str]] = {s: Counter() for s in LIVE_ATTEMPT}
+                                                            # our live attempts that take a slot, per peer
+        self.queued_levels: Counter[int] = Counter()        # queued tasks that take a slot, per base level
 
     def __len__(self) -> int:
         return len(self.tasks)
 
     def count(self, state: TaskState) -> int:
         return self.counts[state]
+
+    def holding(self, peer: str) -> int:
+        """Our attempts holding a slot at `peer` (awarded, or running there)."""
+        return self.live[AttemptState.AWARDED][peer] + self.live[AttemptState.RUNNING][peer]
+
+    def queued_at(self, peer: str) -> int:
+        """Our attempts awarded to `peer` or waiting in its local queue."""
+        return self.live[AttemptState.AWARDED][peer] + self.live[AttemptState.WAITING][peer]
 
     def add(self, task: Task) -> None:
         """A submitted task, or one recovered from the store."""
@@ -228,29 +237,28 @@ class TaskIndex:
             self._retire(task.id)
             return
         self.active[task.id] = task
-        self.counts[task.state] += 1
+        self._count(task, task.state, +1)
         att = task.current
-        if att is not None and att.state in HOLDS_SLOT and task.holds_slots:
-            self.holding[att.node] += 1
+        if att is not None and task.holds_slots:
+            self._tally(att.state, att.node, +1)
 
     def move(self, task: Task, new: TaskState) -> None:
         """Change a task's state (checked against lifecycle.TASK_MOVES), dropping what the old one kept."""
         check_task_move(task.id, task.state, new)
-        self.counts[task.state] -= 1
+        self._count(task, task.state, -1)
         task.state = new
         if new is TaskState.RUNNING or new is TaskState.QUEUED or new in TERMINAL:
             task.award_deadline = task.wait_deadline = task.wait_since = None
         if new is TaskState.QUEUED or new in TERMINAL:
             task.run_deadline = None
         if new in TERMINAL:
-            task.round = None
             att = task.current
-            if att is not None and att.state in HOLDS_SLOT and task.holds_slots:   # its attempt had not ended
-                self._release(att.node)
+            if att is not None and task.holds_slots:        # it ended before its attempt did
+                self._tally(att.state, att.node, -1)
             if self.active.pop(task.id, None) is not None:
                 self._retire(task.id)
         else:
-            self.counts[new] += 1
+            self._count(task, new, +1)
 
     def award(self, task: Task, attempt: Attempt) -> None:
         """A new attempt (state awarded) becomes the task's current one."""
@@ -258,7 +266,7 @@ class TaskIndex:
             raise LocalProtocolError(f"task {task.id}: award of {attempt.attempt} over a live attempt")
         task.attempts.append(attempt)
         if task.holds_slots:
-            self.holding[attempt.node] += 1
+            self._tally(attempt.state, attempt.node, +1)
 
     def move_attempt(self, task: Task, att: Attempt, new: AttemptState, why: str | None = None,
                      reason: str | None = None, ended: int | None = None) -> None:
@@ -266,10 +274,8 @@ class TaskIndex:
         sentence, and `ended` (wall ms), are recorded with it when given."""
         check_attempt_move(task.id, att.attempt, att.state, new)
         if att is task.current and task.id in self.active and task.holds_slots:
-            if new in HOLDS_SLOT and att.state not in HOLDS_SLOT:
-                self.holding[att.node] += 1
-            elif att.state in HOLDS_SLOT and new not in HOLDS_SLOT:
-                self._release(att.node)
+            self._tally(att.state, att.node, -1)
+            self._tally(new, att.node, +1)
         att.state = new
         if why is not None:
             att.why = why
@@ -278,10 +284,19 @@ class TaskIndex:
         if ended is not None:
             att.ended = ended
 
-    def _release(self, peer: str) -> None:
-        self.holding[peer] -= 1
-        if self.holding[peer] <= 0:
-            del self.holding[peer]
+    def _tally(self, state: AttemptState, peer: str, delta: int) -> None:
+        counter = self.live.get(state)
+        if counter is not None:
+            counter[peer] += delta
+            if counter[peer] <= 0:
+                del counter[peer]
+
+    def _count(self, task: Task, state: TaskState, delta: int) -> None:
+        self.counts[state] += delta
+        if state is TaskState.QUEUED and task.holds_slots:
+            self.queued_levels[task.base_level] += delta
+            if self.queued_levels[task.base_level] <= 0:
+                del self.queued_levels[task.base_level]
 
     def _retire(self, task_id: str) -> None:
         self._finished[task_id] = None
@@ -293,12 +308,16 @@ class TaskIndex:
     def validate(self) -> None:
         """The kept counts equal a recount (called by Node.validate_state)."""
         counts = Counter(t.state for t in self.active.values())
-        holding = Counter(a.node for t in self.active.values()
-                          if (a := t.current) and a.state in HOLDS_SLOT and t.holds_slots)
         if +counts != +self.counts:
             raise LocalProtocolError(f"task counts {dict(+self.counts)} != recount {dict(counts)}")
-        if holding != +self.holding:
-            raise LocalProtocolError(f"slots held {dict(+self.holding)} != recount {dict(holding)}")
+        for state, kept in self.live.items():
+            recount = Counter(a.node for t in self.active.values()
+                              if (a := t.current) and a.state is state and t.holds_slots)
+            if recount != +kept:
+                raise LocalProtocolError(f"{state} attempts {dict(+kept)} != recount {dict(recount)}")
+        levels = Counter(t.base_level for t in self.active.values() if t.state is TaskState.QUEUED and t.holds_slots)
+        if levels != +self.queued_levels:
+            raise LocalProtocolError(f"queued levels {dict(+self.queued_levels)} != recount {dict(levels)}")
         for task in self.tasks.values():
             if (task.id in self.active) == (task.state in TERMINAL):
                 raise LocalProtocolError(f"task {task.id}: state {task.state}, active {task.id in self.active}")
