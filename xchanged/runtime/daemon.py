@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from typing import Any
 
@@ -45,7 +46,15 @@ from ..protocol.effects import (
     StartTask,
     StoreOutput,
 )
-from ..protocol.events import AuditHeadSigned, FrameDropped, Instant, ResourcesRead, SeedConfigured, StateRecovered
+from ..protocol.events import (
+    AuditHeadSigned,
+    FrameDropped,
+    Instant,
+    MessageReceived,
+    ResourcesRead,
+    SeedConfigured,
+    StateRecovered,
+)
 from ..protocol.inbound import FrameGate
 from ..protocol.lifecycle import TERMINAL
 from ..protocol.membership import GossipSettings
@@ -204,6 +213,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        _watch_children_with_pidfds(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._ignore_reload)    # systemctl reload sends it
@@ -360,9 +370,15 @@ class Daemon:
                 self._finished.append(effect.doc)
 
         def send(effect: Send) -> None:
-            frame = self.encoder.encode(effect.message, wall_ms())
+            ts = wall_ms()
+            frame = self.encoder.encode(effect.message, ts)
             for peer, address in effect.targets:
-                self._send(peer, address, frame)
+                if peer == self.id or address == self.address:     # our own contractor (or manager): the
+                    # frame is signed as any other (it may be audit evidence), not verified again
+                    self.put(MessageReceived(codec.Envelope(self.public_key, self.id, self.encoder.incarnation,
+                                                            self.encoder.seq, ts, effect.message, frame)))
+                else:
+                    self._send(peer, address, frame)
 
         def relay(effect: Relay) -> None:
             for peer, address in effect.targets:
@@ -434,6 +450,20 @@ class Daemon:
             await discovery.close()
             return
         self.discovery = discovery
+
+
+def _watch_children_with_pidfds(loop: asyncio.AbstractEventLoop) -> None:
+    """Python 3.11 waits for each child process in a thread of its own (ThreadedChildWatcher): a thread
+    started and joined per task. A pidfd watcher waits on the loop itself (3.12 picks it by default)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:                          # an old kernel: keep the threaded watcher
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
 def _sd_notify(state: str) -> None:
