@@ -98,10 +98,7 @@ class Xchanged:
 
     def _wait_all(self, ids: list[str], client=None) -> list[dict]:
         client = client or self.client
-        end = time.monotonic() + DEADLINE
-        docs = []
-        for tid in ids:
-            docs.append(client.wait(tid, timeout=max(1.0, end - time.monotonic()), poll=30.0))
+        docs = client.wait_all(ids, timeout=DEADLINE)     # one request for all, as Dask's gather and ray.get
         self._check(docs)
         return docs
 

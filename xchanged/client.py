@@ -204,6 +204,17 @@ class Client:
         with the evidence of any fork it found."""
         return self.call("audit_evidence", node=node)
 
+    def wait_all(self, task_ids: list[str], timeout: float | None = None, poll: float = 30.0) -> list[dict]:
+        """Block until every task is terminal (or `timeout` passes); their status documents, in order.
+        One request for all of them, asked again every `poll` seconds (the daemon answers as soon as
+        the last one ends)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
+            docs = self.call("wait_all", timeout=left + 30.0, ids=list(task_ids), timeout_s=left)
+            if all(d["state"] in TERMINAL for d in docs) or (end is not None and time.monotonic() >= end):
+                return docs
+
     def wait(self, task_id: str, timeout: float | None = None,
              on_update: Callable[[dict], None] | None = None, poll: float = 1.0) -> dict:
         """Block until the task is terminal (or `timeout` passes); returns its status document."""

@@ -68,3 +68,18 @@ def test_unknown_task_and_unknown_operation_are_control_errors(tmp_path):
             pong = await daemon.control.handle("ping", {})
             assert pong["name"] == "solo" and pong["id"] == daemon.id
     asyncio.run(scenario())
+
+
+def test_wait_all_answers_when_the_last_task_ends_and_leaves_no_waiter(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            control = daemon.control
+            docs = await control.handle("submit", {"specs": [build_spec(["true"]), build_spec(["sleep", "0.3"])]})
+            ended = await control.handle("wait_all", {"ids": [d["id"] for d in docs], "timeout_s": 30})
+            assert [d["state"] for d in ended] == ["succeeded", "succeeded"]
+            [stuck] = await control.handle("submit", {"specs": [NOWHERE]})
+            [still] = await control.handle("wait_all", {"ids": [stuck["id"]], "timeout_s": 0.05})
+            assert still["state"] == "queued" and control.waiters == {}
+            with pytest.raises(ControlError):
+                await control.handle("wait_all", {"ids": "T-1"})
+    asyncio.run(scenario())

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 DEFAULT_WAIT = 30.0
 #: Largest composite spec accepted (encoded): it travels in one award frame (codec.MAX_FRAME).
 MAX_SPEC_BYTES = 2 << 20
+#: Most task ids one `wait_all` waits for.
+MAX_WAIT_ALL = 100_000
 
 
 def new_task_id() -> str:
@@ -58,7 +60,7 @@ class Control:
         self._request_ids = 0
         self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
             "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
-            "wait": self.wait, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
+            "wait": self.wait, "wait_all": self.wait_all, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
             "audit_evidence": self.audit_evidence, "stats": self.stats, "resubmit": self.resubmit,
         }
 
@@ -134,6 +136,23 @@ class Control:
             return self.task_doc(task_id)
         finally:
             self._forget_waiter(task_id, future)
+
+    async def wait_all(self, args: dict) -> list[dict]:
+        """The documents of `ids` once every one is terminal, or as they are after `timeout_s`."""
+        ids = args.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_WAIT_ALL:
+            raise ControlError(f"wait_all needs a list 'ids' of at most {MAX_WAIT_ALL} task ids")
+        parked = [(doc["id"], asyncio.get_running_loop().create_future())
+                  for doc in map(self.task_doc, ids) if doc["state"] not in TERMINAL]
+        for task_id, future in parked:
+            self.waiters.setdefault(task_id, []).append(future)
+        try:
+            if parked:
+                await asyncio.wait([f for _, f in parked], timeout=float(args.get("timeout_s") or DEFAULT_WAIT))
+        finally:
+            for task_id, future in parked:
+                self._forget_waiter(task_id, future)
+        return [self.task_doc(task_id) for task_id in ids]
 
     def _forget_waiter(self, task_id: str, future: asyncio.Future) -> None:
         parked = self.waiters.get(task_id)
