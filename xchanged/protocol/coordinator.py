@@ -136,6 +136,9 @@ class Coordinator:
             if c.final is not None and c.final_sent:
                 self._send(env.sender, c.final)
             return
+        if c is not None and award.attempt < c.attempt:         # late: we coordinate a newer attempt
+            self._send(env.sender, Reject(award.task_id, award.attempt, RefusalCode.NO_SLOTS, "superseded award"))
+            return
         if c is not None:                                       # an older attempt of ours: superseded
             self._stop(c, wall_ms)
             del self.coordinations[key]
