@@ -28,6 +28,7 @@ from .protocol.effects import (
     Audit,
     ForgetAttempt,
     KillTask,
+    LiveOutput,
     Log,
     PersistAttempt,
     PersistAuditHead,
@@ -38,6 +39,7 @@ from .protocol.effects import (
     Relay,
     Reply,
     Send,
+    ServeQuery,
     StartTask,
     StoreOutput,
 )
@@ -47,7 +49,7 @@ from .protocol.node import Node
 
 STAGED: tuple[type, ...] = (PersistTask, PersistParts, PersistAttempt, ForgetAttempt, StoreOutput, Audit, Log,
                             PersistAuditHead, PersistReputation)
-CARRIED: tuple[type, ...] = (Send, Relay, StartTask, KillTask, ProveAudit, Reply)
+CARRIED: tuple[type, ...] = (Send, Relay, StartTask, KillTask, ProveAudit, ServeQuery, LiveOutput, Reply)
 
 Handler = Callable[[Any], None]
 

@@ -19,6 +19,9 @@ Rules:
 - A running attempt sends `progress` every `heartbeat`. Its `result` is resent with backoff until the
   manager acknowledges it with `ack`.
 - `cancel` kills the attempt (or drops its reservation). The result then reports outcome `cancelled`.
+- Live output: what a running attempt writes (`OutputWritten`, coalesced by the executor) goes to
+  its manager as `output` frames, each with its byte offset in the stream, before the result (one
+  connection keeps them in order), so `logs -f` anywhere shows it as it is written.
 - Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") in the batch
   that accepts and starts it, right after (write-behind: if we crash before that commit, the process
   dies with us and the manager, hearing nothing, reassigns the attempt after the heartbeat deadline,
@@ -52,14 +55,17 @@ from .effects import (
     StartTask,
 )
 from .errors import LocalProtocolError
-from .events import Capacity, TaskExited
+from .events import Capacity, OutputWritten, TaskExited
 from .messages import (
+    OUTPUT_CHUNK,
     ROOM_CODES,
+    STREAMS,
     Accept,
     Award,
     Bid,
     Cfp,
     Outcome,
+    Output,
     Progress,
     RefusalCode,
     Refuse,
@@ -110,6 +116,7 @@ class Claim:
     pid_start: float = 0.0
     queued: bool = False            # accepted, waiting in the local queue for a slot
     from_queue: bool = False        # it waited in the local queue before it started
+    streamed: list[int] = field(default_factory=lambda: [0, 0])   # live output sent: stdout, stderr bytes
 
 
 @dataclass(slots=True)
@@ -386,6 +393,18 @@ class Contractor:
             self._persist_running(claim)
             if claim.from_queue:              # its manager holds it as waiting: say it started, now
                 self._send(claim.manager, Progress(task_id, attempt, 0, pid), claim.manager_address)
+
+    def on_output(self, ev: OutputWritten) -> None:
+        """Send what a running attempt wrote to its manager, at its offset in the stream."""
+        claim = self.running.get((ev.task_id, ev.attempt))
+        if claim is None or claim.queued or ev.stream not in STREAMS:
+            return
+        index = STREAMS.index(ev.stream)
+        for start in range(0, len(ev.data), OUTPUT_CHUNK):
+            chunk = ev.data[start:start + OUTPUT_CHUNK]
+            self._send(claim.manager, Output(ev.task_id, ev.attempt, ev.stream, claim.streamed[index], chunk),
+                       claim.manager_address)
+            claim.streamed[index] += len(chunk)
 
     def on_exited(self, ev: TaskExited, now: float) -> None:
         claim = self.running.pop((ev.task_id, ev.attempt), None)

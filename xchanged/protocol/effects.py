@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .messages import PartResult, TaskSpec
+from .messages import PartResult, Query, TaskSpec
 
 SYNC, BEFORE, AFTER, LAZY = "sync", "before", "after", "lazy"
 
@@ -157,6 +157,31 @@ class ProveAudit:
     target: tuple[str, str]        # (node id, address)
     old_size: int
     new_size: int
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeQuery:
+    """Answer a peer's `query` about our own tasks, as the same control operation would be answered
+    locally (the store, the audit log and the live output are the driver's): the driver sends the
+    document to `asker` in `answer` frames (messages.answer_parts), or an error with its code."""
+
+    asker: tuple[str, str]         # (node id, address)
+    asker_name: str
+    query: Query
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOutput:
+    """Keep output a running attempt of one of our tasks just wrote, for `logs` and `logs -f`
+    (bytes `offset`.. of the contractor's `stream`); the attempt's result replaces it."""
+
+    task_id: str
+    attempt: int
+    stream: str
+    offset: int
+    data: bytes
     stimulus_id: str = ""
 
 

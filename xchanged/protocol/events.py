@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .codec import Envelope
-from .messages import GpuInfo, PartResult, TaskSpec
+from .messages import GpuInfo, PartResult, Query, TaskSpec
 
 
 class Instant(NamedTuple):
@@ -68,6 +68,8 @@ class CancelRequested:
     request_id: int
     task_id: str
     stimulus_id: str = ""
+    by_node: str = ""               # the node a cancel came from over the peer protocol ("": this one)
+    by_user: str = ""               # the user who asked, as their client said (audited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,27 @@ class TaskExited:
     stdout: bytes = b""
     stderr: bytes = b""
     reason: str = ""
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputWritten:
+    """A running attempt's process wrote to stdout or stderr (the executor coalesces its reads)."""
+
+    task_id: str
+    attempt: int
+    stream: str                     # stdout | stderr
+    data: bytes
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequested:
+    """A client asked about a task this node does not manage (or for every manager's tasks): the
+    core finds whom to ask and answers with a `Reply` to `request_id` (cluster_view.py)."""
+
+    request_id: int
+    query: Query                    # its request_id is `request_id`
     stimulus_id: str = ""
 
 
@@ -157,6 +180,10 @@ def stimulus_of(event: object) -> str:
         return f"submit:{event.task_id}"
     if isinstance(event, CancelRequested):
         return f"cancel:{event.task_id}"
+    if isinstance(event, QueryRequested):
+        return f"query:{event.query.op}:{event.query.task_id or '*'}"
+    if isinstance(event, OutputWritten):
+        return f"output:{event.task_id}/{event.attempt}"
     if isinstance(event, SeedConfigured):
         return f"seed:{event.address}"
     if isinstance(event, FrameDropped):

@@ -86,22 +86,27 @@ class Manager(Negotiation):
         self._persist(task, SYNC)                # the reply promises the task is kept: on disk first
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 
-    def cancel(self, request_id: int, task_id: str, now: float, wall_ms: int) -> None:
+    def cancel(self, request_id: int, task_id: str, now: float, wall_ms: int, by_node: str = "",
+               by_user: str = "") -> None:
+        """Cancel a task; `by_node` (another node, over the peer protocol) and `by_user` say who asked,
+        in the audit entry."""
         task = self.tasks.get(task_id)
         if task is None:
             self.out.emit(Reply, request_id=request_id, ok=False, error=f"no such task: {task_id}")
             return
-        self._cancel(task, "cancelled by user", wall_ms)
+        who = " ".join(filter(None, ("cancelled by", by_user or "user",
+                                     by_node and f"from {self.lookup(by_node)[1] or by_node}")))
+        self._cancel(task, who, wall_ms, requested_by=by_node or self.settings.self_id, user=by_user)
         self.out.emit(Reply, request_id=request_id, ok=True, result=task.to_doc())
 
-    def _cancel(self, task: Task, reason: str, wall_ms: int) -> None:
+    def _cancel(self, task: Task, reason: str, wall_ms: int, **audited: Any) -> None:
         if task.state in TERMINAL:
             return
         self._stop_current(task, A.CANCELLED, W.CANCELLED, reason, wall_ms)
         self._release_standby(task, "task cancelled")
         self._drop_round(task)
         self._finish(task, T.CANCELLED, None, W.CANCELLED, reason, wall_ms)
-        self._audit(task, "cancel", wall_ms)
+        self._audit(task, "cancel", wall_ms, **audited)
         self._persist(task, SYNC)
 
     # -- parts of the composites this node coordinates (coordinator.py) -------------------------------

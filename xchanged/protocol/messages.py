@@ -20,8 +20,10 @@ from .specs import MAX_PARTS, PRIORITIES, CompositeSpec, PartResult, Requirement
 from .wire import MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_STR, Limit, from_body, to_body
 
 __all__ = [  # the messages, and the names of specs.py and wire.py every message user needs
+    "ANSWER_CHUNK",
     "Accept",
     "Ack",
+    "Answer",
     "AuditProof",
     "AuditProofReq",
     "Award",
@@ -34,14 +36,19 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
     "GpuInfo",
     "Limit",
     "Load",
+    "MAX_ANSWER_PARTS",
     "MAX_GOSSIP_BYTES",
     "MAX_GOSSIP_FRAMES",
     "MAX_ITEMS",
     "MAX_OUTPUT_BYTES",
     "MAX_PARTS",
+    "MAX_QUERY_LIMIT",
+    "MAX_QUERY_WAIT_MS",
     "MAX_STR",
     "MESSAGE_TYPES",
+    "OUTPUT_CHUNK",
     "Outcome",
+    "Output",
     "PRIORITIES",
     "PartResult",
     "PartsAck",
@@ -49,6 +56,8 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
     "PingReq",
     "Pong",
     "Progress",
+    "QUERY_OPS",
+    "Query",
     "ROOM_CODES",
     "RefusalCode",
     "Refuse",
@@ -56,8 +65,10 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
     "RejectBid",
     "Requirements",
     "Result",
+    "STREAMS",
     "Step",
     "TaskSpec",
+    "answer_parts",
     "from_body",
     "priority_level",
     "to_body",
@@ -344,9 +355,104 @@ class Gossip:
             raise ValueError(f"a gossip batch is at most {MAX_GOSSIP_FRAMES} frames of {MAX_GOSSIP_BYTES} bytes")
 
 
+# ---------------------------------------------------------------------------------------------
+# One cluster, one view: questions about tasks other nodes manage (docs/protocol.md, "Queries")
+
+QUERY_OPS = ("status", "logs", "wait", "cancel", "tasks", "audit")
+MAX_QUERY_WAIT_MS = 60_000     # the longest a query may ask its answerer to wait (wait, logs -f)
+MAX_QUERY_LIMIT = 10_000       # tasks one manager lists for `tasks --cluster`
+ANSWER_CHUNK = 512 << 10       # bytes of an answer's JSON document per `answer` frame
+MAX_ANSWER_PARTS = 32          # frames one answer may take (16 MiB of JSON); larger ones are truncated
+OUTPUT_CHUNK = 256 << 10       # bytes of live output per `output` frame
+STREAMS = ("stdout", "stderr")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Asker -> a task's manager (or every peer): serve this control operation as if asked locally.
+
+    `request_id` is the asker's and comes back in each `answer`. A task query names `task_id`; a
+    `tasks` query names none and lists the answerer's own tasks (at most `limit`, in `state`). The
+    answerer serves it from its own tasks only, never forwarding it again."""
+
+    TYPE: ClassVar[str] = "query"
+    request_id: int
+    op: str
+    task_id: str = ""
+    state: str = ""                   # tasks: only tasks in this state
+    limit: int = 100                  # tasks: at most this many (the newest)
+    attempt: int | None = None        # logs: this attempt's output (default: the latest)
+    follow: bool = False              # logs: new output after `offsets`, waiting up to `wait_ms` for some
+    offsets: list[int] = field(default_factory=lambda: [0, 0])   # logs -f: bytes of stdout, stderr seen
+    wait_ms: int = 0                  # wait, logs -f: how long the answerer may wait before answering
+    user: str = ""                    # cancel: the user who asked, as the asker's client said
+
+    def __post_init__(self) -> None:
+        if self.op not in QUERY_OPS:
+            raise ValueError(f"op must be one of {', '.join(QUERY_OPS)}")
+        if (self.op == "tasks") == bool(self.task_id):
+            raise ValueError("a tasks query names no task; every other query names one")
+        if not 0 <= self.wait_ms <= MAX_QUERY_WAIT_MS:
+            raise ValueError(f"wait_ms must be between 0 and {MAX_QUERY_WAIT_MS}")
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
+        if len(self.offsets) != 2 or min(self.offsets) < 0:
+            raise ValueError("offsets are two byte counts (stdout, stderr)")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Answerer -> asker: one part of the answer to query `request_id`: a JSON document (`ok`), or an
+    error with a stable `code` (`no_such_task`, `busy`, `error`). A document larger than one frame
+    comes in `parts` frames of ANSWER_CHUNK bytes, numbered from 0, the asker joins them."""
+
+    TYPE: ClassVar[str] = "answer"
+    request_id: int
+    ok: bool
+    body: bytes = b""                 # part `part` of the JSON document
+    part: int = 0
+    parts: int = 1
+    code: str = ""
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.part < self.parts <= MAX_ANSWER_PARTS:
+            raise ValueError(f"need 0 <= part < parts <= {MAX_ANSWER_PARTS}")
+        if len(self.body) > ANSWER_CHUNK:
+            raise ValueError(f"an answer part is at most {ANSWER_CHUNK} bytes")
+
+
+def answer_parts(request_id: int, document: bytes) -> list[Answer]:
+    """A JSON document as the `answer` frames that carry it (at most MAX_ANSWER_PARTS: the caller
+    keeps documents within MAX_ANSWER_PARTS * ANSWER_CHUNK bytes)."""
+    chunks = [document[i:i + ANSWER_CHUNK] for i in range(0, len(document), ANSWER_CHUNK)] or [b""]
+    if len(chunks) > MAX_ANSWER_PARTS:
+        raise ValueError(f"an answer of {len(document)} bytes needs more than {MAX_ANSWER_PARTS} parts")
+    return [Answer(request_id, True, chunk, i, len(chunks)) for i, chunk in enumerate(chunks)]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Contractor -> manager: what a running attempt wrote to `stream` at byte `offset` of it, as it
+    writes it (coalesced, rate-limited and bounded by the contractor's `max_output`)."""
+
+    TYPE: ClassVar[str] = "output"
+    task_id: str
+    attempt: int
+    stream: str
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.stream not in STREAMS:
+            raise ValueError("stream must be stdout or stderr")
+        if self.offset < 0 or len(self.data) > OUTPUT_CHUNK:
+            raise ValueError(f"need offset >= 0 and at most {OUTPUT_CHUNK} bytes of data")
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, PartsAck, Result, Ack,
-                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip)
+                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip, Query, Answer, Output)
 }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit_watch import AuditWatch
+from .cluster_view import ClusterView
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
 from .coordinator import Coordinator
@@ -33,6 +34,8 @@ from .events import (
     FrameDropped,
     Instant,
     MessageReceived,
+    OutputWritten,
+    QueryRequested,
     ResourcesRead,
     SeedConfigured,
     StateRecovered,
@@ -47,6 +50,7 @@ from .membership import DEAD, GossipSettings, Membership, Transition
 from .messages import (
     Accept,
     Ack,
+    Answer,
     AuditProof,
     AuditProofReq,
     Award,
@@ -55,11 +59,13 @@ from .messages import (
     Cfp,
     Gossip,
     Load,
+    Output,
     PartsAck,
     Ping,
     PingReq,
     Pong,
     Progress,
+    Query,
     Refuse,
     Reject,
     RejectBid,
@@ -88,6 +94,7 @@ class NodeSettings:
     heartbeat: float = 1.0
     prefetch: int = 1                     # accepted tasks that may wait locally for a slot
     max_coordinations: int = 64           # composites this node coordinates at once (no slot each)
+    query_timeout: float = 3.0            # how long a query to another node waits for its answer
 
 
 class Node:
@@ -114,6 +121,7 @@ class Node:
         self.audit_head: dict[str, Any] | None = None       # our latest signed audit head (AuditHeadSigned)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
         self.reputation = Keeper()                # which reputation records to persist (reputation.py)
+        self.view = ClusterView(node_id, settings.query_timeout, self.out, self.membership, self.lookup)
         self._pump_due = False                    # an input changed state since the last pump
 
     # -- the one entry point --------------------------------------------------------------------
@@ -130,7 +138,7 @@ class Node:
             self.manager.submit(event.request_id, event.task_id, event.spec, mono, wall, event.resubmit_of,
                                 event.done)
         elif isinstance(event, CancelRequested):
-            self.manager.cancel(event.request_id, event.task_id, mono, wall)
+            self.manager.cancel(event.request_id, event.task_id, mono, wall, event.by_node, event.by_user)
         elif isinstance(event, TaskStarted):
             self.contractor.on_started(event.task_id, event.attempt, event.pid, event.pid_start)
         elif isinstance(event, TaskExited):
@@ -138,6 +146,12 @@ class Node:
             self.contractor.on_exited(event, mono)
             if claim is not None:
                 self._offer_freed_slot(claim.manager, mono)
+        elif isinstance(event, OutputWritten):
+            self.contractor.on_output(event)
+            changed = False                     # output frees and takes nothing: no pump
+        elif isinstance(event, QueryRequested):
+            self.view.request(event.request_id, event.query, mono, wall)
+            changed = False
         elif isinstance(event, ResourcesRead):
             self.contractor.capacity = event.capacity
         elif isinstance(event, SeedConfigured):
@@ -174,10 +188,11 @@ class Node:
         """Check the invariants across the core's structures; raises LocalProtocolError (our bug)."""
         self.contractor.validate_state()
         self.manager.validate_state()
+        self.view.validate_state()
 
     def next_deadline(self) -> float:
         return min(self.membership.next_deadline(), self.manager.next_deadline(),
-                   self.contractor.next_deadline(), self.coordinator.next_deadline())
+                   self.contractor.next_deadline(), self.coordinator.next_deadline(), self.view.next_deadline())
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -241,6 +256,14 @@ class Node:
         elif isinstance(msg, AuditProof):
             self._audit_fork(env.sender, self.audit_watch.on_proof(env.sender, msg, wall))
             self._persist_audit_watch()
+        elif isinstance(msg, Query):
+            self.view.on_query(env)
+        elif isinstance(msg, Answer):
+            self.view.on_answer(env, now, wall)
+        elif isinstance(msg, Output):
+            task = self.manager.tasks.get(msg.task_id)
+            att = task.current if task is not None else None
+            self.view.on_output(env, (att.attempt, att.node) if att is not None else None)
         elif isinstance(msg, Pong):
             transitions, forward_to = self.membership.on_pong(env, now)
             self._apply(transitions, now, wall)
@@ -265,6 +288,7 @@ class Node:
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
         self.coordinator.on_timer(now)
+        self.view.on_timer(now, wall)
 
     def _on_audit_head(self, env: Envelope, load: Load, now: float, wall: int) -> None:
         request, fork = self.audit_watch.on_head(env.sender, env.sender_key, load.audit_head, now, wall)
@@ -305,6 +329,7 @@ class Node:
                           text=f"peer {t.peer.name or t.peer.id} ({t.peer.id}) is {t.health}")
             if t.health == DEAD:
                 self.manager.peer_died(t.peer.id, now, wall)
+                self.view.peer_died(t.peer.id, now, wall)
 
     def _offer_freed_slot(self, skip: str, now: float) -> None:
         """Pull-based work stealing: a freed slot is told at once (a direct load signal) to managers

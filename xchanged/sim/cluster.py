@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..protocol.effects import (
     Audit,
     ForgetAttempt,
     KillTask,
+    LiveOutput,
     Log,
     PersistAttempt,
     PersistAuditHead,
@@ -36,6 +38,7 @@ from ..protocol.effects import (
     Relay,
     Reply,
     Send,
+    ServeQuery,
     StartTask,
     StoreOutput,
 )
@@ -51,7 +54,7 @@ from ..protocol.events import (
     TaskSubmitted,
 )
 from ..protocol.inbound import FrameGate
-from ..protocol.messages import AuditProof, Outcome, TaskSpec, to_body
+from ..protocol.messages import Answer, AuditProof, Outcome, TaskSpec, answer_parts, to_body
 from ..protocol.node import Node, NodeSettings
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from ..protocol.tasks import Task
@@ -93,6 +96,7 @@ class SimNode:
     audit: list[dict] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     outputs: dict[tuple[str, int], tuple[bytes, bytes]] = field(default_factory=dict)
+    live: dict[tuple[str, int, str], bytearray] = field(default_factory=dict)   # (task, attempt, stream)
     timer_at: float = float("inf")
     key: Any = None
     driver: Driver | None = None
@@ -298,6 +302,8 @@ class SimCluster:
 
         handlers: dict[type, Callable[[Any], None]] = {
             Send: send, Relay: relay, KillTask: kill, ProveAudit: prove,
+            ServeQuery: lambda e: self._serve_query(nid, e),
+            LiveOutput: lambda e: sim.live.setdefault((e.task_id, e.attempt, e.stream), bytearray()).extend(e.data),
             StartTask: lambda e: self._start(nid, e),
             PersistTask: lambda e: disk.put("tasks", e.doc["id"], e.doc, e.when),
             PersistParts: persist_parts,
@@ -313,6 +319,40 @@ class SimCluster:
         }
         return Driver(sim.node, lambda: Instant(self.now, self.wall_ms()), handlers,
                       lambda phase: disk.commit_due(self.now, phase))
+
+    def _serve_query(self, nid: str, effect: ServeQuery) -> None:
+        """A peer's query about this node's tasks, answered as the daemon would (simplified: a
+        `wait` answers at once; `logs` gives the stored output), after the batch that asked."""
+        sim, q = self.nodes[nid], effect.query
+
+        def doc_of(task_id: str) -> dict | None:
+            task = sim.node.manager.tasks.get(task_id)
+            return task.to_doc() if task is not None else sim.disk.get("tasks", task_id)
+
+        def answer() -> None:
+            doc = doc_of(q.task_id)
+            if q.op == "tasks":
+                docs = [d for d in sorted(sim.disk.latest("tasks").values(), key=lambda d: d["order"])
+                        if q.state in ("", d["state"])]
+                doc = {"tasks": docs[-q.limit:], "total": len(docs), "truncated": len(docs) > q.limit}
+            elif doc is not None and q.op == "logs":
+                attempt = max((a for t, a in sim.outputs if t == q.task_id), default=None)
+                out = sim.outputs.get((q.task_id, attempt)) if attempt is not None else None
+                doc = {"id": q.task_id, "attempt": attempt, "stdout": out[0].decode(), "stderr": out[1].decode()} \
+                    if out else None
+            elif doc is not None and q.op == "audit":
+                doc = {"node": sim.node.settings.name, "records": [e for e in sim.audit if e.get("task") == q.task_id]}
+            if doc is None:
+                frames = [Answer(q.request_id, False, code="no_such_task", error=f"no such task: {q.task_id}")]
+            else:
+                frames = answer_parts(q.request_id, json.dumps(doc, default=repr).encode())
+            for frame in frames:
+                self._transmit(nid, effect.asker[1], sim.encoder.encode(frame, self.wall_ms()))
+
+        if q.op == "cancel" and doc_of(q.task_id) is not None:
+            self._at(self.now, lambda: self.deliver(nid, CancelRequested(
+                next(self._request), q.task_id, by_node=effect.asker[0], by_user=q.user)))
+        self._at(self.now, answer)
 
     def _transmit(self, src: str, address: str, frame: bytes) -> None:
         dst = self.by_address.get(address)
