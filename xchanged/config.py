@@ -225,6 +225,9 @@ class NetworkConfig:
     seeds: tuple[str, ...] = setting(Strings("host:port string", each=_dialable),
                                      'host:port of static peers, for peers mDNS cannot reach, like ["10.1.0.5:7946"]',
                                      ())
+    query_timeout: float = setting(Duration(), "how long a question to another node (status, logs, tasks "
+                                   "--cluster of its tasks) waits for its answer before calling it unreachable",
+                                   field_default(NodeSettings, "query_timeout"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,8 @@ class ExecutorConfig:
     heartbeat: float = setting(Duration(), "time between progress heartbeats of a running attempt",
                                field_default(NodeSettings, "heartbeat"))
     kill_grace: float = setting(Duration(positive=False), "time from SIGTERM to SIGKILL when stopping an attempt", 2.0)
+    stream_interval: float = setting(Duration(positive=False), "how often a running attempt's new output is sent "
+                                     "to its manager, for `logs -f` (0: only with the result)", 0.25)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,10 @@ from the store, for tasks that finished before a restart or were evicted from me
 `wait` parks a future per waiting request; `Daemon._handle_batch` resolves those of a task that
 finished. A wait that times out or is cancelled (its client went away) takes its future back out,
 so an hour-long `submit --wait`, which asks again every second, leaves nothing behind.
+
+From any host: an op about a task this node does not have (`NoSuchTask`) is asked of the task's
+manager over the peer protocol (cluster_ops.py), unless the request says `local`; `tasks` with
+`cluster` lists every manager's tasks; `logs` with `follow` is one long poll of live output.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
 from ..protocol.lifecycle import TERMINAL
 from ..protocol.messages import PartResult, TaskSpec, from_body, to_body
+from ..protocol.task_ids import RANDOM_BYTES, make_task_id
 from . import views
-from .transport import ControlError
+from .cluster_ops import FORWARDED, ClusterOps
+from .transport import ControlError, NoSuchTask
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -41,9 +47,12 @@ MAX_SPEC_BYTES = 2 << 20
 MAX_WAIT_ALL = 100_000
 
 
-def new_task_id() -> str:
-    """Cluster-unique task id: 'T-' + 16 base32 characters of randomness (80 bits)."""
-    return "T-" + base64.b32encode(os.urandom(10)).decode()
+def new_task_id(manager_id: str = "") -> str:
+    """Cluster-unique task id: 'T-' + base32 of 80 random bits, after a tag naming its manager when
+    given (protocol/task_ids.py: any node can then tell whom to ask about it)."""
+    if manager_id:
+        return make_task_id(manager_id, os.urandom(RANDOM_BYTES))
+    return "T-" + base64.b32encode(os.urandom(RANDOM_BYTES)).decode()
 
 
 class Control:
@@ -58,17 +67,24 @@ class Control:
         self.requests: dict[int, asyncio.Future] = {}       # request id -> the op awaiting its Reply
         self.waiters: dict[str, list[asyncio.Future]] = {}  # task id -> wait ops parked until it ends
         self._request_ids = 0
+        self.cluster = ClusterOps(daemon, self)
         self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
             "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
             "wait": self.wait, "wait_all": self.wait_all, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
             "audit_evidence": self.audit_evidence, "stats": self.stats, "resubmit": self.resubmit,
+            "audit": self.cluster.audit_records,
         }
 
     async def handle(self, op: str, args: dict) -> Any:
         serve = self._ops.get(op)
         if serve is None:
             raise ControlError(f"unknown operation {op!r}")
-        return await serve(args)
+        try:
+            return await serve(args)
+        except NoSuchTask:
+            if op not in FORWARDED or args.get("local"):
+                raise
+        return await self.cluster.forward(op, args)          # not ours: ask its manager
 
     # -- requests the core answers ----------------------------------------------------------------
 
@@ -98,7 +114,8 @@ class Control:
                 raise ControlError(f"task spec {i}: the composite is larger than {MAX_SPEC_BYTES >> 20} MiB; "
                                    "use range or chunk instead of long item lists")
             parsed.append(spec)
-        futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(), s)) for spec in parsed]
+        manager = self.daemon.id
+        futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(manager), s)) for spec in parsed]
         return list(await asyncio.gather(*futures))
 
     async def resubmit(self, args: dict) -> dict:
@@ -110,15 +127,19 @@ class Control:
             raise ControlError(f"{old['id']} is still {old['state']}; cancel it or wait for it first")
         spec = from_body(TaskSpec, old["spec"])
         done = tuple(p for p in self.part_results(old["id"]) if p.state == "succeeded")
-        return await self._request(lambda rid: TaskSubmitted(rid, new_task_id(), spec, old["id"], done))
+        return await self._request(lambda rid: TaskSubmitted(rid, new_task_id(self.daemon.id), spec, old["id"], done))
 
     async def cancel(self, args: dict) -> dict:
+        """`by_node`: the node a cancel came from (cluster_ops); `user`: who asked, as their client says."""
         task_id = str(args.get("id"))
         if views.task(self.daemon.node, task_id) is None:   # finished long ago, evicted from memory: a no-op
             doc = self.daemon.store.task(task_id)
-            if doc is not None and doc["state"] in TERMINAL:
+            if doc is None:
+                raise NoSuchTask(task_id)
+            if doc["state"] in TERMINAL:
                 return doc
-        return await self._request(lambda rid: CancelRequested(rid, task_id))
+        return await self._request(lambda rid: CancelRequested(rid, task_id, by_node=str(args.get("by_node") or ""),
+                                                               by_user=str(args.get("user") or "")))
 
     # -- waiting for a task to end -----------------------------------------------------------------
 
@@ -184,7 +205,9 @@ class Control:
         order = {key: i for i, key in enumerate(decompose.keys(from_body(TaskSpec, doc["spec"]).composite))}
         return sorted(found, key=lambda p: order.get(p.key, len(order)))
 
-    async def tasks(self, args: dict) -> list[dict]:
+    async def tasks(self, args: dict) -> list[dict] | dict:
+        if args.get("cluster"):
+            return await self.cluster.tasks_cluster(args)
         state = args.get("state")
         docs = views.tasks(self.daemon.node, state)
         if state in (None, "", *TERMINAL):     # finished before a restart: only in the store
@@ -195,6 +218,8 @@ class Control:
         return docs
 
     async def logs(self, args: dict) -> dict:
+        if args.get("follow"):
+            return await self.cluster.follow(args)
         task_id, part = str(args.get("id")), args.get("part")
         if part is None and "/" in task_id and views.task(self.daemon.node, task_id) is None:
             task_id, part = task_id.split("/", 1)[0], task_id          # a part's own id: ask its composite
@@ -202,6 +227,9 @@ class Control:
             return self._part_logs(task_id, str(part))
         doc = self.task_doc(task_id)
         out = self.daemon.store.output(doc["id"], args.get("attempt"))
+        live = self.cluster.live_doc(doc) if args.get("attempt") is None else None
+        if live is not None and (out is None or live["attempt"] > out[0]):
+            return live                                    # running: what it has written so far
         if out is None:
             raise ControlError(f"no output recorded for {doc['id']} yet (state {doc['state']})")
         return {"id": doc["id"], "attempt": out[0], "stdout": out[1].decode(errors="replace"),
@@ -245,5 +273,5 @@ class Control:
             return doc
         doc = self.daemon.store.task(task_id)
         if doc is None:
-            raise ControlError(f"no such task: {task_id}")
+            raise NoSuchTask(task_id)
         return doc

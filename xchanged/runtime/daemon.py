@@ -33,6 +33,7 @@ from ..protocol.effects import (
     Audit,
     ForgetAttempt,
     KillTask,
+    LiveOutput,
     Log,
     PersistAttempt,
     PersistAuditHead,
@@ -43,6 +44,7 @@ from ..protocol.effects import (
     Relay,
     Reply,
     Send,
+    ServeQuery,
     StartTask,
     StoreOutput,
 )
@@ -208,7 +210,7 @@ class Daemon:
             gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
             max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
             allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch,
-            max_coordinations=c.node.coordinations)
+            max_coordinations=c.node.coordinations, query_timeout=c.network.query_timeout)
         return Node(self.id, settings, random.Random(os.urandom(16)))
 
     async def run(self) -> None:
@@ -223,6 +225,7 @@ class Daemon:
         self.driver = self._build_driver()
         self._sign_head()
         self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace,
+                                 stream_interval=self.config.executor.stream_interval,
                                  scratch=self.config.node.state_dir / "scratch")
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
@@ -259,6 +262,7 @@ class Daemon:
             await self.discovery.close()
         if self.control_server:
             await self.control_server.close()
+        await self.control.cluster.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.executor:
@@ -364,10 +368,17 @@ class Daemon:
     def _build_driver(self) -> Driver:
         store = self.store
 
+        live = self.control.cluster.live
+
         def persist_task(effect: PersistTask) -> None:
             store.put_task(effect.doc, effect.when)
             if effect.doc["state"] in TERMINAL:
                 self._finished.append(effect.doc)
+            live.task_changed(effect.doc)           # followers of its output: it started, or ended
+
+        def store_output(effect: StoreOutput) -> None:
+            store.put_output(effect.task_id, effect.attempt, effect.stdout, effect.stderr)
+            live.finish(effect.task_id)
 
         def send(effect: Send) -> None:
             ts = wall_ms()
@@ -391,14 +402,17 @@ class Daemon:
                 if effect.ok:
                     future.set_result(effect.result)
                 else:
-                    future.set_exception(ControlError(effect.error))
+                    details = effect.result if isinstance(effect.result, dict) else None
+                    future.set_exception(ControlError(effect.error, (details or {}).get("code", ""), details))
 
         handlers: dict[type, Any] = {
             PersistTask: persist_task,
             PersistAttempt: lambda e: store.put_attempt(e.doc, e.when),
             PersistParts: lambda e: store.put_parts(e.task_id, [to_body(p) for p in e.parts]),
             ForgetAttempt: lambda e: store.delete_attempt(e.task_id, e.attempt),
-            StoreOutput: lambda e: store.put_output(e.task_id, e.attempt, e.stdout, e.stderr),
+            StoreOutput: store_output,
+            LiveOutput: lambda e: live.add(e.task_id, e.attempt, e.stream, e.offset, e.data),
+            ServeQuery: self.control.cluster.serve,
             PersistAuditHead: lambda e: store.put_audit_head(e.node_id, e.doc, e.when),
             PersistReputation: lambda e: store.put_reputation(e.kind, e.key, e.doc, e.when),
             Audit: lambda e: self.audit.append(e.entry),

@@ -4,6 +4,11 @@ Each attempt runs in a new session (process group) so a timeout or a cancel kill
 everything it started: SIGTERM to the group, SIGKILL after `kill_grace`. Output is captured per
 stream up to `max_output` bytes, keeping the tail (the end of a log says why it failed).
 
+Live output (`stream_interval` > 0): what the command writes is also handed to the core as it comes
+(`OutputWritten`, which sends it to the task's manager for `logs -f`), coalesced into at most one
+event per stream every `stream_interval`, and at most `max_output` bytes per stream (then one note:
+the rest comes with the result, as its tail). What is pending is handed over before the exit is.
+
 Orphans: because each attempt has its own session, a daemon killed with SIGKILL would leave its
 commands running. On Linux each command is therefore started through util-linux's
 `setpriv --pdeathsig KILL` (which sets PR_SET_PDEATHSIG, kept across its exec of the command), so it
@@ -31,7 +36,7 @@ from typing import Callable
 
 import psutil
 
-from ..protocol.events import TaskExited, TaskStarted
+from ..protocol.events import OutputWritten, TaskExited, TaskStarted
 from ..protocol.messages import TaskSpec
 
 
@@ -103,6 +108,42 @@ class TailBuffer:
         return bytes(self.data)
 
 
+class LiveStream:
+    """Coalesces an attempt's output into `OutputWritten` events: at most one per stream every
+    `interval` seconds, at most `limit` bytes per stream in all (then a note)."""
+
+    def __init__(self, emit: Callable[[object], None], task_id: str, attempt: int, interval: float, limit: int):
+        self.emit, self.task_id, self.attempt = emit, task_id, attempt
+        self.interval, self.limit = interval, limit
+        self.pending = {"stdout": bytearray(), "stderr": bytearray()}
+        self.taken = {"stdout": 0, "stderr": 0}          # bytes accepted for streaming so far
+        self.handle: asyncio.TimerHandle | None = None
+        self.last_flush = float("-inf")
+
+    def write(self, stream: str, chunk: bytes) -> None:
+        room = self.limit - self.taken[stream]
+        if room <= 0:
+            return
+        if len(chunk) >= room:
+            chunk = chunk[:room] + (f"\n[xchanged: live output stops after {self.limit} bytes (max_output); "
+                                    "the end comes with the result: xchanged logs]\n").encode()
+        self.taken[stream] += min(len(chunk), room)
+        self.pending[stream] += chunk
+        if self.handle is None:
+            loop = asyncio.get_running_loop()
+            self.handle = loop.call_later(max(0.0, self.last_flush + self.interval - loop.time()), self.flush)
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.last_flush = asyncio.get_running_loop().time()
+        for stream, data in self.pending.items():
+            if data:
+                self.emit(OutputWritten(self.task_id, self.attempt, stream, bytes(data)))
+                data.clear()
+
+
 @dataclass
 class _Run:
     task: asyncio.Task
@@ -116,6 +157,7 @@ class Executor:
     emit: Callable[[object], None]      # feeds TaskStarted / TaskExited back to the daemon loop
     max_output: int = 1 << 20
     kill_grace: float = 2.0
+    stream_interval: float = 0.0        # > 0: hand output to the core as it is written (LiveStream)
     scratch: Path | None = None         # where a reduce's input file is written (default: the temp dir)
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
 
@@ -193,19 +235,28 @@ class Executor:
         if run.outcome:                     # cancelled while starting
             asyncio.get_running_loop().create_task(self._terminate(proc))
         out, err = TailBuffer(self.max_output), TailBuffer(self.max_output)
-        readers = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err))
+        live = LiveStream(self.emit, task_id, attempt, self.stream_interval, self.max_output) \
+            if self.stream_interval > 0 else None
+        readers = asyncio.gather(_pump(proc.stdout, out, live, "stdout"), _pump(proc.stderr, err, live, "stderr"))
         try:
-            await asyncio.wait_for(proc.wait(), spec.timeout)
-        except asyncio.TimeoutError:
-            run.outcome = "timeout"
-            run.kill_reason = f"timed out after {spec.timeout:g}s"
-            await self._terminate(proc)
-            await proc.wait()
-        try:
-            await asyncio.wait_for(readers, self.kill_grace)   # a grandchild may hold the pipes open
-        except asyncio.TimeoutError:
-            _signal_group(proc.pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(proc.wait(), spec.timeout)
+            except asyncio.TimeoutError:
+                run.outcome = "timeout"
+                run.kill_reason = f"timed out after {spec.timeout:g}s"
+                await self._terminate(proc)
+                await proc.wait()
+            try:
+                await asyncio.wait_for(readers, self.kill_grace)   # a grandchild may hold the pipes open
+            except asyncio.TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+        finally:
+            if live is not None and live.handle is not None:   # cancelled (the daemon stops): no late flush
+                live.handle.cancel()
+                live.handle = None
         runtime_ms = int((time.monotonic() - started) * 1000)
+        if live is not None:
+            live.flush()                     # the last output before the exit
         self.runs.pop(key, None)
         if run.outcome in ("timeout", "cancelled"):
             self.emit(TaskExited(task_id, attempt, run.outcome, None, runtime_ms, out.value(), err.value(),
@@ -233,11 +284,14 @@ class Executor:
         self.runs.clear()
 
 
-async def _pump(stream: asyncio.StreamReader | None, sink: TailBuffer) -> None:
+async def _pump(stream: asyncio.StreamReader | None, sink: TailBuffer, live: LiveStream | None = None,
+                name: str = "") -> None:
     if stream is None:
         return
     while chunk := await stream.read(65536):
         sink.write(chunk)
+        if live is not None:
+            live.write(name, chunk)
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -12,7 +12,7 @@ one costs a reconnect the next time that peer is sent to (and any frame still qu
 the protocol resends where it matters).
 
 The control socket is a unix socket (mode 0660) speaking JSON lines: one request object per line
-({"id", "op", "args"}), one response per line ({"id", "ok", "result" | "error"}).
+({"id", "op", "args"}), one response per line ({"id", "ok", "result" | "error" [, "code", "details"]}).
 """
 
 from __future__ import annotations
@@ -166,7 +166,12 @@ class ControlServer:
         try:
             return {"id": rid, "ok": True, "result": await self.handler(op, args)}
         except ControlError as exc:
-            return {"id": rid, "ok": False, "error": str(exc)}
+            response = {"id": rid, "ok": False, "error": str(exc)}
+            if exc.code:
+                response["code"] = exc.code
+            if exc.details:
+                response["details"] = exc.details
+            return response
         except Exception as exc:  # a bug must not take the daemon down with one client's request
             log.exception("control request %s failed", op)
             return {"id": rid, "ok": False, "error": f"internal error: {exc}"}
@@ -182,4 +187,19 @@ class ControlServer:
 
 
 class ControlError(Exception):
-    """A control request that cannot be served; the message goes back to the client."""
+    """A control request that cannot be served; the message goes back to the client, with a stable
+    `code` and `details` (a JSON object) when it has them (e.g. `manager_unreachable`, what was last
+    known of the task)."""
+
+    def __init__(self, message: str, code: str = "", details: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class NoSuchTask(ControlError):
+    """This node has no such task (and, asked with `local`, does not look for it elsewhere)."""
+
+    def __init__(self, task_id: str, message: str = ""):
+        super().__init__(message or f"no such task: {task_id}", "no_such_task")
+        self.task_id = task_id
