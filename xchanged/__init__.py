@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .client import Client, DaemonUnreachable, RequestFailed  # noqa: E402
+from .client import Client, DaemonUnreachable, ManagerUnreachable, RequestFailed  # noqa: E402
 
-__all__ = ["Client", "DaemonUnreachable", "RequestFailed", "__version__"]
+__all__ = ["Client", "DaemonUnreachable", "ManagerUnreachable", "RequestFailed", "__version__"]

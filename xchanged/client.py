@@ -4,17 +4,23 @@
     with Client(config="/etc/xchanged/xchanged.toml") as c:
         tid = c.submit(["python", "train.py"], cpus=2, mem="4G", priority="high", timeout=3600)
         doc = c.wait(tid)
+
+Every task operation (status, wait, logs, cancel, audit_task) works on any node of the cluster: the
+local daemon asks the task's manager. `ManagerUnreachable` says when that manager does not answer
+(with what was last known); `tasks(cluster=True)` lists every manager's tasks; `logs(id,
+follow=True)` yields the output of a running task as it is written.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .config import ConfigError, default_config_path, load_config, parse_size
 from .protocol.errors import XchangedError
@@ -33,7 +39,25 @@ class DaemonUnreachable(XchangedError):
 
 
 class RequestFailed(XchangedError):
-    """The daemon answered with an error (bad spec, unknown task, ...)."""
+    """The daemon answered with an error (bad spec, unknown task, ...); `code` is stable where the
+    daemon gives one (`no_such_task`, `manager_unreachable`, ...), `details` a JSON object or None."""
+
+    def __init__(self, message: str, code: str = "", details: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class ManagerUnreachable(RequestFailed):
+    """The task's manager did not answer (down, or cut off): `details["last_known"]` is the task's
+    last document this node saw (or None), `details["manager"]` the manager and when it was last heard."""
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):          # no name for this uid
+        return ""
 
 
 def socket_path(config: str | os.PathLike | None = None, socket: str | os.PathLike | None = None) -> Path:
@@ -127,7 +151,9 @@ class Client:
             raise DaemonUnreachable(self.path, "the daemon closed the connection")
         response = json.loads(line)
         if not response.get("ok"):
-            raise RequestFailed(response.get("error", "request failed"))
+            code = response.get("code", "")
+            kind = ManagerUnreachable if code == "manager_unreachable" else RequestFailed
+            raise kind(response.get("error", "request failed"), code, response.get("details"))
         return response.get("result")
 
     # -- the API --------------------------------------------------------------------------------
@@ -181,16 +207,54 @@ class Client:
     def status(self, task_id: str) -> dict:
         return self.call("status", id=task_id)
 
-    def tasks(self, state: str | None = None) -> list[dict]:
+    def tasks(self, state: str | None = None, cluster: bool = False, limit: int = 100) -> list[dict] | dict:
+        """The tasks this node manages (a list of documents); with `cluster`, every manager's (at most
+        `limit` each, the newest): {"tasks": [... each with "manager"], "managers": [{"id", "name",
+        "status": "ok" | "unreachable" | "error", "error"?, "total", "truncated", "listed"}]}."""
+        if cluster:
+            return self.call("tasks", state=state, cluster=True, limit=limit)
         return self.call("tasks", state=state)
 
-    def logs(self, task_id: str, attempt: int | None = None, part: str | None = None) -> dict:
-        """Captured output of a task's attempt (default: the last), or of one part of a composite
-        (`part`: its key, like "3" or "build[2]", or the part's own id)."""
+    def logs(self, task_id: str, attempt: int | None = None, part: str | None = None, follow: bool = False,
+             wait: float = 5.0) -> Any:
+        """Captured output of a task's attempt (default: the last; of a running one: what it wrote so
+        far), or of one part of a composite (`part`: its key, like "3" or "build[2]", or the part's
+        own id); with `follow`, an iterator over the output as it is written (`follow_logs`)."""
+        if follow:
+            return self.follow_logs(task_id, wait=wait)
         return self.call("logs", id=task_id, attempt=attempt, part=part)
 
+    def follow_logs(self, task_id: str, wait: float = 5.0) -> Iterator[dict]:
+        """Yields {"stream": "stdout" | "stderr", "data": str, "attempt": n} as the task writes, and
+        {"stream": "note", "data": str} when bytes were dropped or a new attempt started over; ends
+        when the task has ended and everything it wrote was yielded. Each poll waits up to `wait`
+        seconds for new output."""
+        attempt, offsets = None, [0, 0]
+        while True:
+            doc = self.call("logs", timeout=wait + 60.0, id=task_id, follow=True, attempt=attempt,
+                            offsets=offsets, wait_s=wait)
+            if doc.get("restarted"):
+                yield {"stream": "note", "data": f"attempt {doc['attempt']} started over: its output from the start",
+                       "attempt": doc["attempt"]}
+            for stream, missed in zip(("stdout", "stderr"), doc.get("missed") or (0, 0)):
+                if missed:
+                    yield {"stream": "note", "data": f"{missed} bytes of {stream} dropped (max_output)",
+                           "attempt": doc["attempt"]}
+            for stream in ("stdout", "stderr"):
+                if doc.get(stream):
+                    yield {"stream": stream, "data": doc[stream], "attempt": doc["attempt"]}
+            attempt, offsets = doc.get("attempt"), doc["offsets"]
+            if doc["done"]:
+                return
+
     def cancel(self, task_id: str) -> dict:
-        return self.call("cancel", id=task_id)
+        """Cancel a task from any node; the manager's audit log records who asked (this user, and
+        this node when it is not the manager)."""
+        return self.call("cancel", id=task_id, user=_local_user())
+
+    def audit_task(self, task_id: str) -> dict:
+        """The task's manager's audit records of it: {"node", "node_id", "task", "records"}."""
+        return self.call("audit", id=task_id)
 
     def peers(self, all: bool = False) -> list[dict]:
         """Peers with health and age of their last signal; `all`: also untrusted mDNS services."""
@@ -228,4 +292,5 @@ class Client:
                 return doc
 
 
-__all__ = ["Client", "DaemonUnreachable", "RequestFailed", "build_spec", "socket_path", "ConfigError"]
+__all__ = ["Client", "DaemonUnreachable", "ManagerUnreachable", "RequestFailed", "build_spec", "socket_path",
+           "ConfigError"]

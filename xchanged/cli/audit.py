@@ -19,15 +19,14 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..config import ConfigError, default_config_path, load_config
-from ..protocol import codec
 from ..protocol.audit_format import parse_head
 from ..protocol.merkle import MerkleAccumulator, verify_inclusion
 from ..protocol.signing import TrustError, TrustStore, load_private_key, node_id, public_bytes
+from ..runtime import audit_docs
 from ..runtime.audit import (
     HEAD_SUFFIX,
     AuditCorrupted,
@@ -127,39 +126,8 @@ def _head_of(path: Path, head_file: Path | None = None):
 # -- formatting ---------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def embedded_message(frame: bytes, trust: TrustStore) -> dict:
-    """What a signed protocol frame embedded in an entry says, and whether its signature checks."""
-    if len(frame) < codec.HEADER_LEN:
-        return {"valid": False, "error": "too short"}
-    key = bytes(frame[3:codec.HEADER_LEN])
-    try:
-        env = codec.decode(frame, TrustStore({key: ""}))
-    except codec.DecodeError as exc:
-        return {"valid": False, "error": str(exc), "signer": node_id(key)}
-    return {"valid": True, "type": env.type, "signer": env.sender, "signer_trusted": key in trust,
-            "ts_ms": env.ts_ms, "task_id": getattr(env.message, "task_id", None),
-            "attempt": getattr(env.message, "attempt", None)}
-
-
 def record_doc(record: AuditRecord, ctx: Context) -> dict:
-    entry = record.entry
-    doc = {"index": record.index, **{k: v for k, v in entry.items() if k != "message"}}
-    for role in ("manager", "contractor"):
-        if role in entry:
-            doc[f"{role}_name"] = ctx.name(entry[role])
-    if isinstance(entry.get("message"), bytes):
-        doc["message"] = embedded_message(entry["message"], ctx.trust)
-    return _jsonable(doc)
+    return audit_docs.record_doc(record, ctx.name, ctx.trust)
 
 
 def parse_since(text: str, now_ms: int) -> int:
@@ -208,13 +176,16 @@ def show(config, path, task, node, since, as_json) -> None:
         if since_ms is not None and int(e.get("time_ms") or 0) < since_ms:
             continue
         docs.append(record_doc(record, ctx))
+    if task and path is None:
+        docs = _with_managers_records(ctx, config, task, docs, node, since_ms)
     if as_json:
         click.echo(json.dumps(docs, indent=2, sort_keys=True))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("#", "time", "event", "task", "att", "manager", "contractor", "detail")
+    merged = any("log" in d for d in docs)
+    table = Table("#", "time", "event", "task", "att", "manager", "contractor", "detail", *(["log"] if merged else []))
     for d in docs:
         when = datetime.fromtimestamp(d["time_ms"] / 1000).strftime("%Y-%m-%d %H:%M:%S") if d.get("time_ms") else "-"
         detail = []
@@ -229,8 +200,34 @@ def show(config, path, task, node, since, as_json) -> None:
             detail.append(f"signed {m.get('type')} by {ctx.name(m.get('signer'))}" if m["valid"]
                           else f"BAD embedded message: {m.get('error')}")
         table.add_row(str(d["index"]), when, d.get("event", ""), d.get("task", ""), str(d.get("attempt", "")),
-                      d.get("manager_name", ""), d.get("contractor_name", ""), "; ".join(detail))
+                      d.get("manager_name", ""), d.get("contractor_name", ""), "; ".join(detail),
+                      *([d.get("log", "")] if merged else []))
     Console().print(table)
+
+
+def _with_managers_records(ctx: Context, config: str | None, task: str, docs: list[dict], node: str | None,
+                           since_ms: int | None) -> list[dict]:
+    """From any host: the running daemon asks the task's manager for its records of the task; when
+    that is another node, they join this log's (each record's `log` says whose log it is in)."""
+    from ..client import Client, DaemonUnreachable, RequestFailed
+
+    try:
+        with Client(config=config) as client:
+            theirs = client.audit_task(task)
+    except DaemonUnreachable:
+        return docs                                  # offline: this log only, as before
+    except (RequestFailed, ConfigError) as exc:
+        click.echo(f"(the manager's records of {task} are not shown: {exc})", err=True)
+        return docs
+    own = node_id(ctx.own_key) if ctx.own_key else ""
+    if theirs.get("node_id") == own:
+        return docs
+    own_name = ctx.name(own) if own else ""
+    kept = [d for d in theirs.get("records", [])
+            if (not node or node in (d.get("manager"), d.get("contractor"), d.get("manager_name"),
+                                     d.get("contractor_name")))
+            and (since_ms is None or int(d.get("time_ms") or 0) >= since_ms)]
+    return [dict(d, log=own_name) for d in docs] + [dict(d, log=theirs.get("node", "")) for d in kept]
 
 
 @audit.command("verify")
@@ -323,7 +320,7 @@ def export(config, path) -> None:
     ctx = Context(config, path, need_config=path is None)
     for record in ctx.records():
         click.echo(json.dumps({"index": record.index, "prev": record.prev.hex(), "sig": record.signature.hex(),
-                               "leaf_hash": record.leaf_hash().hex(), "entry": _jsonable(record.entry)},
+                               "leaf_hash": record.leaf_hash().hex(), "entry": audit_docs.jsonable(record.entry)},
                               sort_keys=True))
     head = _head_of(ctx.path)
     click.echo(json.dumps({"head": head.to_dict() if head else None}, sort_keys=True))

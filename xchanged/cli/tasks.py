@@ -1,4 +1,5 @@
-"""`xchanged submit | status | tasks | logs | cancel`: a task's life, from the node that manages it."""
+"""`xchanged submit | status | tasks | logs | cancel`: a task's life, from any node of the cluster (the
+local daemon asks the task's manager); `tasks --cluster` and `logs -f`: cluster_view.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import click
 from rich.table import Table
 
 from .. import specfile
-from ..client import Client, build_spec
+from ..client import Client, ManagerUnreachable, build_spec
 from . import composite
+from .cluster_view import follow_logs, show_cluster_tasks, unreachable
 from .common import (
     Exit,
     call_daemon,
@@ -104,7 +106,10 @@ def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
 def status(config, as_json, all_parts, task_id) -> None:
     """One task: state, node, attempts, exit code, times (a composite: its parts too)."""
     with client_for(config) as client:
-        doc = call_daemon(lambda: client.status(task_id))
+        try:
+            doc = call_daemon(lambda: client.status(task_id))
+        except ManagerUnreachable as exc:
+            unreachable(exc, as_json)
     if as_json:
         print_json(doc)
         return
@@ -129,9 +134,15 @@ def status(config, as_json, all_parts, task_id) -> None:
 @config_option
 @json_option
 @click.option("--state", default=None, help="only tasks in this state")
-def tasks(config, as_json, state) -> None:
-    """Tasks this node manages."""
+@click.option("--cluster", is_flag=True, help="the tasks of every manager in the cluster")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="with --cluster: at most this many tasks per manager (the newest)")
+def tasks(config, as_json, state, cluster, limit) -> None:
+    """Tasks this node manages (--cluster: every node's)."""
     with client_for(config) as client:
+        if cluster:
+            show_cluster_tasks(client, state, limit, as_json)
+            return
         docs = call_daemon(lambda: client.tasks(state))
     if as_json:
         print_json(docs)
@@ -151,11 +162,18 @@ def tasks(config, as_json, state) -> None:
 @click.option("--stderr", "show_stderr", is_flag=True, help="print the captured stderr instead")
 @click.option("--attempt", type=int, default=None)
 @click.option("--part", default=None, help="a composite: the part's key (like 3 or build[2])")
+@click.option("-f", "--follow", is_flag=True, help="print the output as it is written, until the task ends")
 @json_option
 @click.argument("task_id")
-def logs(config, show_stderr, attempt, part, as_json, task_id) -> None:
-    """Captured output of the task's last attempt (or of one part of a composite)."""
+def logs(config, show_stderr, attempt, part, follow, as_json, task_id) -> None:
+    """Captured output of the task's last attempt (running: what it wrote so far; -f: follow it), or of
+    one part of a composite."""
+    if follow and part is not None:
+        raise click.UsageError("to follow a part, give the part's own id (status --json lists it), not --part")
     with client_for(config) as client:
+        if follow:
+            follow_logs(client, task_id, show_stderr, as_json)
+            return
         doc = call_daemon(lambda: client.logs(task_id, attempt, part))
     if as_json:
         print_json(doc)
