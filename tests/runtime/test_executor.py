@@ -10,7 +10,7 @@ import stat
 import psutil
 import pytest
 
-from xchanged.protocol.events import TaskExited, TaskStarted
+from xchanged.protocol.events import OutputWritten, TaskExited, TaskStarted
 from xchanged.protocol.messages import TaskSpec
 from xchanged.runtime.executor import Executor
 
@@ -177,4 +177,54 @@ def test_a_command_that_cannot_start_is_an_error_with_its_reason(tmp_path, argv,
         assert (exited.outcome, exited.exit_code) == ("error", code)
         assert exited.reason == f"could not start: {why}" and exited.stderr == why.encode()
         assert executor.runs == {}
+    run(scenario)
+
+
+async def live_output(events: Events) -> tuple[list[OutputWritten], TaskExited]:
+    """The OutputWritten events up to the attempt's exit, and the exit."""
+    chunks = []
+    while True:
+        event = await asyncio.wait_for(events.queue.get(), WAIT)
+        if isinstance(event, TaskExited):
+            return chunks, event
+        assert isinstance(event, OutputWritten) and (event.task_id, event.attempt) == ("T-1", 1), event
+        chunks.append(event)
+
+
+def test_live_output_is_handed_over_as_it_is_written_before_the_exit(tmp_path):
+    async def scenario():
+        events = Events()
+        executor = Executor(events, stream_interval=0.05)
+        go = tmp_path / "go"
+        await start(executor, events, sh(f"echo one; echo err >&2; while [ ! -e {go} ]; do sleep 0.01; done; echo two"))
+        seen = {}
+        while seen.get("stdout") != b"one\n" or seen.get("stderr") != b"err\n":   # before the command may go on
+            event = await events.next(OutputWritten)
+            seen[event.stream] = seen.get(event.stream, b"") + event.data
+        go.touch()
+        chunks, exited = await live_output(events)
+        assert b"".join(c.data for c in chunks) == b"two\n" and exited.stdout == b"one\ntwo\n"
+    run(scenario)
+
+
+def test_live_output_is_coalesced_and_bounded_by_max_output():
+    async def scenario():
+        events = Events()
+        executor = Executor(events, max_output=100, stream_interval=5.0)
+        await start(executor, events, sh("for i in $(seq 1 50); do echo line-$i; done; head -c 5000 /dev/zero"))
+        chunks, exited = await live_output(events)
+        assert len(chunks) <= 2                      # one at once, the rest at the exit: not one per line
+        data = b"".join(c.data for c in chunks)
+        assert data.startswith(b"line-1\nline-2\n") and b"live output stops after 100 bytes" in data
+        assert len(data) < 100 + 200 and exited.stdout.endswith(b"\0" * 50)
+    run(scenario)
+
+
+def test_without_a_stream_interval_nothing_is_streamed():
+    async def scenario():
+        events = Events()
+        executor = Executor(events)
+        await start(executor, events, sh("echo quiet"))
+        exited = await events.next(TaskExited)
+        assert exited.stdout == b"quiet\n"
     run(scenario)

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..client import Client, ManagerUnreachable
 from .common import Exit, call_daemon, console, err_console, print_json
+
+
+def id_column() -> Column:
+    """Task ids are never cut short in a table (they are what the user copies)."""
+    return Column("id", no_wrap=True, min_width=26)
 
 
 def show_cluster_tasks(client: Client, state: str | None, limit: int, as_json: bool) -> None:
@@ -20,11 +26,11 @@ def show_cluster_tasks(client: Client, state: str | None, limit: int, as_json: b
     if as_json:
         print_json(doc)
         return
-    table = Table("manager", "id", "state", "priority", "node", "attempts", "exit", "command")
+    table = Table(Column("manager", min_width=7), id_column(), Column("state", min_width=9), "node", "exit",
+                  "command")           # 80 columns when piped: priority and attempts are in --json
     for d in doc["tasks"]:
-        table.add_row(d.get("manager") or "-", d["id"], d["state"], d.get("priority", "-"), d.get("node") or "-",
-                      str(len(d.get("attempts") or ())), "-" if d.get("exit_code") is None else str(d["exit_code"]),
-                      " ".join(d.get("command", []))[:60])
+        table.add_row(d.get("manager") or "-", d["id"], d["state"], d.get("node") or "-",
+                      "-" if d.get("exit_code") is None else str(d["exit_code"]), " ".join(d.get("command", []))[:60])
     console.print(table)
     for m in doc["managers"]:
         name = m.get("name") or m["id"]
@@ -53,7 +59,7 @@ def follow_logs(client: Client, task_id: str, show_stderr: bool, as_json: bool) 
         raise SystemExit(130) from None
 
 
-def unreachable(exc: ManagerUnreachable, as_json: bool) -> None:
+def unreachable(exc: ManagerUnreachable, as_json: bool) -> NoReturn:
     """The manager did not answer: the reason and what was last known (exit 1)."""
     if as_json:
         print_json({"error": str(exc), **(exc.details or {})})

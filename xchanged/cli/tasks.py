@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import specfile
 from ..client import Client, ManagerUnreachable, build_spec
 from . import composite
-from .cluster_view import follow_logs, show_cluster_tasks, unreachable
+from .cluster_view import follow_logs, id_column, show_cluster_tasks, unreachable
 from .common import (
     Exit,
     call_daemon,
@@ -105,11 +105,13 @@ def _wait_with_progress(client: Client, task_id: str, quiet: bool) -> dict:
 @click.argument("task_id")
 def status(config, as_json, all_parts, task_id) -> None:
     """One task: state, node, attempts, exit code, times (a composite: its parts too)."""
-    with client_for(config) as client:
+    def fetch() -> dict:
         try:
-            doc = call_daemon(lambda: client.status(task_id))
-        except ManagerUnreachable as exc:
+            return client.status(task_id)
+        except ManagerUnreachable as exc:          # said with what was last known (--json: as a document)
             unreachable(exc, as_json)
+    with client_for(config) as client:
+        doc = call_daemon(fetch)
     if as_json:
         print_json(doc)
         return
@@ -147,7 +149,7 @@ def tasks(config, as_json, state, cluster, limit) -> None:
     if as_json:
         print_json(docs)
         return
-    table = Table("id", "state", "priority", "node", "attempts", "exit", "command")
+    table = Table(id_column(), "state", "priority", "node", "attempts", "exit", "command")
     for d in docs:
         progress = d.get("progress")
         what = (f"{d.get('name') or 'composite'}: {progress['done']}/{progress['total']} parts" if progress

@@ -73,6 +73,25 @@ def complete_utf8(data: bytes) -> int:
     return len(data)
 
 
+def fit_answer(op: str, doc: Any) -> bytes:
+    """The document as JSON, cut to MAX_ANSWER_BYTES where it can be: `logs` keeps the end of each
+    stream (with a note), `tasks` the newest tasks; anything else too large is a ControlError."""
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    keep = MAX_ANSWER_BYTES
+    while len(body) > MAX_ANSWER_BYTES:
+        if op == "logs":
+            keep //= 2
+            doc = dict(doc, **{s: f"[xchanged: cut to its last {keep} characters to fit one answer]\n"
+                                  + doc[s][-keep:] for s in STREAMS if isinstance(doc.get(s), str)
+                               and len(doc[s]) > keep})
+        elif op == "tasks" and doc["tasks"]:
+            doc = dict(doc, tasks=doc["tasks"][len(doc["tasks"]) // 2 + 1:], truncated=True)
+        else:
+            raise ControlError(f"the answer ({len(body)} bytes) is larger than {MAX_ANSWER_BYTES} bytes")
+        body = json.dumps(doc, separators=(",", ":")).encode()
+    return body
+
+
 class ClusterOps:
     def __init__(self, daemon: Daemon, control: Control):
         self.daemon = daemon
@@ -160,7 +179,7 @@ class ClusterOps:
                 doc = await self.own_tasks(q.state, q.limit)
             else:
                 doc = await self.audit_records(args)
-            frames = answer_parts(q.request_id, self._fit(q.op, doc))
+            frames = answer_parts(q.request_id, fit_answer(q.op, doc))
         except ControlError as exc:
             frames = [Answer(q.request_id, False, code=exc.code or "error", error=str(exc)[:1000])]
         except Exception as exc:            # a bug must not leave the asker waiting for its timeout
@@ -172,22 +191,6 @@ class ClusterOps:
         d = self.daemon
         for frame in frames:
             d._send(effect.asker[0], effect.asker[1], d.encoder.encode(frame, wall_ms()))
-
-    def _fit(self, op: str, doc: Any) -> bytes:
-        """The document as JSON, cut to MAX_ANSWER_BYTES where it can be (see the module docstring)."""
-        body = json.dumps(doc, separators=(",", ":")).encode()
-        keep = MAX_ANSWER_BYTES
-        while len(body) > MAX_ANSWER_BYTES:
-            if op == "logs":
-                keep //= 2
-                doc = dict(doc, **{s: f"[xchanged: cut to its last {keep} characters to fit one answer]\n"
-                                      + doc[s][-keep:] for s in STREAMS if isinstance(doc.get(s), str)})
-            elif op == "tasks" and doc["tasks"]:
-                doc = dict(doc, tasks=doc["tasks"][len(doc["tasks"]) // 2 + 1:], truncated=True)
-            else:
-                raise ControlError(f"the answer ({len(body)} bytes) is larger than {MAX_ANSWER_BYTES} bytes")
-            body = json.dumps(doc, separators=(",", ":")).encode()
-        return body
 
     async def audit_records(self, args: dict) -> dict:
         """This node's audit records of one of its tasks, as `audit show --task --json` shows them."""
