@@ -71,6 +71,22 @@ def test_tasks_of_the_cluster_on_a_lone_node_and_a_task_nobody_has(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_forwarded_request_keeps_what_the_client_asked_for(tmp_path):
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            ops = daemon.control.cluster
+            q = ops.query(7, "logs", {"id": "T-X", "part": "build[2]", "follow": True, "offsets": [5, 6],
+                                      "attempt": 2, "wait_s": 1.5})
+            assert (q.request_id, q.op, q.task_id, q.part, q.follow, q.offsets, q.attempt, q.wait_ms) == \
+                (7, "logs", "T-X", "build[2]", True, [5, 6], 2, 1500)
+            assert ops.query(8, "wait", {"id": "T-X", "timeout_s": 1000}).wait_ms == 60_000     # capped
+            assert ops.query(9, "cancel", {"id": "T-X", "user": "alice"}).user == "alice"
+            for bad in ({"id": "T-X", "attempt": "two"}, {"id": "T-X", "offsets": [1]}, {"id": ""}):
+                with pytest.raises(ControlError, match="bad request"):
+                    ops.query(10, "logs", bad)
+    asyncio.run(scenario())
+
+
 def test_answers_too_large_for_the_peer_protocol_are_cut_where_they_can_be():
     huge = "x" * MAX_ANSWER_BYTES
     logs = json.loads(fit_answer("logs", {"id": "T-1", "stdout": huge + "END", "stderr": "short"}))

@@ -386,6 +386,7 @@ class Query:
     offsets: list[int] = field(default_factory=lambda: [0, 0])   # logs -f: bytes of stdout, stderr seen
     wait_ms: int = 0                  # wait, logs -f: how long the answerer may wait before answering
     user: str = ""                    # cancel: the user who asked, as the asker's client said
+    part: str = ""                    # logs: one part of a composite (its key, or its own id)
 
     def __post_init__(self) -> None:
         if self.op not in QUERY_OPS:

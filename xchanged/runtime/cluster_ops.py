@@ -112,7 +112,7 @@ class ClusterOps:
         body = {"request_id": request_id, "op": op, "task_id": task_id, "state": str(args.get("state") or ""),
                 "limit": args.get("limit") or DEFAULT_LIMIT, "attempt": args.get("attempt"),
                 "follow": bool(args.get("follow")), "offsets": args.get("offsets") or [0, 0],
-                "wait_ms": max(0, wait_ms), "user": str(args.get("user") or "")}
+                "wait_ms": max(0, wait_ms), "user": str(args.get("user") or ""), "part": str(args.get("part") or "")}
         try:
             return from_body(Query, to_body(body))
         except RemoteProtocolError as exc:
@@ -172,7 +172,7 @@ class ClusterOps:
                 doc = await control.wait(dict(args, timeout_s=max(q.wait_ms / 1000, 0.001)))
             elif q.op == "logs":
                 doc = await control.logs(dict(args, attempt=q.attempt, follow=q.follow, offsets=list(q.offsets),
-                                              wait_s=q.wait_ms / 1000))
+                                              wait_s=q.wait_ms / 1000, part=q.part or None))
             elif q.op == "cancel":
                 doc = await control.cancel(dict(args, by_node=effect.asker[0], user=q.user))
             elif q.op == "tasks":
