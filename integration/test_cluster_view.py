@@ -50,6 +50,8 @@ def test_a_task_of_node1_is_inspected_followed_and_cancelled_from_node3(cluster)
         rest = list(follow)                                   # following ends with the task
         assert all(c["stream"] in ("stdout", "note") for c in rest)
         assert n3.wait(tid, timeout=30)["state"] == "cancelled"
+        waited = cli(cluster, 2, "wait", tid, "--json")      # xchanged wait: exit 1, the task did not succeed
+        assert waited.returncode == 1 and json.loads(waited.stdout)["state"] == "cancelled", waited.stderr
         assert n1.status(tid)["state"] == "cancelled"
         [entry] = [r for r in n1.audit_task(tid)["records"] if r["event"] == "cancel"]
         assert entry["requested_by"] == n3.ping()["id"] and "user" in entry
@@ -71,6 +73,7 @@ def test_tasks_of_every_manager_from_node2(cluster):
     doc = json.loads(proc.stdout)
     assert {m["name"]: m["status"] for m in doc["managers"]} == {"node1": "ok", "node2": "ok", "node3": "ok"}
     assert {t["id"]: t["manager"] for t in doc["tasks"]} == {tid: name for name, tid in ids.items()}
+    assert cli(cluster, 1, "wait", ids["node3"]).returncode == 0
     table = cli(cluster, 1, "tasks", "--cluster").stdout
     assert all(tid in table for tid in ids.values()) and "manager" in table
 

@@ -2,7 +2,7 @@
 
 One module per group of commands, each listing what it adds in `COMMANDS`:
 
-    setup    init, run, config check, demo       tasks      submit, status, tasks, logs, cancel
+    setup    init, run, config check, demo       tasks      submit, status, tasks, logs, cancel, wait
     cluster  peers, stats, top                   composite  resubmit (and the parts views of tasks)
     audit    audit show/verify/export/prove/evidence
 

@@ -199,4 +199,29 @@ def cancel(config, as_json, task_id) -> None:
         click.echo(f"{doc['id']}: {doc['state']}")
 
 
-COMMANDS = [submit, status, tasks, logs, cancel]
+@click.command("wait")
+@config_option
+@json_option
+@click.option("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+@click.argument("task_id")
+def wait_for(config, as_json, timeout, task_id) -> None:
+    """Wait for a task to end, whichever node manages it; exit with its exit code, as submit --wait."""
+    def until_done() -> dict:
+        try:
+            if timeout is not None or as_json:
+                return client.wait(task_id, timeout=timeout)
+            return _wait_with_progress(client, task_id, quiet=False)
+        except ManagerUnreachable as exc:
+            unreachable(exc, as_json)
+    with client_for(config) as client:
+        doc = call_daemon(until_done)
+    if as_json:
+        print_json(doc)
+    elif timeout is not None:
+        click.echo(f"{doc['id']}: {doc['state']}")
+    if doc["state"] != "succeeded":
+        code = doc.get("exit_code")
+        sys.exit(code if isinstance(code, int) and 0 < code < 256 else 1)
+
+
+COMMANDS = [submit, status, tasks, logs, cancel, wait_for]
