@@ -118,7 +118,10 @@ def status(config, as_json, all_parts, task_id) -> None:
     exit_code = doc.get("exit_code")
     console.print(f"[bold]{doc['id']}[/]  {doc['state']}  priority {doc['priority']}  "
                   f"node {doc.get('node') or '-'}  exit {exit_code if exit_code is not None else '-'}")
-    console.print(f"command: {' '.join(doc.get('command', []))}")
+    if doc.get("composite"):
+        console.print(f"composite {doc.get('name') or ''} (the node above coordinates its parts)".replace("  ", " "))
+    else:
+        console.print(f"command: {' '.join(doc.get('command', []))}")
     if doc.get("reason"):
         console.print(f"reason: {doc['reason']}")
     table = Table("attempt", "node", "state", "exit", "started", "ended", "reason")
