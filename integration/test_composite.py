@@ -45,6 +45,11 @@ reduce = ["sh", "-c", "cp $XCHANGED_PARTS {out}"]
     assert all(line["state"] == "succeeded" and line["stdout_tail"] == f"part {line['index']} of {line['item']}\n"
                for line in lines)
     assert len({line["node"] for line in lines}) > 1, "every part ran on one node"
+    conf = str(cluster.nodes[0].files.config)
+    logs = subprocess.run([sys.executable, "-m", "xchanged", "logs", "-c", conf, doc["id"], "--part", "7", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    part = json.loads(logs.stdout)             # the whole output, from the node that coordinated the part
+    assert part["complete"] and part["stdout"] == "part 7 of 1007\n" and part["part"] == "7"
 
 
 def test_a_diamond_runs_in_order(cluster, tmp_path):

@@ -222,9 +222,13 @@ class Control:
             return await self.cluster.follow(args)
         task_id, part = str(args.get("id")), args.get("part")
         if part is None and "/" in task_id and views.task(self.daemon.node, task_id) is None:
+            out = self.daemon.store.output(task_id)       # a part this node coordinated: its output is here
+            if out is not None:
+                return {"id": task_id, "attempt": out[0], "complete": True,
+                        "stdout": out[1].decode(errors="replace"), "stderr": out[2].decode(errors="replace")}
             task_id, part = task_id.split("/", 1)[0], task_id          # a part's own id: ask its composite
         if part is not None:
-            return self._part_logs(task_id, str(part))
+            return await self._part_logs(task_id, str(part))
         doc = self.task_doc(task_id)
         out = self.daemon.store.output(doc["id"], args.get("attempt"))
         live = self.cluster.live_doc(doc) if args.get("attempt") is None else None
@@ -251,8 +255,9 @@ class Control:
         return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
                     duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped)
 
-    def _part_logs(self, task_id: str, part: str) -> dict:
-        """A part's output: all of it where this node managed the part, else the tails its report kept."""
+    async def _part_logs(self, task_id: str, part: str) -> dict:
+        """A part's output: all of it from the node that coordinated it (asked over the peer protocol
+        when that is another node), else the tails its report kept."""
         results = self.part_results(task_id)
         found = next((p for p in results if part in (p.key, p.task)), None)
         if found is None:
@@ -261,6 +266,12 @@ class Control:
         if out is not None:
             return {"id": found.task, "part": found.key, "attempt": out[0], "complete": True,
                     "stdout": out[1].decode(errors="replace"), "stderr": out[2].decode(errors="replace")}
+        if found.manager != self.daemon.id:
+            try:
+                doc = await self.cluster.forward("logs", {"id": found.task})
+                return dict(doc, part=found.key, complete=True)
+            except ControlError:
+                pass                                        # gone, or not answering: the tails will do
         return {"id": found.task, "part": found.key, "attempt": None, "complete": False,
                 "stdout": found.stdout_tail, "stderr": found.stderr_tail,
                 "note": f"the last {decompose.TAIL_CHARS} characters; the whole output is kept by the node "
