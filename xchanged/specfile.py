@@ -143,6 +143,11 @@ class _Reader:
         try:
             return build_spec(command, **options)
         except (TypeError, ValueError) as exc:
+            for key, value in options.items():          # name the key at fault
+                try:
+                    build_spec(command, **{key: value})
+                except (TypeError, ValueError) as alone:
+                    raise self.error(_at(where, key), f"{alone} (got {value!r})") from None
             raise self.error(where, str(exc)) from None
 
     def nested(self, value: Any, where: str) -> dict[str, Any]:
