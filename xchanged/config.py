@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import socket
 import tomllib
@@ -67,6 +68,7 @@ __all__ = [
     "ExecutorConfig",
     "AuditConfig",
     "MetricsConfig",
+    "HttpConfig",
     "Config",
     "SECTIONS",
     "setting",
@@ -310,6 +312,41 @@ class MetricsConfig:
                           DEFAULT_METRICS_LISTEN)
 
 
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach: "localhost", 127.0.0.0/8 or ::1 (not the wildcard)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The web dashboard and JSON API (docs/web.md); off unless listen is set."""
+
+    listen: str = setting(Address(listening=True, empty_ok=True), 'host:port serving the dashboard at / and the '
+                          'API at /api, like "127.0.0.1:7947"; "" disables it. An address other than loopback '
+                          "needs token_file", "")
+    token_file: Path | None = setting(FilePath(empty_ok=True), "file holding the bearer token that POST and DELETE "
+                                      "requests must carry (Authorization: Bearer ...); required when listen is not "
+                                      'a loopback address; "" means none', None, shown=Shown(""), must_exist=True)
+    token_reads: bool = setting(Boolean(), "require the token for reading too (the page then asks for it once)",
+                                False)
+
+    @staticmethod
+    def cross_check(values: dict[str, Any]) -> None:
+        if not values["listen"]:
+            return
+        host, _ = parse_host_port(values["listen"])
+        if values["token_file"] is None and not is_loopback(host):
+            raise Invalid(f"required when listen is not a loopback address ({values['listen']!r}): anyone who can "
+                          "reach it could submit and cancel tasks", key="token_file")
+        if values["token_reads"] and values["token_file"] is None:
+            raise Invalid("token_reads needs token_file", key="token_reads")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A node's whole, validated configuration: one field per [section], in the order they are checked."""
@@ -322,6 +359,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: Path | None = None  #: the file this was loaded from, if any
 
 
@@ -404,7 +442,7 @@ def config_from_dict(
     if check_files:
         for name, section in SECTIONS.items():
             for key, s in settings_of(section):
-                if s.must_exist:
+                if s.must_exist and getattr(ctx.done[name], key) is not None:
                     _check_file(source, f"{name}.{key}", getattr(ctx.done[name], key))
     return Config(**ctx.done, source=Path(source) if source is not None else None)
 
