@@ -72,7 +72,7 @@ class Control:
             "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
             "wait": self.wait, "wait_all": self.wait_all, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
             "audit_evidence": self.audit_evidence, "stats": self.stats, "resubmit": self.resubmit,
-            "audit": self.cluster.audit_records,
+            "audit": self.cluster.audit_records, "audit_head": self.audit_head, "history": self.history,
         }
 
     async def handle(self, op: str, args: dict) -> Any:
@@ -254,6 +254,18 @@ class Control:
         now = time.monotonic()
         return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
                     duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped)
+
+    async def audit_head(self, args: dict) -> dict:
+        """This node's signed audit head and how many records its log holds (the head covers those
+        already on disk; a new one is signed every gossip interval), with what it saw of the others'."""
+        d = self.daemon
+        head = d.audit.head
+        return {"node": d.config.node.name, "node_id": d.id, "head": head.to_dict() if head else None,
+                "records": d.audit.size, "peers": views.audit_evidence(d.node, "")}
+
+    async def history(self, args: dict) -> dict:
+        """The last minutes of cluster load, sampled by the daemon (samples.py), oldest first."""
+        return self.daemon.history.doc()
 
     async def _part_logs(self, task_id: str, part: str) -> dict:
         """A part's output: all of it from the node that coordinated it (asked over the peer protocol

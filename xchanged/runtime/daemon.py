@@ -69,9 +69,11 @@ from .audit import AuditCorrupted, AuditError, AuditLog
 from .control import Control
 from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
+from .http_api import HttpServer, TokenError, read_token, start_http
 from .metrics import MetricsServer, serve_metrics
 from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
+from .samples import History
 from .store import Store
 from .transport import ControlError, ControlServer, PeerTransport
 
@@ -109,6 +111,10 @@ def advertised_address(config: Config, port: int) -> str:
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
+        try:
+            self.http_token = read_token(config.http)     # before anything opens: a bad token file stops us
+        except TokenError as exc:
+            raise DaemonError(f"refusing to start: {exc}") from None
         self.key = load_private_key(config.node.key_file.read_bytes())
         self.public_key = public_bytes(self.key)
         self.id = node_id(self.public_key)
@@ -140,6 +146,8 @@ class Daemon:
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
         self.metrics: MetricsServer | None = None
         self.discovery: Discovery | None = None
+        self.history = History()                  # the last minutes of cluster load (the dashboard's chart)
+        self.http: HttpServer | None = None       # [http]: the dashboard and JSON API, on this loop
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -239,10 +247,11 @@ class Daemon:
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
         await self.control_server.start()
         self.metrics = serve_metrics(self.config.metrics.listen, self.counters)
+        self.http = await start_http(self)
         if self.config.network.mdns:
             await self._start_discovery()
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
-                       loop.create_task(self._sync_to_disk())]
+                       loop.create_task(self._sync_to_disk()), loop.create_task(self.history.run(self))]
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
@@ -260,6 +269,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.discovery is not None:
             await self.discovery.close()
+        if self.http is not None:
+            await self.http.close()
         if self.control_server:
             await self.control_server.close()
         await self.control.cluster.close()
