@@ -268,6 +268,17 @@ class Client:
         with the evidence of any fork it found."""
         return self.call("audit_evidence", node=node)
 
+    def audit_head(self) -> dict:
+        """This node's signed audit head: {"node", "node_id", "head" (or None), "records", "peers" (as
+        audit_evidence)}."""
+        return self.call("audit_head")
+
+    def history(self) -> dict:
+        """The last minutes of cluster load as the daemon sampled it: {"interval_s", "capacity",
+        "samples": [{"t", "utilization_percent", "running", "slots", "queued", "queued_here", "alive",
+        "nodes"}]}, oldest first."""
+        return self.call("history")
+
     def wait_all(self, task_ids: list[str], timeout: float | None = None, poll: float = 30.0) -> list[dict]:
         """Block until every task is terminal (or `timeout` passes); their status documents, in order.
         One request for all of them, asked again every `poll` seconds (the daemon answers as soon as

@@ -3,12 +3,12 @@
 show, verify, export and prove read the log file directly (from the config's `[audit] path`, or a
 path given), so they work offline, on a copied log, and next to a running daemon: readers take no
 lock and stop quietly at a record still being written. `repair` cuts a tail lost in a crash, as the
-daemon does at start, so it takes the log's lock (the daemon must be stopped). `evidence` asks the
-running daemon.
+daemon does at start, so it takes the log's lock (the daemon must be stopped). `evidence` and `head`
+ask the running daemon.
 
 Exit codes: 0 success; 1 the log does not verify (verify), the entry can't be proved (prove), or the
 damage is not a lost tail and was left alone (repair);
-2 usage, config or file error; 3 daemon not reachable (evidence).
+2 usage, config or file error; 3 daemon not reachable (evidence, head).
 """
 
 from __future__ import annotations
@@ -377,6 +377,28 @@ def evidence(config, as_json, node) -> None:
         if d.get("evidence"):
             line += f"  FORK: {d['evidence']['reason']}"
         click.echo(line)
+
+
+@audit.command("head")
+@config_option
+@json_option
+def head(config, as_json) -> None:
+    """The running daemon's signed audit head (what /api/audit/head serves), and the other nodes' as it
+    checked them."""
+    from ..client import Client
+
+    def ask():
+        with Client(config=config) as client:
+            return client.audit_head()
+    doc = call_daemon(ask)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    h = doc["head"]
+    click.echo(f"{doc['node']} {doc['node_id']}: {doc['records']} records; "
+               + (f"signed head size {h['size']} root {h['root']} at {h['time_ms']}" if h else "no signed head yet"))
+    for p in doc["peers"]:
+        click.echo(f"  {p.get('name') or '-':12} {p['node_id']}  {p['status']}")
 
 
 COMMANDS = [audit]
