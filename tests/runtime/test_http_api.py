@@ -203,6 +203,11 @@ def test_errors_are_json_with_codes_never_a_traceback(tmp_path, monkeypatch):
         async with session.post("/api/tasks", data=io.BytesIO(b"x" * (http_api.MAX_BODY + 1)),
                                 headers={"Content-Type": "application/json"}) as r:
             assert r.status == 413 and (await r.json())["code"] == "too_large"
+        deep = b'{"specs": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}"
+        async with session.post("/api/tasks", data=deep, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 400 and (await r.json())["code"] == "bad_request"
+        async with session.get("/api/tasks", params={"limit": "\u00b2"}) as r:
+            assert r.status == 400 and "limit" in (await r.json())["error"]
         async with session.get("/api/audit/head") as r:
             head = await r.json()
             assert head["node"] == "solo" and head["head"]["node_id"] == daemon.id

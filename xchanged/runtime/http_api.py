@@ -108,7 +108,7 @@ def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "")
     if not text:
         return DEFAULT_TASKS_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TASKS_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_TASKS_LIMIT:
         raise ApiError(f"limit must be an integer from 1 to {MAX_TASKS_LIMIT}", "bad_request")
     return int(text)
 
@@ -191,6 +191,8 @@ class HttpServer:
             if exc.status < 400:
                 raise
             response = error_response(exc.status, CODE_OF.get(exc.status, "error"), exc.reason)
+        except RecursionError:                 # JSON nested thousands deep
+            response = error_response(400, "bad_request", "the request is nested too deeply")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -202,12 +204,13 @@ class HttpServer:
         return response
 
     def _check(self, request: web.Request) -> None:
-        if self.loopback_only and not is_loopback(_host_of(request.host)):
-            raise ApiError(f"this server answers to loopback host names only, not {request.host!r}", "misdirected")
+        host = request.headers.get("Host", "")          # a browser always sends one
+        if self.loopback_only and host and not is_loopback(_host_of(host)):
+            raise ApiError(f"this server answers to loopback host names only, not {host!r}", "misdirected")
         write = request.method not in ("GET", "HEAD", "OPTIONS")
         if write:
             origin = request.headers.get("Origin")
-            if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+            if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
                 raise ApiError(f"cross-origin write refused (Origin {origin!r})", "forbidden")
         if self.token is not None and (write or (self.token_reads and request.path.startswith("/api/")
                                                  and request.path != "/api/openapi.json")):
@@ -273,9 +276,10 @@ class HttpServer:
             raise ApiError("send the spec as JSON (Content-Type: application/json)", "unsupported_media_type")
         try:
             body = json.loads(await request.read())
+            specs = specs_of(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(f"the body is not JSON: {exc}", "bad_request") from None
-        return await self._call("submit", {"specs": specs_of(body)}, status=201)
+        return await self._call("submit", {"specs": specs}, status=201)
 
 
 def specs_of(body: Any) -> list:
