@@ -22,6 +22,12 @@ Rules:
 - Live output: what a running attempt writes (`OutputWritten`, coalesced by the executor) goes to
   its manager as `output` frames, each with its byte offset in the stream, before the result (one
   connection keeps them in order), so `logs -f` anywhere shows it as it is written.
+- Draining (`drain`, operations.py): every cfp and award is refused with code `draining`; accepted
+  attempts still waiting in the local queue are handed back at once (a `result` with outcome `lost`
+  and `handed_back`, which its manager re-awards elsewhere without counting a failure); running ones
+  finish. A stopping daemon hands back the running ones too (`hand_back_running`), killing them.
+- Fewer slots after a reload than attempts running: nothing is killed; no new work is taken until
+  they drain below the new count (`holding` may exceed `slots` meanwhile, `slots_free` is then 0).
 - Durability: an accepted attempt is persisted (`PersistAttempt`, state "running") in the batch
   that accepts and starts it, right after (write-behind: if we crash before that commit, the process
   dies with us and the manager, hearing nothing, reassigns the attempt after the heartbeat deadline,
@@ -39,6 +45,7 @@ Rules:
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -139,6 +146,10 @@ class Contractor:
         self.waiting: list[tuple[str, int]] = []              # accepted attempts queued for a slot, FIFO
         self.pending: dict[tuple[str, int], PendingResult] = {}
         self.completed = 0
+        self.failed_runs = 0                                  # attempts run here that did not exit 0
+        self.run_ms = 0                                       # total run time of the attempts run here
+        self.refusals: Counter[str] = Counter()               # refuse and reject messages sent, by code
+        self.draining = False
         self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
 
     # -- state ----------------------------------------------------------------------------------
@@ -155,7 +166,7 @@ class Contractor:
 
     @property
     def slots_free(self) -> int:
-        return self.settings.slots - self.holding
+        return max(0, self.settings.slots - self.holding)
 
     def queue_free(self, now: float) -> int:
         """Room left in the local queue (beyond the free slots): none while no slot is expected to
@@ -182,11 +193,11 @@ class Contractor:
 
     @property
     def offer_slots(self) -> int:
-        """Slots this node offers to managers now: none while its CPU or memory is overloaded."""
-        return 0 if self.overloaded or self.memory_short else self.slots_free
+        """Slots this node offers to managers now: none while its CPU or memory is overloaded, or it drains."""
+        return 0 if self.overloaded or self.memory_short or self.draining else self.slots_free
 
     def offer_queue(self, now: float) -> int:
-        return 0 if self.overloaded or self.memory_short else self.queue_free(now)
+        return 0 if self.overloaded or self.memory_short or self.draining else self.queue_free(now)
 
     def estimate_ms(self, cfp: Cfp) -> int | None:
         """How long we expect the task to run here: the submitter's estimate, else our history."""
@@ -202,6 +213,8 @@ class Contractor:
                 queue_ok: bool = False) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s = self.settings
+        if self.draining:
+            return R.DRAINING, "the node is draining", ()
         if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
             return R.NOT_ALLOWED, f"command {command!r} not allowed here", ()
         for key, value in req.labels.items():
@@ -280,6 +293,7 @@ class Contractor:
         key = (env.sender, cfp.task_id)
         code, reason, gpus = self.refusal(cfp.requirements, cfp.command, now, exclude=key, queue_ok=cfp.queue_ok)
         if code:
+            self.refusals[code] += 1
             self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
             return
         queued = sum(1 for c in self._claims(exclude=key) if not c.queued) >= self.settings.slots
@@ -328,6 +342,7 @@ class Contractor:
             if code in ROOM_CODES and reservation is not None:
                 code = None         # the bid held a place in the queue: wait there until the task fits
             if code:
+                self.refusals[code] += 1
                 self._send(env.sender, Reject(award.task_id, award.attempt, code, reason))
                 return
             must_wait = reservation is not None or bool(self.waiting) or self.holding >= self.settings.slots
@@ -411,6 +426,9 @@ class Contractor:
         if claim is None:
             return
         self.completed += 1
+        self.run_ms += max(0, ev.runtime_ms)
+        if ev.outcome != Outcome.EXITED or ev.exit_code != 0:
+            self.failed_runs += 1
         if ev.outcome == Outcome.EXITED and claim.spec is not None:
             command = claim.spec.argv[0]
             if command not in self.runtime_ewma and len(self.runtime_ewma) >= RUNTIME_HISTORY:
@@ -419,13 +437,62 @@ class Contractor:
             self.runtime_ewma[command] = 0.8 * old + 0.2 * ev.runtime_ms
         started_before = self.started
         self.start_queued(now)                  # the freed slot goes to the head of our queue first
-        result = Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
-                        ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before)
+        self._report(claim, Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
+                                   ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before),
+                     now)
+
+    def _report(self, claim: Claim, result: Result, now: float) -> None:
+        """Send an attempt's result to its manager, kept (and resent) until it is acknowledged."""
         pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
                                 claim.manager_address)
-        self.pending[(ev.task_id, ev.attempt)] = pending
+        self.pending[(result.task_id, result.attempt)] = pending
         self._persist_result(pending)
         self._send(claim.manager, result, claim.manager_address)
+
+    # -- draining and reloading -----------------------------------------------------------------
+
+    def reconfigure(self, settings: ContractorSettings, now: float) -> None:
+        """New settings (a reload). Running attempts stay, even beyond fewer slots (they drain down);
+        bids it can no longer honour lapse (their awards are re-checked) and queued attempts beyond
+        a smaller prefetch are handed back, newest first."""
+        self.settings = settings
+        if len(self.reserved) and self.holding > settings.slots:
+            for key in [k for k, c in self.reserved.items() if not c.queued]:
+                del self.reserved[key]
+        while self.queue_places > settings.prefetch:
+            queued_bids = [k for k, c in self.reserved.items() if c.queued]
+            if queued_bids:
+                del self.reserved[queued_bids[-1]]
+            else:
+                self.hand_back(self.waiting[-1], "handed back: the node's queue was made smaller", now)
+        self.start_queued(now)
+
+
+    def drain(self, now: float) -> None:
+        """Take no new work: bids outstanding lapse (their awards are rejected), accepted attempts
+        that have not started are handed back; running ones go on to their end."""
+        self.draining = True
+        self.reserved.clear()
+        for key in list(self.waiting):
+            self.hand_back(key, "handed back: the node is draining", now)
+
+    def hand_back_running(self, reason: str, now: float) -> None:
+        """Kill every attempt still running here and hand it back (a stopping daemon's grace is over)."""
+        for key, claim in list(self.running.items()):
+            if not claim.queued:
+                self.out.emit(KillTask, task_id=key[0], attempt=key[1], reason=reason)
+            self.hand_back(key, "handed back: " + reason, now)
+
+    def hand_back(self, key: tuple[str, int], reason: str, now: float) -> None:
+        """Give an accepted attempt back to its manager, for re-award elsewhere: a result with outcome
+        lost and `handed_back`. Its process, if any, is the caller's to kill; its exit is then ignored."""
+        claim = self.running.pop(key, None)
+        if claim is None:
+            return
+        if key in self.waiting:
+            self.waiting.remove(key)
+        self._report(claim, Result(key[0], key[1], Outcome.LOST, None, reason, 0, b"", b"", claim.pid,
+                                   handed_back=True), now)
 
     # -- restart --------------------------------------------------------------------------------
 
@@ -473,10 +540,13 @@ class Contractor:
         queued = [key for key, claim in self.running.items() if claim.queued]
         if sorted(queued) != sorted(self.waiting) or len(set(self.waiting)) != len(self.waiting):
             raise LocalProtocolError(f"local queue {self.waiting} does not match the queued claims {queued}")
-        if not 0 <= self.holding <= s.slots or self.slots_free + self.holding != s.slots:
-            raise LocalProtocolError(f"slots: {self.slots_free} free + {self.holding} held != {s.slots}")
+        # after a reload to fewer slots (or less prefetch) more may be held than allowed: it drains down
+        if self.holding < 0 or self.slots_free != max(0, s.slots - self.holding):
+            raise LocalProtocolError(f"slots: {self.slots_free} free, {self.holding} held, {s.slots} slots")
         if self.queue_places > s.prefetch:
             raise LocalProtocolError(f"{self.queue_places} queue places taken, prefetch is {s.prefetch}")
+        if self.draining and (self.waiting or self.reserved):
+            raise LocalProtocolError(f"draining with {len(self.waiting)} queued and {len(self.reserved)} reserved")
         if self.waiting and self.holding < s.slots:
             head = self.running[self.waiting[0]]
             if not self._fits_now(head.req, [c for c in self._claims() if not c.queued], check_overload=False)[0]:

@@ -11,10 +11,13 @@ id and attempt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .codec import Envelope
 from .messages import GpuInfo, PartResult, Query, TaskSpec
+
+if TYPE_CHECKING:
+    from .node import NodeSettings
 
 
 class Instant(NamedTuple):
@@ -156,13 +159,44 @@ class AuditHeadSigned:
 class StateRecovered:
     """At start-up: the tasks this node manages, as last persisted (dicts from `Task.to_doc`), the
     attempts its contractor had accepted and not yet had acknowledged (`PersistAttempt` docs), the
-    peers' audit heads it had checked (`PersistAuditHead` docs) and its reputation documents
-    (`PersistReputation` docs)."""
+    peers' audit heads it had checked (`PersistAuditHead` docs), its reputation documents
+    (`PersistReputation` docs) and the running totals the driver saved (`readout.totals`), so they
+    survive a restart."""
 
     tasks: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     audit_heads: list[dict[str, Any]] = field(default_factory=list)
     reputation: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The operator reloaded the config (SIGHUP, `xchanged reload`): the node's new settings, and its
+    static seeds. Running and queued attempts are kept (fewer slots than run: no new work until it
+    drains below them); peers see the change in our next load signal (operations.py)."""
+
+    settings: NodeSettings
+    seeds: tuple[str, ...] = ()
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainChanged:
+    """`xchanged drain` (or a SIGTERM) / `xchanged undrain`: stop taking work, hand back the accepted
+    attempts that have not started, let running ones finish (operations.py)."""
+
+    draining: bool
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HandBackRunning:
+    """A stopping daemon's grace is over: kill the attempts still running and hand them back to their
+    managers for re-award now, rather than leave them to a restart or a death to be noticed."""
+
+    reason: str = "the node stopped before the attempt finished"
     stimulus_id: str = ""
 
 
@@ -190,4 +224,7 @@ def stimulus_of(event: object) -> str:
         return f"dropped:{event.reason}"
     if isinstance(event, AuditHeadSigned):
         return f"audit-head:{event.head.get('size')}"
-    return {TimerFired: "timer", ResourcesRead: "resources", StateRecovered: "recovered"}.get(type(event), "input")
+    if isinstance(event, DrainChanged):
+        return "drain" if event.draining else "undrain"
+    return {TimerFired: "timer", ResourcesRead: "resources", StateRecovered: "recovered", SettingsChanged: "reload",
+            HandBackRunning: "hand-back"}.get(type(event), "input")

@@ -82,6 +82,7 @@ class Why(StrEnum):
     NO_ANSWER = "no_answer"                 # no accept or reject within the award timeout
     CONTRACTOR_RESTARTED = "contractor_restarted"
     LATE_RESULT = "late_result"             # a result of an attempt already given up on
+    HANDED_BACK = "handed_back"             # its contractor gave it back: draining, or stopping past its grace
 
 
 T, A = TaskState, AttemptState

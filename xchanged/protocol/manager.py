@@ -233,6 +233,8 @@ class Manager(Negotiation):
         record = self._record(env.sender)
         self.out.emit(StoreOutput, task_id=task.id, attempt=att.attempt, stdout=res.stdout, stderr=res.stderr)
         self._audit(task, "result", wall_ms, att, outcome=str(res.outcome), exit_code=res.exit_code)
+        if res.outcome in (Outcome.EXITED, Outcome.TIMEOUT):
+            self.observed.observe("run_time", res.runtime_ms / 1000)
         if res.outcome == Outcome.EXITED and res.exit_code == 0:
             self.index.move_attempt(task, att, A.SUCCEEDED, ended=wall_ms)
             record.succeeded()
@@ -246,7 +248,7 @@ class Manager(Negotiation):
             self.index.move_attempt(task, att, A.CANCELLED, W.CANCELLED, res.reason or "cancelled", wall_ms)
             self._retry(task, now, wall_ms, failure=False, reason=att.reason)
         elif res.outcome == Outcome.LOST:
-            self.index.move_attempt(task, att, A.LOST, W.CONTRACTOR_RESTARTED,
+            self.index.move_attempt(task, att, A.LOST, W.HANDED_BACK if res.handed_back else W.CONTRACTOR_RESTARTED,
                                     res.reason or "contractor lost the attempt", wall_ms)
             self._retry(task, now, wall_ms, failure=False, reason=att.reason)
         else:
@@ -280,6 +282,9 @@ class Manager(Negotiation):
         self.index.move(task, T.RUNNING)
         att.started = att.started or wall_ms - int(elapsed * 1000)
         task.says("", "")
+        self.observed.observe("queue_wait", now - elapsed - task.queued_since)
+        if att.awarded is not None:
+            self.observed.observe("award_to_start", (att.started - att.awarded) / 1000)
         if task.spec.timeout:
             task.run_deadline = now - elapsed + task.spec.timeout + RUN_MARGIN + 0.1 * task.spec.timeout
             self._arm(task, task.run_deadline)

@@ -305,12 +305,12 @@ class Membership:
 
 def material_change(old: Load | None, new: Load) -> bool:
     """Worth a fresh signed load before the next heartbeat: slots, queue, labels, address, audit
-    head or GPUs changed, cpu moved 10 points, available memory 10% of the total."""
+    head, GPUs or draining changed, cpu moved 10 points, available memory 10% of the total."""
     if old is None:
         return True
     if (old.slots, old.slots_free, old.running, old.queued, old.name, old.address, old.labels, old.audit_head,
-            len(old.gpus)) != (new.slots, new.slots_free, new.running, new.queued, new.name, new.address,
-                               new.labels, new.audit_head, len(new.gpus)):
+            len(old.gpus), old.draining) != (new.slots, new.slots_free, new.running, new.queued, new.name,
+                                             new.address, new.labels, new.audit_head, len(new.gpus), new.draining):
         return True
     if abs(new.cpu_percent - old.cpu_percent) >= 10 or abs(new.mem_available - old.mem_available) > new.mem_total / 10:
         return True

@@ -86,6 +86,7 @@ class RefusalCode(StrEnum):
     MEM = "mem"
     GPUS = "gpus"
     GPU_MEM = "gpu_mem"
+    DRAINING = "draining"           # the node is draining: it finishes what it runs and takes nothing new
 
 
 BUSY_CODES = frozenset({RefusalCode.NO_SLOTS, RefusalCode.OVERLOADED})    # busy now, not unable
@@ -136,6 +137,7 @@ class Load:
     audit_head: dict[str, Any] | None = None
     queue_free: int = 0               # room in the local queue of accepted tasks waiting for a slot
     coord_free: int = 0               # composites it would coordinate on top of those it does
+    draining: bool = False            # finishing what it runs, taking nothing new: managers do not ask it
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,8 @@ class Result:
     stderr: bytes = b""
     pid: int | None = None
     slot_refilled: bool = False       # the freed slot went at once to an attempt queued on this node
+    handed_back: bool = False         # outcome lost: the contractor gave the attempt back (it drains or stops);
+                                      # re-award it at once (a peer that predates this field sees it as lost)
 
 
 @dataclass(frozen=True, slots=True)

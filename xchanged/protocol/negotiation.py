@@ -32,6 +32,7 @@ from .effects import BEFORE, Audit, Outbox, PersistTask, Send
 from .free_slots import PeerBeliefs
 from .lifecycle import AttemptState, TaskState, Why
 from .messages import BUSY_CODES, Award, Bid, Cfp, PartResult, Refuse, Reject, RejectBid
+from .observe import Observations
 from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
 
@@ -85,6 +86,7 @@ class Negotiation:
         self.composites = scheduling.Backlog()         # composites waiting for a coordinator
         self.claims: Counter[str] = Counter()          # peer -> slots held there by our open rounds and standby bids
         self.open_rounds = 0                           # of tasks that take a slot
+        self.observed = Observations()                 # timings for /metrics and stats (observe.py)
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -188,6 +190,7 @@ class Negotiation:
         rnd = self._drop_round(task)
         if rnd is None:
             return
+        self.observed.observe("bid_window", now - (rnd.deadline - self.settings.bid_window))
         req = task.spec.requirements
         command = task.spec.command
         scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid,

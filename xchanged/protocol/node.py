@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import operations
 from .audit_watch import AuditWatch
 from .cluster_view import ClusterView
 from .codec import Envelope
@@ -31,13 +32,16 @@ from .events import (
     AuditHeadSigned,
     CancelRequested,
     Capacity,
+    DrainChanged,
     FrameDropped,
+    HandBackRunning,
     Instant,
     MessageReceived,
     OutputWritten,
     QueryRequested,
     ResourcesRead,
     SeedConfigured,
+    SettingsChanged,
     StateRecovered,
     TaskExited,
     TaskStarted,
@@ -167,6 +171,13 @@ class Node:
             self.manager.recover(event.tasks, mono)
             self.contractor.recover(event.attempts, mono)
             self._recover_memory(event, mono, wall)
+            operations.restore_totals(self, event.totals)
+        elif isinstance(event, SettingsChanged):
+            operations.reconfigure(self, event.settings, event.seeds, mono)
+        elif isinstance(event, DrainChanged):
+            operations.set_draining(self, event.draining, mono)
+        elif isinstance(event, HandBackRunning):
+            self.contractor.hand_back_running(event.reason, mono)
         else:
             raise LocalProtocolError(f"no such input: {event!r}")
         if changed:
@@ -209,12 +220,14 @@ class Node:
         self._apply(self.membership.on_direct(env, now), now, wall)
         if isinstance(msg, Cfp):
             if msg.composite:
-                self.coordinator.on_cfp(env, self.contractor.capacity)
+                if not operations.refused_while_draining(self, env):
+                    self.coordinator.on_cfp(env, self.contractor.capacity)
             else:
                 self.contractor.on_cfp(env, now)
         elif isinstance(msg, Award):
             if msg.spec.composite is not None:
-                self.coordinator.on_award(env, now, wall)
+                if not operations.refused_while_draining(self, env):
+                    self.coordinator.on_award(env, now, wall)
             else:
                 self.contractor.on_award(env, now, wall)
         elif isinstance(msg, RejectBid):
@@ -364,6 +377,8 @@ class Node:
         cap: Capacity = self.contractor.capacity
         stats = {k: int(v) for k, v in self.manager.stats.items()}
         stats["completed"] = self.contractor.completed
+        stats["attempts_failed"] = self.contractor.failed_runs
+        stats["run_ms"] = self.contractor.run_ms
         return Load(name=self.settings.name, address=self.settings.address, slots=self.settings.slots,
                     slots_free=self.contractor.offer_slots, running=self.contractor.started,
                     queue_free=self.contractor.offer_queue(now),
@@ -371,7 +386,8 @@ class Node:
                     cpus=cap.cpus, cpu_percent=cap.cpu_percent, mem_total=cap.mem_total,
                     mem_available=cap.mem_available, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head,
-                    coord_free=self.coordinator.room)
+                    coord_free=0 if self.contractor.draining else self.coordinator.room,
+                    draining=self.contractor.draining)
 
     def candidates(self, now: float) -> list[Candidate]:
         own = self.load_signal(now, count_queued=False)        # called on every event: skip the O(tasks) count
@@ -380,6 +396,9 @@ class Node:
         for peer in self.membership.healthy():
             load = peer.load
             if load is None:
+                continue
+            if load.draining:                                   # finishing its work: never asked
+                out.append(Candidate(peer.id, load.name, peer.address, load.slots, 0, load.labels, load))
                 continue
             free = self.manager.beliefs.free(peer.id, load.slots_free)
             out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,

@@ -12,9 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import policy
+from . import operations, policy
 from .lifecycle import TERMINAL, TaskState
 from .messages import Bid, Load, PartResult, Requirements
+from .observe import HistogramView
 
 if TYPE_CHECKING:
     from .node import Node
@@ -61,6 +62,11 @@ class Counters:
     attempts_completed: int
     audit_forks: int
     audit_forked_nodes: tuple[str, ...]
+    timings: dict[str, HistogramView]   # observe.py: queue_wait, bid_window, award_to_start, run_time
+    refusals: dict[str, int]        # refuse and reject messages this node's contractor sent, by code
+    draining: bool
+    attempts_failed: int            # attempts run here that did not exit 0
+    run_ms: int                     # their total run time, with the successful ones
 
 
 def task_doc(node: Node, task_id: str) -> dict[str, Any] | None:
@@ -122,7 +128,32 @@ def counters(node: Node) -> Counters:
         manager=dict(node.manager.stats), frames_dropped=dict(node.drops),
         peers_by_health=dict(Counter(p.health for p in node.membership.peers.values())),
         slots=node.settings.slots, slots_free=c.slots_free, started=c.started, queued=len(c.waiting),
-        attempts_completed=c.completed, audit_forks=watch.forks, audit_forked_nodes=tuple(watch.forked()))
+        attempts_completed=c.completed, audit_forks=watch.forks, audit_forked_nodes=tuple(watch.forked()),
+        timings=node.manager.observed.snapshot(), refusals=dict(c.refusals), draining=c.draining,
+        attempts_failed=c.failed_runs, run_ms=c.run_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Occupancy:
+    """What this node's contractor holds now (for `drain --wait`)."""
+
+    draining: bool
+    running: int                    # attempts whose process runs here
+    queued: int                     # accepted attempts waiting here for a slot
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and self.queued == 0
+
+
+def occupancy(node: Node) -> Occupancy:
+    c = node.contractor
+    return Occupancy(c.draining, c.started, len(c.waiting))
+
+
+def totals(node: Node) -> dict[str, dict[str, int]]:
+    """The running totals to save (the store) and hand back at the next start (StateRecovered.totals)."""
+    return operations.totals(node)
 
 
 def audit_evidence(node: Node, wanted: str = "") -> list[dict[str, Any]]:
