@@ -247,7 +247,7 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, fragment: str) -> None
         ("[gossip]\ninterval = \"-1s\"\n", "gossip.interval", "negative"),
         ("[gossip]\ninterval = \"0s\"\n", "gossip.interval", "greater than zero"),
         ("[bidding]\nwindow = \"fast\"\n", "bidding.window", "invalid duration 'fast'"),
-        ("[executor]\nheartbeat = \"1d\"\n", "executor.heartbeat", "unknown unit 'd'"),
+        ("[executor]\nheartbeat = \"1w\"\n", "executor.heartbeat", "unknown unit 'w'"),
         ("[executor]\nmax_output = \"lots\"\n", "executor.max_output", "invalid size 'lots'"),
         ("[executor]\nmax_output = \"1X\"\n", "executor.max_output", "unknown unit 'X'"),
         ("[executor]\nmax_output = \"-1M\"\n", "executor.max_output", "negative"),
@@ -439,6 +439,7 @@ def test_default_config_path(monkeypatch) -> None:
         ("0s", 0.0),
         (" 10 ms ", 0.01),
         ("1500ms", 1.5),
+        ("7d", 604800.0),
     ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
@@ -453,7 +454,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
         ("-1s", "negative"),
         ("", "invalid duration"),
         ("s", "invalid duration"),
-        ("1d", "unknown unit"),
+        ("1w", "unknown unit"),
         ("1S", "unknown unit"),
         ("1 s s", "invalid duration"),
         ("1e3ms", "invalid duration"),

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .config import ConfigError, default_config_path, load_config, parse_size
+from .config import ConfigError, default_config_path, load_config, parse_duration, parse_size
 from .protocol.errors import XchangedError
 from .protocol.lifecycle import TERMINAL
 from .protocol.messages import PRIORITIES
@@ -93,6 +93,25 @@ def build_spec(argv: list[str], *, cpus: float = 1.0, mem: str | int = 0, gpus: 
         "priority": priority, "retries": int(retries), "deadline_ms": deadline_ms, "name": name,
         "est_runtime": est_runtime,
     }
+
+
+def since_ms(since: str | float | datetime) -> int:
+    """Epoch ms of `since`: a datetime, epoch seconds, an ISO 8601 time, or a duration back from now
+    ("90s", "1h", "7d"). Raises ValueError."""
+    if isinstance(since, datetime):
+        when = since if since.tzinfo else since.astimezone()
+        return int(when.timestamp() * 1000)
+    if isinstance(since, (int, float)) and not isinstance(since, bool):
+        return int(since * 1000)
+    text = str(since).strip()
+    try:
+        return int((time.time() - parse_duration(text)) * 1000)
+    except ValueError:
+        pass
+    try:
+        return since_ms(datetime.fromisoformat(text))
+    except ValueError:
+        raise ValueError(f"--since: expected a duration like '1h' or an ISO 8601 time, got {text!r}") from None
 
 
 def _size(value: str | int) -> int:
@@ -207,13 +226,22 @@ class Client:
     def status(self, task_id: str) -> dict:
         return self.call("status", id=task_id)
 
-    def tasks(self, state: str | None = None, cluster: bool = False, limit: int = 100) -> list[dict] | dict:
-        """The tasks this node manages (a list of documents); with `cluster`, every manager's (at most
-        `limit` each, the newest): {"tasks": [... each with "manager"], "managers": [{"id", "name",
-        "status": "ok" | "unreachable" | "error", "error"?, "total", "truncated", "listed"}]}."""
+    def tasks(self, state: str | None = None, cluster: bool = False, limit: int | None = None, *,
+              since: str | float | datetime | None = None) -> list[dict] | dict:
+        """The newest `limit` tasks this node manages (the daemon's default: 100; at most 10,000), in
+        submission order; only those in `state`, or submitted at or after `since` (a datetime, epoch
+        seconds, an ISO 8601 time, or a duration back from now like "1h"; raises ValueError). With
+        `cluster`, every manager's (at most `limit` each, the newest; default 100): {"tasks": [... each
+        with "manager"], "managers": [{"id", "name", "status": "ok" | "unreachable" | "error", "error"?,
+        "total", "truncated", "listed"}]}."""
         if cluster:
-            return self.call("tasks", state=state, cluster=True, limit=limit)
-        return self.call("tasks", state=state)
+            return self.call("tasks", state=state, cluster=True, limit=limit or 100)
+        args: dict[str, Any] = {"state": state}
+        if since is not None:
+            args["since_ms"] = since_ms(since)
+        if limit is not None:
+            args["limit"] = int(limit)
+        return self.call("tasks", **args)
 
     def logs(self, task_id: str, attempt: int | None = None, part: str | None = None, follow: bool = False,
              wait: float = 5.0) -> Any:
@@ -263,6 +291,33 @@ class Client:
     def stats(self) -> dict:
         return self.call("stats")
 
+    # -- operating a node (docs/operations.md) ---------------------------------------------------
+
+    def reload(self) -> dict:
+        """Make the daemon re-read its config file: {"changed", "restart_needed", "notes"}. A config
+        that fails validation raises RequestFailed with `config check`'s one-line error."""
+        return self.call("reload", timeout=30.0)
+
+    def drain(self, wait: bool = False, timeout: float | None = None, poll: float = 5.0,
+              on_update: Callable[[dict], None] | None = None) -> dict:
+        """Stop this node taking work (attempts queued here go back to their managers; running ones
+        finish). With `wait`, block until nothing runs here (or `timeout` passes). Returns
+        {"draining", "running", "queued", "idle"}."""
+        if not wait:
+            return self.call("drain")
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if end is None else max(0.01, min(poll, end - time.monotonic()))
+            doc = self.call("drain", timeout=left + 30.0, wait=True, timeout_s=left)
+            if on_update:
+                on_update(doc)
+            if doc["idle"] or (end is not None and time.monotonic() >= end):
+                return doc
+
+    def undrain(self) -> dict:
+        """Take work again after a drain."""
+        return self.call("undrain")
+
     def audit_evidence(self, node: str = "") -> list[dict]:
         """What this daemon knows of other nodes' audit heads (one node by id or name, or all),
         with the evidence of any fork it found."""
@@ -303,5 +358,5 @@ class Client:
                 return doc
 
 
-__all__ = ["Client", "DaemonUnreachable", "ManagerUnreachable", "RequestFailed", "build_spec", "socket_path",
-           "ConfigError"]
+__all__ = ["Client", "DaemonUnreachable", "ManagerUnreachable", "RequestFailed", "build_spec", "since_ms",
+           "socket_path", "ConfigError"]

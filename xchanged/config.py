@@ -42,6 +42,8 @@ from .config_kinds import (
     MAX_NAME_LEN,
     Address,
     Boolean,
+    Choice,
+    Command,
     Duration,
     FilePath,
     Integer,
@@ -69,6 +71,7 @@ __all__ = [
     "AuditConfig",
     "MetricsConfig",
     "HttpConfig",
+    "AutoscaleConfig",
     "Config",
     "SECTIONS",
     "setting",
@@ -210,6 +213,15 @@ class NodeConfig:
     coordinations: int = setting(Integer(minimum=0), "composite tasks this node coordinates at once (a "
                                  "coordination holds no slot; 0: never coordinate)",
                                  field_default(NodeSettings, "max_coordinations"))
+    log_level: str = setting(Choice("debug", "info", "warning", "error"), "daemon log level (`xchanged run -v`: "
+                             "debug)", "info")
+    stop_grace: float = setting(Duration(positive=False), "on SIGTERM (systemctl stop) the node drains: running "
+                                "attempts get this long to finish, then they are killed and handed back to their "
+                                "managers for re-award (keep systemd's TimeoutStopSec longer)", 10.0)
+    history: float = setting(Duration(positive=False), "finished tasks, with their attempts and outputs, are pruned "
+                             'from the store this long after they finished; "0s" keeps them for good', 7 * 86400.0)
+    history_tasks: int = setting(Integer(minimum=0), "at most this many finished tasks are kept in the store (the "
+                                 "oldest pruned first); 0: no limit but `history`", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +360,31 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscaleConfig:
+    """Hooks that ask for more nodes or fewer, run by one node for the cluster (docs/operations.md)."""
+
+    scale_up: str = setting(Command(), 'command run when the cluster needs more nodes (split like a shell would, '
+                            'run without one; its environment says why); "" disables', "")
+    scale_down: str = setting(Command(), "command run when the cluster has a node to spare; XCHANGED_REMOVE_NODE "
+                              'names an idle node to drain and remove; "" disables', "")
+    backlog_up: int = setting(Integer(minimum=1), "scale up when at least this many tasks wait cluster-wide ...",
+                              10)
+    utilization_up: float = setting(Percent(), "... and at least this share of the cluster's slots is busy", 80.0)
+    utilization_down: float = setting(Percent(), "scale down when no task waits and at most this share of the "
+                                      "slots is busy (less than utilization_up)", 20.0)
+    hold: float = setting(Duration(), "how long a condition must hold before its hook runs", 60.0)
+    cooldown: float = setting(Duration(positive=False), "after a hook ran, the same direction waits this long", 600.0)
+    min_nodes: int = setting(Integer(minimum=1), "never scale down below this many healthy nodes", 1)
+    timeout: float = setting(Duration(), "a hook still running after this long is killed", 300.0)
+
+    @staticmethod
+    def cross_check(values: dict[str, Any]) -> None:
+        if values["utilization_down"] >= values["utilization_up"]:
+            raise Invalid(f"must be less than autoscale.utilization_up ({values['utilization_down']:g} >= "
+                          f"{values['utilization_up']:g})", key="utilization_down")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A node's whole, validated configuration: one field per [section], in the order they are checked."""
 
@@ -360,6 +397,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
     source: Path | None = None  #: the file this was loaded from, if any
 
 

@@ -9,6 +9,7 @@ reads after ``file: section.key: ``.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,6 +98,35 @@ class Text(Kind):
 
     def render(self, value: str) -> str:
         return toml_string(value)
+
+
+class Choice(Text):
+    """One of a fixed set of words."""
+
+    def __init__(self, *choices: str) -> None:
+        super().__init__()
+        self.choices = choices
+
+    def convert(self, value: str, base_dir: Path) -> str:
+        if value not in self.choices:
+            raise Invalid(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+class Command(Text):
+    """A command line, split as a shell would split it (no shell runs it); "" means none."""
+
+    def __init__(self) -> None:
+        super().__init__(empty_ok=True)
+
+    def convert(self, value: str, base_dir: Path) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as e:
+            raise Invalid(f"not a command line: {e}") from None
+        if value and not words:
+            raise Invalid("a command line with no command")
+        return value
 
 
 class NodeName(Text):

@@ -21,7 +21,7 @@ WIDTH = 100
 HEADER = """\
 # xchanged node configuration.
 # Every key is shown at its default; change what you need and delete the rest if you like.
-# Durations need a unit (us, ms, s, m, h). Sizes: K, M, G, T (and KiB, MiB, ...) are 1024-based,
+# Durations need a unit (us, ms, s, m, h, d). Sizes: K, M, G, T (and KiB, MiB, ...) are 1024-based,
 # KB, MB, GB are 1000-based. Relative paths are relative to this file's directory.
 # Check a change with: xchanged config check -c THIS_FILE
 """

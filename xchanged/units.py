@@ -23,6 +23,7 @@ _DURATION_UNITS = {
     "s": Fraction(1),
     "m": Fraction(60),
     "h": Fraction(3600),
+    "d": Fraction(86400),
 }
 
 _SIZE_PREFIXES = "kmgtp"
@@ -35,7 +36,7 @@ _FORMAT_UNITS = "BKMGTP"
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a non-negative number and a unit (us, ms, s, m, h), like "500ms"."""
+    """Seconds in ``text``: a non-negative number and a unit (us, ms, s, m, h, d), like "500ms"."""
     if not isinstance(text, str):
         raise TypeError(f"duration must be a string like '500ms', not {type(text).__name__}")
     if len(text) > MAX_VALUE_TEXT:
@@ -43,17 +44,17 @@ def parse_duration(text: str) -> float:
     m = _NUMBER_UNIT_RE.fullmatch(text.replace("µ", "u"))
     if m is None:
         raise ValueError(
-            f"invalid duration {text!r}: expected a number and a unit (us, ms, s, m, h), like '500ms'"
+            f"invalid duration {text!r}: expected a number and a unit (us, ms, s, m, h, d), like '500ms'"
         )
     sign, number, unit = m.groups()
     if sign:
         raise ValueError(f"invalid duration {text!r}: must not be negative")
     if not unit:
         raise ValueError(
-            f"invalid duration {text!r}: a unit is required (us, ms, s, m, h), like '{number}s'"
+            f"invalid duration {text!r}: a unit is required (us, ms, s, m, h, d), like '{number}s'"
         )
     if unit not in _DURATION_UNITS:
-        raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (use us, ms, s, m or h)")
+        raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r} (use us, ms, s, m, h or d)")
     return float(Fraction(number) * _DURATION_UNITS[unit])
 
 
@@ -179,7 +180,10 @@ def format_size_exact(n: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """``seconds`` as a duration string parse_duration reads back exactly ("2s", "1500ms")."""
+    """``seconds`` as a duration string parse_duration reads back exactly ("2s", "1500ms", "7d")."""
     if seconds >= 1 and seconds == int(seconds):
+        for unit, size in (("d", 86400), ("h", 3600)):
+            if seconds % size == 0:
+                return f"{int(seconds) // size}{unit}"
         return f"{int(seconds)}s"
     return f"{round(seconds * 1000, 6):g}ms"

@@ -35,8 +35,8 @@ def test_metrics_are_read_on_the_loop_while_it_runs(tmp_path):
         async with running_daemon(tmp_path, metrics={"listen": f"127.0.0.1:{port}"}) as daemon:
             [doc] = await daemon.control.handle("submit", {"specs": [build_spec(["true"], labels={"x": "nowhere"})]})
             body = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
-            snapshot = await asyncio.to_thread(daemon.counters)       # as the metrics thread asks
-            assert snapshot.tasks_by_state == {"queued": 1} and snapshot.slots == 2
+            snapshot = await asyncio.to_thread(daemon.figures)        # as the metrics thread asks
+            assert snapshot.core.tasks_by_state == {"queued": 1} and snapshot.core.slots == 2
             return doc, body
     doc, body = asyncio.run(scenario())
     assert doc["state"] == "queued"

@@ -4,7 +4,7 @@ along (or wait a second)."""
 import sqlite3
 
 from xchanged.protocol.effects import AFTER, BEFORE, LAZY, SYNC
-from xchanged.runtime.store import LAZY_COMMIT_S, Store
+from xchanged.runtime.store import LAZY_COMMIT_S, SCHEMA_VERSION, Store
 
 
 def committed_attempts(path):
@@ -78,7 +78,7 @@ def test_audit_heads_and_reputation_are_kept_across_a_reopen(tmp_path):
     assert [d["head"]["size"] for d in store.audit_heads({"N1"})] == [5]
     assert [d["node_id"] for d in store.audit_heads()] == ["N1", "N2"]
     assert sorted(d.get("peer") or d["command"] for d in store.reputation()) == ["N1", "make"]
-    assert store.get_meta("schema_version") == "4"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
     store.close()
 
 

@@ -6,6 +6,7 @@ One module per group of commands, each listing what it adds in `COMMANDS`:
     cluster  peers, stats, top                   composite  resubmit (and the parts views of tasks)
     audit    audit show/verify/export/prove/evidence/head
     web      dashboard, history (the web dashboard's URL; the load history it charts)
+    ops      drain, undrain, reload
 
 To add a command, write it in one of these modules (or in a new one, imported and listed below) and
 put it in that module's COMMANDS; shared options, output helpers and exit codes are in `common`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import audit, cluster, composite, setup, tasks, web
+from . import audit, cluster, composite, ops, setup, tasks, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ def main() -> None:
     """xchanged: share work across a fleet of hosts by signed Contract Net bidding."""
 
 
-for _module in (setup, tasks, composite, cluster, audit, web):
+for _module in (setup, tasks, composite, cluster, audit, web, ops):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 del _module, _command

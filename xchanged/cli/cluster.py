@@ -26,7 +26,8 @@ def peers(config, as_json, show_all) -> None:
         return
     table = Table("name", "id", "address", "health", "seen", "slots", "free", "cpu %", "mem avail", "gpus", "labels")
     for p in docs:
-        table.add_row(p["name"] + (" (self)" if p.get("self") else ""), p["id"], p["address"], p["health"],
+        health = p["health"] + (", draining" if p.get("draining") else "")
+        table.add_row(p["name"] + (" (self)" if p.get("self") else ""), p["id"], p["address"], health,
                       f"{p['last_seen_s']:.1f}s" if p["last_seen_s"] is not None else "-", str(p["slots"]),
                       str(p["slots_free"]), f"{p['cpu_percent']:.0f}", format_size(p["mem_available"]),
                       gpu_lines(p["gpus"]), ",".join(f"{k}={v}" for k, v in p["labels"].items()))
@@ -49,10 +50,14 @@ def stats(config, as_json) -> None:
     if as_json:
         print_json(doc)
         return
-    for key in ("total_agents", "healthy_agents", "total_capacity", "current_load", "utilization_percent",
-                "free_slots", "queued_total", "queued_jobs", "running_jobs", "submitted", "succeeded", "failed",
-                "retries", "success_rate"):
+    for key in ("total_agents", "healthy_agents", "total_capacity", "current_load", "utilization",
+                "free_slots", "queued_total", "queued_jobs", "assigned_jobs", "running_jobs", "total_jobs_queued",
+                "total_jobs_assigned", "total_jobs_failed", "total_jobs_retried", "success_rate", "load_variance",
+                "fairness_index", "work_fairness_index", "draining"):
         console.print(f"{key:22} {doc.get(key)}")
+    latency = doc.get("queue_latency") or {}
+    console.print(f"{'queue_latency':22} p50 {latency.get('p50')}s  p90 {latency.get('p90')}s  "
+                  f"p99 {latency.get('p99')}s  ({latency.get('count')} tasks)")
     table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "gpus", "success rate",
                   "score")
     for a in doc["agents"]:

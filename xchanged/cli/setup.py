@@ -44,7 +44,7 @@ def run(config: str | None, verbose: bool) -> None:
     except ConfigError as exc:
         raise Exit(str(exc), 2) from None
     try:
-        run_daemon(cfg)
+        run_daemon(cfg, "debug" if verbose else None)
     except KeyboardInterrupt:
         pass
     except DaemonError as exc:
@@ -60,19 +60,13 @@ def config_group() -> None:
 @config_option
 def config_check(config: str | None) -> None:
     """Validate a config file; errors name the file, key and reason."""
-    from ..protocol.signing import TrustError, TrustStore, load_private_key
+    from ..config_check import ConfigRejected, check_config
 
     path = config or default_config_path()
     try:
-        cfg = load_config(path)
-        load_private_key(cfg.node.key_file.read_bytes())
-        TrustStore.parse(cfg.trust.authorized_keys.read_text(), str(cfg.trust.authorized_keys))
-    except ConfigError as exc:
+        cfg = check_config(path)
+    except ConfigRejected as exc:
         raise Exit(str(exc), 2) from None
-    except TrustError as exc:
-        raise Exit(f"{path}: {exc}", 2) from None
-    except OSError as exc:
-        raise Exit(f"{path}: {exc}", 2) from None
     click.echo(f"{path}: ok (node {cfg.node.name}, {cfg.node.slots} slots, listen {cfg.network.listen})")
 
 

@@ -140,15 +140,25 @@ def status(config, as_json, all_parts, task_id) -> None:
 @json_option
 @click.option("--state", default=None, help="only tasks in this state")
 @click.option("--cluster", is_flag=True, help="the tasks of every manager in the cluster")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True,
-              help="with --cluster: at most this many tasks per manager (the newest)")
-def tasks(config, as_json, state, cluster, limit) -> None:
-    """Tasks this node manages (--cluster: every node's)."""
+@click.option("--since", default=None, help="only tasks submitted since: a duration back from now (1h, 7d) or an "
+              "ISO 8601 time")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=None,
+              help="the newest this many (default 100; with --cluster: per manager)")
+def tasks(config, as_json, state, cluster, since, limit) -> None:
+    """Tasks this node manages, newest last: the newest 100 unless --limit (--cluster: every node's)."""
+    from ..client import since_ms
+    if since is not None:
+        if cluster:
+            raise click.UsageError("--since lists this node's tasks; it does not go with --cluster")
+        try:
+            since = since_ms(since) / 1000
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
     with client_for(config) as client:
         if cluster:
-            show_cluster_tasks(client, state, limit, as_json)
+            show_cluster_tasks(client, state, limit or 100, as_json)
             return
-        docs = call_daemon(lambda: client.tasks(state))
+        docs = call_daemon(lambda: client.tasks(state, since=since, limit=limit))
     if as_json:
         print_json(docs)
         return

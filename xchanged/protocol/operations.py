@@ -58,6 +58,7 @@ def reconfigure(node: Node, new: NodeSettings, seeds: tuple[str, ...], now: floa
     node.manager.index.retention = settings.finished_retention
     node.contractor.reconfigure(contractor_settings(node.id, settings), now)
     node.coordinator.max_coordinations, node.coordinator.heartbeat = settings.max_coordinations, settings.heartbeat
+    node.view.query_timeout = settings.query_timeout
     membership = node.membership
     for address in [a for a, source in membership.seeds.items() if source == "seed" and a not in seeds]:
         del membership.seeds[address]

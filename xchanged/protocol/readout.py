@@ -151,6 +151,11 @@ def occupancy(node: Node) -> Occupancy:
     return Occupancy(c.draining, c.started, len(c.waiting))
 
 
+def unacknowledged(node: Node) -> int:
+    """Results this node's contractor sent and their managers have not acknowledged yet."""
+    return len(node.contractor.pending)
+
+
 def totals(node: Node) -> dict[str, dict[str, int]]:
     """The running totals to save (the store) and hand back at the next start (StateRecovered.totals)."""
     return operations.totals(node)

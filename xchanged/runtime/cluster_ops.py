@@ -148,8 +148,10 @@ class ClusterOps:
         return {"tasks": tasks, "managers": managers}
 
     async def own_tasks(self, state: str, limit: int) -> dict:
-        docs = await self.control.tasks({"state": state})
-        return {"tasks": docs[-limit:], "total": len(docs), "truncated": len(docs) > limit}
+        docs = await self.control.tasks({"state": state, "limit": limit})          # the newest `limit`, by index
+        counts = self.daemon.store.count_by_state()
+        total = counts.get(state, 0) if state else sum(counts.values())
+        return {"tasks": docs, "total": total, "truncated": total > limit}
 
     # -- answering another node -------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import msgpack
 
 from .. import __version__
+from ..config_check import ConfigRejected
 from ..protocol import decompose
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
@@ -45,6 +46,10 @@ DEFAULT_WAIT = 30.0
 MAX_SPEC_BYTES = 2 << 20
 #: Most task ids one `wait_all` waits for.
 MAX_WAIT_ALL = 100_000
+#: Tasks a `tasks` op returns when the request names no limit, and the most it ever returns: the answer
+#: (and the daemon's memory while it builds it) stays bounded however long the history is.
+DEFAULT_TASKS_LIMIT = 100
+MAX_TASKS_LIMIT = 10_000
 
 
 def new_task_id(manager_id: str = "") -> str:
@@ -73,6 +78,7 @@ class Control:
             "wait": self.wait, "wait_all": self.wait_all, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
             "audit_evidence": self.audit_evidence, "stats": self.stats, "resubmit": self.resubmit,
             "audit": self.cluster.audit_records, "audit_head": self.audit_head, "history": self.history,
+            "reload": self.reload, "drain": self.drain, "undrain": self.undrain,
         }
 
     async def handle(self, op: str, args: dict) -> Any:
@@ -206,16 +212,23 @@ class Control:
         return sorted(found, key=lambda p: order.get(p.key, len(order)))
 
     async def tasks(self, args: dict) -> list[dict] | dict:
+        """The newest `limit` tasks (of `state`, submitted at or after `since_ms`), in submission order;
+        with `cluster`, every manager's (cluster_ops.py). The store holds every task (as last persisted)
+        and picks them by index; a task still in memory is shown as the core has it now (its waiting
+        reason is not persisted)."""
         if args.get("cluster"):
             return await self.cluster.tasks_cluster(args)
-        state = args.get("state")
-        docs = views.tasks(self.daemon.node, state)
-        if state in (None, "", *TERMINAL):     # finished before a restart: only in the store
-            known = {d["id"] for d in docs}
-            docs += [d for d in self.daemon.store.finished_tasks()
-                     if d["id"] not in known and state in (None, "", d["state"])]
-            docs.sort(key=lambda d: (d["submitted"], d["order"]))
-        return docs
+        state, since, limit = args.get("state"), args.get("since_ms"), args.get("limit")
+        if state is not None and not isinstance(state, str):
+            raise ControlError("'state' must be a task state")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+            raise ControlError("'since_ms' must be epoch milliseconds")
+        if limit is None:
+            limit = DEFAULT_TASKS_LIMIT
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_TASKS_LIMIT:
+            raise ControlError(f"'limit' must be from 1 to {MAX_TASKS_LIMIT}")
+        docs = self.daemon.store.list_tasks(state=state or None, since_ms=since, limit=limit)
+        return [views.task(self.daemon.node, doc["id"]) or doc for doc in docs]
 
     async def logs(self, args: dict) -> dict:
         if args.get("follow"):
@@ -253,7 +266,35 @@ class Control:
         d = self.daemon
         now = time.monotonic()
         return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
-                    duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped)
+                    duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped,
+                    **d.runtime_figures())
+
+    # -- operations (runtime/operations.py) ---------------------------------------------------------
+
+    async def reload(self, args: dict) -> dict:
+        """Re-read the config file; a config that fails is refused with `config check`'s one-line error."""
+        try:
+            return self.daemon.ops.reload()
+        except ConfigRejected as exc:
+            raise ControlError(f"reload rejected, the daemon keeps its config: {exc}") from None
+
+    async def drain(self, args: dict) -> dict:
+        """Stop taking work; with `wait`, until nothing runs or waits here (or `timeout_s`)."""
+        ops = self.daemon.ops
+        ops.drain()
+        if args.get("wait"):
+            timeout = args.get("timeout_s") or DEFAULT_WAIT
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+                raise ControlError("'timeout_s' must be a positive number of seconds")
+            await ops.wait_idle(float(timeout))
+        return ops.drain_doc()
+
+    async def undrain(self, args: dict) -> dict:
+        try:
+            self.daemon.ops.undrain()
+        except ConfigRejected as exc:
+            raise ControlError(str(exc)) from None
+        return self.daemon.ops.drain_doc()
 
     async def audit_head(self, args: dict) -> dict:
         """This node's signed audit head and how many records its log holds (the head covers those

@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import Config, format_address, parse_address, parse_host_port
+from ..config_check import ConfigRejected
 from ..driver import Driver
 from ..protocol import codec
 from ..protocol.effects import (
@@ -50,6 +50,7 @@ from ..protocol.effects import (
 )
 from ..protocol.events import (
     AuditHeadSigned,
+    DrainChanged,
     FrameDropped,
     Instant,
     MessageReceived,
@@ -59,22 +60,23 @@ from ..protocol.events import (
 )
 from ..protocol.inbound import FrameGate
 from ..protocol.lifecycle import TERMINAL
-from ..protocol.membership import GossipSettings
 from ..protocol.messages import AuditProof, to_body
-from ..protocol.node import Node, NodeSettings
-from ..protocol.readout import Counters
+from ..protocol.node import Node
 from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
+from .autoscale import AutoscaleHooks
 from .control import Control
 from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
 from .http_api import HttpServer, TokenError, read_token, start_http
 from .metrics import MetricsServer, serve_metrics
+from .operations import Operations, node_settings
 from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
 from .samples import History
 from .store import Store
+from .systemd import notify as _sd_notify
 from .transport import ControlError, ControlServer, PeerTransport
 
 log = logging.getLogger("xchanged")
@@ -108,9 +110,13 @@ def advertised_address(config: Config, port: int) -> str:
     return f"{first_ipv4()}:{port}"
 
 
+GOSSIP_TYPES = ("load", "gossip")
+
+
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, log_level: str | None = None):
         self.config = config
+        self.forced_log_level = log_level          # `xchanged run -v`: wins over [node] log_level, reloads too
         try:
             self.http_token = read_token(config.http)     # before anything opens: a bad token file stops us
         except TokenError as exc:
@@ -148,6 +154,12 @@ class Daemon:
         self.discovery: Discovery | None = None
         self.history = History()                  # the last minutes of cluster load (the dashboard's chart)
         self.http: HttpServer | None = None       # [http]: the dashboard and JSON API, on this loop
+        self.ops = Operations(self)                # reload, drain, graceful stop, watchdog, history
+        self.autoscale = AutoscaleHooks(self)
+        # Called with the new Config at each reload, before anything is applied; one that raises
+        # config_check.ConfigRejected rejects the reload (the trust store of issue 16 hooks in here).
+        self.reload_hooks: list[Any] = []
+        self.gossip_bytes = {"in": 0, "out": 0}   # load and gossip frames, received and sent
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -210,23 +222,19 @@ class Daemon:
         self._stopping.set()
 
     def _build_node(self) -> Node:
-        c = self.config
-        gossip = GossipSettings(c.gossip.interval, c.gossip.fanout, c.gossip.suspect_after, c.gossip.dead_after,
-                                c.gossip.probe_k)
-        settings = NodeSettings(
-            name=c.node.name, address=self.address, slots=c.node.slots, labels=dict(c.node.labels),
-            gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
-            max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
-            allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch,
-            max_coordinations=c.node.coordinations, query_timeout=c.network.query_timeout)
-        return Node(self.id, settings, random.Random(os.urandom(16)))
+        return Node(self.id, node_settings(self.config, self.address), random.Random(os.urandom(16)))
+
+    def apply_log_level(self) -> None:
+        level = self.forced_log_level or self.config.node.log_level
+        logging.getLogger("xchanged").setLevel(level.upper())
 
     async def run(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         _watch_children_with_pidfds(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._ignore_reload)    # systemctl reload sends it
+            loop.add_signal_handler(sig, self.ops.request_stop)          # drain, grace, hand back, stop
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)    # systemctl reload sends it
+        self.apply_log_level()
         self.transport = PeerTransport(self.config.network.listen)
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
@@ -241,17 +249,22 @@ class Daemon:
                  for d in self.store.unfinished_tasks()]         # a composite's reported parts come back with it
         self._handle(StateRecovered(tasks, self._recover_attempts(),
                                     self.store.audit_heads({node_id(k) for k in self.trust.keys}),
-                                    self.store.reputation()))
+                                    self.store.reputation(), self.store.totals()))
+        if self.ops.drained_before():
+            log.warning("this node was drained (xchanged drain): it takes no work until `xchanged undrain`")
+            self._handle(DrainChanged(True))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
         await self.control_server.start()
-        self.metrics = serve_metrics(self.config.metrics.listen, self.counters)
+        self.metrics = serve_metrics(self.config.metrics.listen, self.figures)
         self.http = await start_http(self)
         if self.config.network.mdns:
             await self._start_discovery()
         self._tasks = [loop.create_task(self._receive_peers()), loop.create_task(self._read_resources()),
-                       loop.create_task(self._sync_to_disk()), loop.create_task(self.history.run(self))]
+                       loop.create_task(self._sync_to_disk()), loop.create_task(self.history.run(self)),
+                       loop.create_task(self.ops.watchdog()), loop.create_task(self.ops.prune_history()),
+                       loop.create_task(self.ops.keep_totals()), loop.create_task(self.autoscale.run())]
         log.info("xchanged %s node %s (%s) listening on %s, control %s", __version__, self.config.node.name,
                  self.id, self.address, self.config.network.control)
         _sd_notify("READY=1")
@@ -267,6 +280,9 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.autoscale.close()
+        if self.node is not None:
+            self.ops.save_totals()
         if self.discovery is not None:
             await self.discovery.close()
         if self.http is not None:
@@ -289,10 +305,10 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    def counters(self) -> Counters | None:
-        """(Another thread: the metrics server.) A snapshot of the core's counters, taken on the event
-        loop between two batches; None when there is no node yet or the loop does not answer within
-        COUNTERS_WAIT seconds."""
+    def figures(self) -> views.Figures | None:
+        """(Another thread: the metrics server.) A snapshot of the core's counters and the daemon's
+        own, taken on the event loop between two batches; None when there is no node yet or the loop
+        does not answer within COUNTERS_WAIT seconds."""
         loop = self._loop
         if loop is None or self.node is None:
             return None
@@ -300,7 +316,7 @@ class Daemon:
 
         def take() -> None:
             try:
-                answer.set_result(views.counters(self.node))
+                answer.set_result(views.Figures(views.counters(self.node), self.runtime_figures()))
             except Exception as exc:          # handed to the scrape, which logs it; the loop goes on
                 answer.set_exception(exc)
         try:
@@ -309,8 +325,15 @@ class Daemon:
         except (RuntimeError, concurrent.futures.TimeoutError):     # loop closed, or busy for too long
             return None
 
-    def _ignore_reload(self) -> None:
-        log.warning("reload is not supported yet; ignoring SIGHUP")
+    def runtime_figures(self) -> dict[str, Any]:
+        """The daemon's own counts (not the core's): reloads, drains, history, autoscale, gossip bytes."""
+        return dict(self.ops.doc(), autoscale=self.autoscale.doc(), gossip_bytes=dict(self.gossip_bytes))
+
+    def _reload_on_signal(self) -> None:
+        try:
+            self.ops.reload()
+        except ConfigRejected as exc:
+            log.error("reload rejected, the daemon keeps its config: %s", exc)
 
     async def _main_loop(self) -> None:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
@@ -346,7 +369,10 @@ class Daemon:
             self._accept_frame(frame)
 
     def _accept_frame(self, frame: bytes) -> None:
-        for event in self.gate.admit(frame, wall_ms()):
+        events = self.gate.admit(frame, wall_ms())
+        if events and isinstance(events[0], MessageReceived) and events[0].envelope.type in GOSSIP_TYPES:
+            self.gossip_bytes["in"] += len(frame)
+        for event in events:
             if isinstance(event, FrameDropped):
                 log.debug("dropped frame: %s", event.reason)
             self.put(event)
@@ -362,6 +388,10 @@ class Daemon:
     def _handle(self, event: Any) -> None:
         self.driver.batch([event])
 
+    def handle_now(self, event: Any) -> None:
+        """Feed one input at once, ahead of the queue (an operator's reload or drain), as one batch."""
+        self._handle_batch([event])
+
     def _handle_batch(self, events: list[Any]) -> None:
         """One batch through the shared driver loop (driver.py): the core sees every input, pumps once,
         and its decisions are written before anything outside this process sees them; the worker
@@ -370,6 +400,7 @@ class Daemon:
         self.driver.batch(events)
         if VALIDATE:
             self.node.validate_state()
+        self.ops.after_batch()
         finished, self._finished = self._finished, []
         for doc in finished:
             for future in self.control.waiters.pop(doc["id"], []):
@@ -394,6 +425,8 @@ class Daemon:
         def send(effect: Send) -> None:
             ts = wall_ms()
             frame = self.encoder.encode(effect.message, ts)
+            if effect.message.TYPE in GOSSIP_TYPES:
+                self.gossip_bytes["out"] += len(frame) * len(effect.targets)
             for peer, address in effect.targets:
                 if peer == self.id or address == self.address:     # our own contractor (or manager): the
                     # frame is signed as any other (it may be audit evidence), not verified again
@@ -491,23 +524,9 @@ def _watch_children_with_pidfds(loop: asyncio.AbstractEventLoop) -> None:
     asyncio.get_event_loop_policy().set_child_watcher(watcher)
 
 
-def _sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) about our state, if it is listening."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(state.encode(), path)
-        except OSError:
-            pass
-
-
-def run_daemon(config: Config) -> None:
+def run_daemon(config: Config, log_level: str | None = None) -> None:
     """Run until stopped; DaemonError when it cannot start or had to stop (a failed write or fsync)."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, log_level)
     try:
         asyncio.run(daemon.run())
     except AuditError as exc:           # raised while carrying out effects: nothing after it was done

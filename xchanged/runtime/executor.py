@@ -32,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import psutil
 
@@ -47,6 +47,16 @@ def _death_signal_launcher() -> list[str]:
 
 
 DIE_WITH_DAEMON = _death_signal_launcher()
+
+#: Variables of the daemon's environment a task never inherits: systemd's notification socket and
+#: watchdog (a task must not be able to speak for the daemon). Kept minimal on purpose: scrubbing a
+#: task's environment to an allow-list is the security policy's job (issue 16), not this list's.
+DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def task_environment(daemon_env: Mapping[str, str]) -> dict[str, str]:
+    """The daemon's environment less what belongs to the daemon alone (DAEMON_ONLY_ENV, WATCHDOG_*)."""
+    return {k: v for k, v in daemon_env.items() if k not in DAEMON_ONLY_ENV and not k.startswith("WATCHDOG_")}
 
 
 def process_start_time(pid: int) -> float:
@@ -186,7 +196,7 @@ class Executor:
 
     async def _run(self, key: tuple[str, int], spec: TaskSpec, extra_env: dict[str, str]) -> None:
         run = self.runs[key]
-        env = {**os.environ, **spec.env, **extra_env}
+        env = {**task_environment({**os.environ, **spec.env}), **extra_env}   # a spec cannot set them either
         started = time.monotonic()
         inputs = self._write_parts_input(key, spec)
         if inputs is not None:

@@ -20,6 +20,14 @@ documents (`reputation`, a contractor's record or a command's run times: protoco
 both written LAZY. Schema 2 added the `attempts` table, schema 3 the `parts` table (a composite's parts
 that ended, kept by the node that manages the composite), schema 4 `audit_heads` and `reputation`;
 opening an older file creates what it lacks (nothing else changed).
+Schema 5 added two indexes (nothing else changed): finished tasks by the time they finished (for
+pruning the history, `prune`) and tasks by submission time (for `xchanged tasks --since/--limit`,
+`list_tasks`). The manager's and the contractor's running totals (`readout.totals`) are a `meta` row.
+
+History (`prune`): finished tasks older than `[node] history`, or beyond `[node] history_tasks`, are
+deleted with their outputs and parts, a small batch per call, on a connection of its own (the daemon
+calls it from a worker thread, so the event loop never waits on it; the loop's connection waits at
+most for one batch's transaction when both write at once).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import msgpack
 
 from ..protocol.effects import AFTER, BEFORE, LAZY, SYNC
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -73,8 +81,14 @@ CREATE TABLE IF NOT EXISTS reputation (
     doc TEXT NOT NULL,
     PRIMARY KEY (kind, key)
 );
+CREATE INDEX IF NOT EXISTS tasks_submitted ON tasks (submitted);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (json_extract(doc, '$.finished'))
+    WHERE state IN ('succeeded', 'failed', 'cancelled');
 """
 UNFINISHED = ("queued", "assigned", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+PRUNE_BATCH = 200               # finished tasks deleted per transaction
+TOTALS_KEY = "totals"
 LAZY_COMMIT_S = 1.0             # longest a LAZY write waits for a commit
 _RANK = {LAZY: 0, AFTER: 1, BEFORE: 2, SYNC: 3}
 CHECKPOINT_EVERY = 2.0          # seconds between checkpoints of the write-ahead log
@@ -91,6 +105,8 @@ class Store:
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._syncer: sqlite3.Connection | None = None        # used by sync() only, under _sync_lock
+        self._pruner: sqlite3.Connection | None = None        # used by prune() only, under _prune_lock
+        self._prune_lock = threading.Lock()
         self._sync_lock = threading.Lock()                    # sync() in a worker thread vs close()
         self._closed = False
         self._last_checkpoint = 0.0
@@ -217,6 +233,72 @@ class Store:
                                "ORDER BY submitted DESC LIMIT ?", (*UNFINISHED, limit))
         return [json.loads(doc) for (doc,) in rows]
 
+    def list_tasks(self, *, state: str | None = None, since_ms: int | None = None, limit: int = 100) -> list[dict]:
+        """The newest `limit` task documents (optionally of one state, submitted at or after
+        `since_ms`), in submission order: what `xchanged tasks` shows, bounded whatever the history."""
+        where, args = [], []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if since_ms is not None:
+            where.append("submitted >= ?")
+            args.append(since_ms)
+        sql = "SELECT doc FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY submitted DESC, rowid DESC LIMIT ?", (*args, max(0, limit)))
+        return [json.loads(doc) for (doc,) in reversed(rows.fetchall())]
+
+    def prune(self, older_than_ms: int | None, keep: int = 0, batch: int = PRUNE_BATCH) -> int:
+        """Delete up to `batch` finished tasks (and their outputs) that finished before `older_than_ms`
+        (None: any age) or that are beyond the newest `keep` finished ones (0: no such limit), oldest
+        first. Returns how many were deleted (`batch`: call again). Safe from a worker thread."""
+        with self._prune_lock:
+            if self._closed:
+                return 0
+            if self._pruner is None:
+                self._pruner = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                               timeout=5.0)
+                self._pruner.execute("PRAGMA synchronous=NORMAL")
+            db = self._pruner
+            finished = "json_extract(doc, '$.finished')"
+            terminal = f"state IN {FINISHED!r}"
+            cutoff = older_than_ms
+            if keep:
+                row = db.execute(f"SELECT {finished} FROM tasks WHERE {terminal} ORDER BY {finished} DESC "
+                                 "LIMIT 1 OFFSET ?", (keep - 1,)).fetchone()
+                if row is not None and row[0] is not None:
+                    cutoff = row[0] if cutoff is None else min(cutoff, row[0])
+            if cutoff is None:
+                return 0
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in db.execute(f"SELECT id FROM tasks WHERE {terminal} AND {finished} < ? "
+                                                f"ORDER BY {finished} LIMIT ?", (cutoff, batch))]
+                if ids:
+                    marks = ",".join("?" * len(ids))
+                    db.execute(f"DELETE FROM outputs WHERE task_id IN ({marks})", ids)
+                    db.execute(f"DELETE FROM parts WHERE task_id IN ({marks})", ids)
+                    db.execute(f"DELETE FROM tasks WHERE id IN ({marks})", ids)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self.unsynced = True
+            return len(ids)
+
+    def put_totals(self, totals: dict) -> None:
+        """Stage the running totals (written with the next commit: LAZY; a crash loses at most the last
+        second of counting)."""
+        self._begin(LAZY)
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TOTALS_KEY, json.dumps(totals)))
+
+    def totals(self) -> dict:
+        raw = self.get_meta(TOTALS_KEY)
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
     def count_by_state(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
 
@@ -242,10 +324,13 @@ class Store:
 
     def close(self) -> None:
         self.commit()
-        with self._sync_lock:
+        with self._sync_lock, self._prune_lock:
             self._closed = True
             if self._syncer is not None:
                 self._syncer.close()
                 self._syncer = None
+            if self._pruner is not None:
+                self._pruner.close()
+                self._pruner = None
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")      # synced: the log copied into the file
         self.db.close()

@@ -8,9 +8,22 @@ inside, neither this module nor its callers follow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from ..protocol import policy, readout
 from ..protocol.messages import PartResult, to_body
 from ..protocol.node import Node
+from ..protocol.observe import HistogramView
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What /metrics reads at a scrape, taken on the event loop: the core's counters and the daemon's
+    own (`Daemon.runtime_figures`: reloads, drains, history, autoscale, gossip bytes)."""
+
+    core: readout.Counters
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 def parts(node: Node, task_id: str) -> list[PartResult] | None:
@@ -56,6 +69,10 @@ def _peer_doc(view: readout.PeerView) -> dict:
         "successes": rep.successes if rep else 0, "failures": rep.failures if rep else 0,
         "bid_accuracy": rep.bid_accuracy if rep else None,
         "self": view.is_self, "audit": view.audit, "audit_size": view.audit_size,
+        "draining": bool(load and load.draining),
+        # the agent's own counts (gossiped; they survive its restarts), for the seed's per-agent figures
+        "attempts_failed": int(load.stats["attempts_failed"]) if load and "attempts_failed" in load.stats else None,
+        "run_ms": int(load.stats.get("run_ms", 0)) if load else 0,
     }
 
 
@@ -80,16 +97,27 @@ def stats(node: Node, now: float, uptime: float, stored_states: dict[str, int] |
     busy = sum(min(p["slots"], p["running"]) for p in live)
     m = c.manager
     finished = m.get("succeeded", 0) + m.get("failed", 0)
+    serving = [p for p in live if p["slots"]]
     return {
         "node": peer_docs[0]["name"], "uptime_s": round(uptime, 1),
         "total_agents": len(peer_docs), "healthy_agents": sum(1 for p in peer_docs if p["health"] == "alive"),
         "total_capacity": slots, "current_load": busy,
         "utilization_percent": round(100 * busy / slots, 1) if slots else 0.0,
+        "utilization": round(100 * busy / slots, 1) if slots else 0.0,            # seed 003's name
         "queued_jobs": states.get("queued", 0), "assigned_jobs": states.get("assigned", 0),
         "running_jobs": states.get("running", 0),
         "tasks_by_state": states,
         "submitted": m.get("submitted", 0), "succeeded": m.get("succeeded", 0), "failed": m.get("failed", 0),
         "retries": m.get("retries", 0),
+        # seed 003's totals, of the tasks this node manages (kept in the store: they survive restarts)
+        "total_jobs_queued": m.get("submitted", 0), "total_jobs_assigned": m.get("awards", 0),
+        "total_jobs_failed": m.get("failed", 0), "total_jobs_retried": m.get("retries", 0),
+        "draining": peer_docs[0]["draining"],
+        **fairness([p["running"] / p["slots"] for p in serving],
+                   [p["completed"] / p["slots"] for p in serving]),
+        "queue_latency": percentiles(c.timings["queue_wait"]),
+        "timings": {name: percentiles(view) for name, view in c.timings.items()},
+        "refusals": dict(c.refusals),
         "success_rate": round(m.get("succeeded", 0) / finished, 4) if finished else None,
         "awards": m.get("awards", 0), "announcements": m.get("announcements", 0),
         "late_bids": m.get("late_bids", 0),
@@ -103,6 +131,40 @@ def stats(node: Node, now: float, uptime: float, stored_states: dict[str, int] |
                                        "bid_accuracy", "gpus") if k in p}
                    | {"agent_id": p["id"], "current_jobs": p["running"], "max_jobs": p["slots"],
                       "load_percent": round(100 * p["utilisation"], 1), "total_completed": p["completed"],
-                      "total_failed": p["failures"], "is_healthy": p["health"] == "alive"}
+                      "total_failed": p["failures"] if p["attempts_failed"] is None else p["attempts_failed"],
+                      "avg_time": round(p["run_ms"] / p["completed"] / 1000, 3) if p["completed"] else None,
+                      "is_healthy": p["health"] == "alive", "draining": p["draining"]}
                    for p in peer_docs],
     }
+
+
+def fairness(loads: list[float], work: list[float]) -> dict[str, float | None]:
+    """Seed 002's balance figures over the live agents: the variance of their load (busy share of
+    slots, now) and Jain's fairness index of it, (sum x)^2 / (n * sum x^2): 1.0 when every agent is
+    equally loaded, 1/n when one carries everything; the same over the work each has done (attempts
+    completed per slot). None without agents; an index over all-zero loads is 1.0 (nobody favoured)."""
+    return {"load_variance": _variance(loads), "fairness_index": _jain(loads),
+            "work_variance": _variance(work), "work_fairness_index": _jain(work)}
+
+
+def _variance(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    return round(sum((x - mean) ** 2 for x in xs) / len(xs), 6)
+
+
+def _jain(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    squares = sum(x * x for x in xs)
+    return round(sum(xs) ** 2 / (len(xs) * squares), 6) if squares else 1.0
+
+
+def percentiles(view: HistogramView) -> dict[str, float | int | None]:
+    """p50/p90/p99 (seconds) of the recent samples of a timing, with the count and mean of all of them."""
+    def p(q: float) -> float | None:
+        v = view.percentile(q)
+        return None if v is None else round(v, 4)
+    return {"p50": p(50), "p90": p(90), "p99": p(99), "count": view.count,
+            "mean": round(view.total / view.count, 4) if view.count else None}

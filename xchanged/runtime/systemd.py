@@ -1,0 +1,24 @@
+"""Talking to systemd (Type=notify): readiness, reloading, stopping and watchdog pings.
+
+`notify` is a no-op when systemd is not listening (no NOTIFY_SOCKET), so the daemon runs the same
+under systemd, in a terminal and in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(state: str) -> None:
+    """Send `state` (e.g. "READY=1", "WATCHDOG=1") to systemd's notification socket, if there is one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), path)
+        except OSError:
+            pass
