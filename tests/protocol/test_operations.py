@@ -163,3 +163,22 @@ def test_totals_survive_a_restart():
     fresh.handle(StateRecovered(totals=before), Instant(0.0, 0))
     assert readout.totals(fresh) == before
     assert fresh.load_signal(0.0).stats["attempts_failed"] == 4
+
+
+def test_a_draining_contractor_refuses_cfps_and_rejects_awards_with_code_draining(trust):
+    from tests.protocol.fakes import FakePeer, NodeUnderTest
+    from xchanged.protocol.messages import Award, Cfp, Refuse, Reject
+    node = NodeUnderTest(trust, slots=2)
+    manager = FakePeer("manager", trust)
+    node.hear(manager, manager.load())
+    node.handle(DrainChanged(True))
+    node.hear(manager, Cfp("T-1", 1, Requirements(), 1, 50, command="true"))
+    node.hear(manager, Award("T-2", 1, TaskSpec(["true"]), 0.5))
+    [(_, refuse)] = node.sent(Refuse, to=manager.id)
+    [(_, reject)] = node.sent(Reject, to=manager.id)
+    assert refuse.code == reject.code == "draining"
+    assert node.node.contractor.refusals == {"draining": 2}
+    assert node.node.load_signal(0.0).draining and node.node.load_signal(0.0).slots_free == 0
+    node.handle(DrainChanged(False))
+    node.hear(manager, Cfp("T-3", 1, Requirements(), 1, 50, command="true"))
+    assert len(node.sent(Refuse, to=manager.id)) == 1
