@@ -113,6 +113,7 @@ def stats(node: Node, now: float, uptime: float, stored_states: dict[str, int] |
         "total_jobs_queued": m.get("submitted", 0), "total_jobs_assigned": m.get("awards", 0),
         "total_jobs_failed": m.get("failed", 0), "total_jobs_retried": m.get("retries", 0),
         "draining": peer_docs[0]["draining"],
+        "running_here": c.started, "queued_here": c.queued,     # this node's contractor: started, waiting
         **fairness([p["running"] / p["slots"] for p in serving],
                    [p["completed"] / p["slots"] for p in serving]),
         "queue_latency": percentiles(c.timings["queue_wait"]),
