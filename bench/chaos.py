@@ -172,7 +172,7 @@ def _poll(cluster: LocalCluster, owner: dict[str, int], docs: dict[str, dict], d
             continue
         try:
             with node.client(timeout=30.0) as c:
-                for doc in c.tasks():
+                for doc in c.tasks(limit=10_000):       # every task it manages (the default: newest 100)
                     if owner.get(doc["id"]) == i:
                         docs[doc["id"]] = doc
         except Exception as exc:          # a node just restarted may not answer yet: next round

@@ -41,7 +41,7 @@ def wait_all(cluster: LocalCluster, node: int, ids: list[str], timeout: float) -
 
 def count_done(cluster: LocalCluster, node: int, ids: list[str]) -> int:
     with cluster.client(node) as c:
-        return sum(1 for d in c.tasks() if d["id"] in ids and d["state"] in TERMINAL)
+        return sum(1 for d in c.tasks(limit=10_000) if d["id"] in ids and d["state"] in TERMINAL)
 
 
 def side_effects(done: Path) -> Counter:

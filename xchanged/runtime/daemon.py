@@ -330,6 +330,9 @@ class Daemon:
         return dict(self.ops.doc(), autoscale=self.autoscale.doc(), gossip_bytes=dict(self.gossip_bytes))
 
     def _reload_on_signal(self) -> None:
+        if self.node is None:
+            log.warning("SIGHUP while starting: the config just read stands; reload again once started")
+            return
         try:
             self.ops.reload()
         except ConfigRejected as exc:

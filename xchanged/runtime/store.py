@@ -227,12 +227,6 @@ class Store:
         rows = self.db.execute(f"SELECT doc FROM tasks WHERE state IN ({marks}) ORDER BY submitted", UNFINISHED)
         return [json.loads(doc) for (doc,) in rows]
 
-    def finished_tasks(self, limit: int = 10_000) -> list[dict]:
-        marks = ",".join("?" * len(UNFINISHED))
-        rows = self.db.execute(f"SELECT doc FROM tasks WHERE state NOT IN ({marks}) "
-                               "ORDER BY submitted DESC LIMIT ?", (*UNFINISHED, limit))
-        return [json.loads(doc) for (doc,) in rows]
-
     def list_tasks(self, *, state: str | None = None, since_ms: int | None = None, limit: int = 100) -> list[dict]:
         """The newest `limit` task documents (optionally of one state, submitted at or after
         `since_ms`), in submission order: what `xchanged tasks` shows, bounded whatever the history."""
