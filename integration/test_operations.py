@@ -100,6 +100,8 @@ def test_drain_finishes_running_work_hands_back_queued_work_and_undrain_takes_wo
             cluster.wait_for(lambda: not any(p["draining"] for p in c1.peers()), 30, "node2 to undrain")
             more = c1.submit_many([["sleep", "0.5"]] * 6)
             assert "node2" in {c1.wait(t, timeout=120)["node"] for t in more}
+        newest = json.loads(cli(node1, "tasks", "--json", "--since", "1h", "--limit", "3").stdout)
+        assert [d["id"] for d in newest] == more[-3:]
 
 
 def test_sigterm_gives_running_work_its_grace_then_hands_it_back(tmp_path):
