@@ -41,13 +41,15 @@ def test_one_call_per_decision_not_three(tmp_path):
                 ids[node.name] = client.ping()["id"]
         leader = min(ids, key=ids.get)
         with cluster.client(0) as client:
-            tasks = client.submit_many([["sleep", "4"]] * 6)           # 3 run, 3 wait: backlog 3, 100% busy
+            tasks = client.submit_many([["sleep", "6"]] * 6)           # 3 run, 3 wait: backlog 3, 100% busy
             cluster.wait_for(lambda: all(sum(d.values()) >= 1 for d in decided(cluster, "up")), 60,
                              "every node to take the scale-up decision")
             assert all(client.wait(t, timeout=120)["state"] == "succeeded" for t in tasks)
         cluster.wait_for(lambda: all(sum(d.values()) >= 1 for d in decided(cluster, "down")), 60,
                          "every node to take the scale-down decision")
-        cluster.wait_for(lambda: len(calls(log)) >= 2, 30, "the hooks to finish")
+        at = list(ids).index(leader)             # decided() answers in the cluster's order, as `ids` is
+        cluster.wait_for(lambda: all({"ok", "failed"} & set(decided(cluster, d)[at]) for d in ("up", "down")), 30,
+                         "the hooks to finish")
         up_counts, down_counts = decided(cluster, "up"), decided(cluster, "down")
     made = calls(log)
     assert [c["XCHANGED_SCALE"] for c in made] == ["up", "down"], made

@@ -69,7 +69,7 @@ def test_drain_finishes_running_work_hands_back_queued_work_and_undrain_takes_wo
         node1, node2 = cluster.nodes
         with cluster.client(node1) as c1, cluster.client(node2) as c2:
             node2_id = c2.ping()["id"]
-            slow = ["sh", "-c", f'test "$XCHANGED_NODE" = {node2_id} || exit 0; '
+            slow = ["sh", "-c", f'test "$XCHANGED_NODE" = {node2_id} || exec sleep 0.3; '
                                 f"while [ ! -e {flag} ]; do sleep 0.05; done"]
             ids = c1.submit_many([slow] * 12)        # node2 runs one until `flag`, and queues one behind it
             cluster.wait_for(lambda: c2.stats()["queued_here"] == 1, 60, "an attempt queued on node2")
