@@ -105,7 +105,7 @@ class LocalCluster:
         seeds = [f"127.0.0.1:{other.port}" for other in self.nodes if other is not node]
         sections = {
             "node": {"name": node.name, "state_dir": str(node.files.directory / "state"), "slots": node.slots,
-                     "labels": node.labels},
+                     "labels": node.labels, "stop_grace": "2s"},       # a stop need not wait 10 s here
             "network": {"listen": f"127.0.0.1:{node.port}", "control": str(node.socket), "mdns": False,
                         "seeds": seeds},
             "metrics": {"listen": ""},
