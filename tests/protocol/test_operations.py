@@ -178,7 +178,10 @@ def test_a_draining_contractor_refuses_cfps_and_rejects_awards_with_code_drainin
     [(_, reject)] = node.sent(Reject, to=manager.id)
     assert refuse.code == reject.code == "draining"
     assert node.node.contractor.refusals == {"draining": 2}
+    assert node.node.load_signal(0.0).coord_free == 0
     assert node.node.load_signal(0.0).draining and node.node.load_signal(0.0).slots_free == 0
+    node.hear(manager, Cfp("T-4", 1, Requirements(), 1, 50, composite=True))      # no new coordination either
+    assert node.sent(Refuse, to=manager.id)[-1][1].code == "draining"
     node.handle(DrainChanged(False))
     node.hear(manager, Cfp("T-3", 1, Requirements(), 1, 50, command="true"))
-    assert len(node.sent(Refuse, to=manager.id)) == 1
+    assert len(node.sent(Refuse, to=manager.id)) == 2

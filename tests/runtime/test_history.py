@@ -53,12 +53,15 @@ def test_prune_by_age_deletes_old_finished_tasks_and_their_outputs_in_batches(tm
     try:
         now = int(time.time() * 1000)
         fill(store, now, old=450, new=5, unfinished=3)
+        store.put_parts("T-0000000000000001", [{"key": "a/0", "state": "succeeded"}])
+        store.commit()
         rounds = []
         while deleted := store.prune(now - 7 * DAY_MS, batch=200):
             rounds.append(deleted)
         assert rounds == [200, 200, 50]
         assert store.count_by_state() == {"failed": 5, "queued": 3}
         assert store.db.execute("SELECT count(*) FROM outputs").fetchone() == (0,)
+        assert store.parts("T-0000000000000001") == []
         assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
     finally:
         store.close()
