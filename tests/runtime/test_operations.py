@@ -140,24 +140,37 @@ def test_systemd_hears_ready_reloading_and_watchdog_pings(tmp_path, monkeypatch)
     listener.bind(sock_path)
     listener.setblocking(False)
     monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
-    monkeypatch.setenv("WATCHDOG_USEC", "100000")         # a ping every 50 ms
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")         # a ping every 100 ms
 
     async def scenario():
         loop = asyncio.get_running_loop()
         heard: list[str] = []
+        news = asyncio.Condition()
+
+        async def listen() -> None:                       # read all the time: systemd would
+            while True:
+                message = (await loop.sock_recv(listener, 4096)).decode()
+                async with news:
+                    heard.append(message)
+                    news.notify_all()
 
         async def until(text: str) -> None:
-            while not any(text in m for m in heard):
-                heard.append((await asyncio.wait_for(loop.sock_recv(listener, 4096), WAIT)).decode())
-        async with running(Daemon(load_config(path))) as daemon:
-            await until("READY=1")
-            await until("WATCHDOG=1")
-            tid = await submit(daemon, "sh", "-c", "env")
-            assert (await finished(daemon, tid))["state"] == "succeeded"
-            out = (await daemon.control.handle("logs", {"id": tid}))["stdout"]
-            await daemon.control.handle("reload", {})
-            await until("RELOADING=1")
-        await until("STOPPING=1")
+            async with news:
+                await asyncio.wait_for(news.wait_for(lambda: any(text in m for m in heard)), WAIT)
+        reader = asyncio.create_task(listen())
+        try:
+            async with running(Daemon(load_config(path))) as daemon:
+                await until("READY=1")
+                await until("WATCHDOG=1")
+                tid = await submit(daemon, "sh", "-c", "env")
+                assert (await finished(daemon, tid))["state"] == "succeeded"
+                out = (await daemon.control.handle("logs", {"id": tid}))["stdout"]
+                await daemon.control.handle("reload", {})
+                await until("RELOADING=1")
+            await until("STOPPING=1")
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         return out
     try:
         out = asyncio.run(asyncio.wait_for(scenario(), 3 * WAIT))
@@ -166,3 +179,16 @@ def test_systemd_hears_ready_reloading_and_watchdog_pings(tmp_path, monkeypatch)
     names = {line.split("=", 1)[0] for line in out.splitlines()}
     assert "XCHANGED_TASK_ID" in names
     assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
+def test_notify_never_blocks_on_a_reader_that_fell_behind(tmp_path, monkeypatch):
+    from xchanged.runtime.systemd import notify
+    sock_path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    try:
+        for _ in range(1000):                           # far beyond a datagram queue: dropped, not blocked
+            notify("WATCHDOG=1")
+    finally:
+        listener.close()

@@ -247,12 +247,12 @@ class Daemon:
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
         tasks = [dict(d, parts_done=self.store.parts(d["id"])) if d.get("composite") else d
                  for d in self.store.unfinished_tasks()]         # a composite's reported parts come back with it
+        if self.ops.drained_before():
+            log.warning("this node was drained (xchanged drain): it takes no work until `xchanged undrain`")
+            self._handle(DrainChanged(True))       # before the recovered tasks: none is awarded here
         self._handle(StateRecovered(tasks, self._recover_attempts(),
                                     self.store.audit_heads({node_id(k) for k in self.trust.keys}),
                                     self.store.reputation(), self.store.totals()))
-        if self.ops.drained_before():
-            log.warning("this node was drained (xchanged drain): it takes no work until `xchanged undrain`")
-            self._handle(DrainChanged(True))
         for seed in self.config.network.seeds:
             self._handle(SeedConfigured(seed))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
