@@ -134,7 +134,9 @@ def test_the_page_shows_tasks_appear_run_and_finish(tmp_path):
             assert detail["state"] == "succeeded" and detail["parts"] == 6 and detail["attempts"] >= 1
             assert "6 of 6 ended" in detail["text"]
             detail = browser.ask({"detail": failing}, 60)
-            assert detail["state"] == "failed" and detail["attempts"] == 1 and "exit code\n3" in detail["text"]
+            # one attempt ran and failed (--retries 0); under load an award may go unanswered first,
+            # which adds a rejected attempt, never a second run
+            assert detail["state"] == "failed" and detail["attempts"] >= 1 and "exit code\n3" in detail["text"]
 
             other = submit(cluster, 1, "--", "sh", "-c", "echo from node2")   # managed by node2
             cluster_wide = browser.ask({"cluster": True, "expect": [other], "timeout_s": 60}, 80)
