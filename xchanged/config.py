@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from .config_kinds import (
     Kind,
     Labels,
     NodeName,
+    Paths,
     Percent,
     Size,
     Strings,
@@ -68,6 +70,7 @@ __all__ = [
     "GossipConfig",
     "BiddingConfig",
     "ExecutorConfig",
+    "ControlConfig",
     "AuditConfig",
     "MetricsConfig",
     "HttpConfig",
@@ -190,6 +193,22 @@ def _dialable(address: str) -> None:
     parse_host_port(address, allow_port_zero=False)
 
 
+def parse_seed(seed: str) -> tuple[str, str]:
+    """(key, address) of a seed written `host:port` or `KEY@host:port`, where KEY names the seed's node
+    key (base64, as in its node.pub, or its name in authorized_keys): with CurveZMQ a node must know a
+    peer's key before it can connect to it. ValueError if malformed."""
+    key, at, address = seed.rpartition("@")
+    if at and not key:
+        raise ValueError(f"expected KEY@host:port, got {seed!r}")
+    _dialable(address)
+    return key, address
+
+
+def _user_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", name):
+        raise ValueError(f"{name!r} is not a user name")
+
+
 # ---------------------------------------------------------------------------------------------
 # The config, section by section.  A section's docstring heads it in the generated config.
 
@@ -236,9 +255,21 @@ class NetworkConfig:
                              "(the first non-loopback IPv4 address)", "")
     control: Path = setting(FilePath(), "unix socket the local CLI talks to", DEFAULT_CONTROL)
     mdns: bool = setting(Boolean(), "announce and discover peers on the LAN with mDNS", True)
-    seeds: tuple[str, ...] = setting(Strings("host:port string", each=_dialable),
-                                     'host:port of static peers, for peers mDNS cannot reach, like ["10.1.0.5:7946"]',
-                                     ())
+    seeds: tuple[str, ...] = setting(Strings("host:port string", each=parse_seed),
+                                     'static peers, for peers mDNS cannot reach: "KEY@host:port", KEY being the '
+                                     "peer's key (base64, from its node.pub) or its name in authorized_keys, like "
+                                     '["gpu-01@10.1.0.5:7946"]; a bare "host:port" works only with insecure = true '
+                                     "or once the peer's key is learnt from others", ())
+    insecure: bool = setting(Boolean(), "plaintext peer traffic: no CurveZMQ encryption or ZAP check of who "
+                             "connects (frames stay signed). Only for a closed test network; every node of a "
+                             "cluster must agree", False)
+    peer_rate: int = setting(Integer(minimum=1), "frames per second one peer may send us (a token bucket); the "
+                             "excess is dropped and counted (rate_limited)", 5000)
+    peer_burst: int = setting(Integer(minimum=1), "frames one peer may send at once above peer_rate", 10000)
+    peer_queue: int = setting(Integer(minimum=1), "frames of one peer waiting for the daemon; beyond it they are "
+                              "dropped and counted (peer_queue_full), so one peer cannot crowd out the others", 1000)
+    stranger_rate: int = setting(Integer(minimum=1), "frames per second all unknown clients together may send (with "
+                                 "a trusted CA they may connect, to present a certificate)", 20)
     query_timeout: float = setting(Duration(), "how long a question to another node (status, logs, tasks "
                                    "--cluster of its tasks) waits for its answer before calling it unreachable",
                                    field_default(NodeSettings, "query_timeout"))
@@ -251,6 +282,15 @@ class TrustConfig:
     authorized_keys: Path = setting(FilePath(), "public keys of trusted nodes, one a line",
                                     DEFAULT_CONFIG_DIR / "authorized_keys",
                                     derive=lambda ctx: ctx.key_dir / "authorized_keys", must_exist=True)
+    ca: tuple[Path, ...] = setting(Paths(), "files of cluster CA public keys (the ca.pub of `xchanged ca init`): "
+                                   "peers presenting a valid certificate from one of them are trusted too",
+                                   (), must_exist=True)
+    certificate: Path | None = setting(FilePath(empty_ok=True), "this node's certificate from a cluster CA (`xchanged "
+                                       'ca sign`), presented to peers; "" for none', None, shown=Shown(""),
+                                       must_exist=True)
+    revoked: Path | None = setting(FilePath(empty_ok=True), "revocation list: 'serial N' and 'ed25519 <key>' lines, "
+                                   're-read when it changes (and on SIGHUP); "" for none', None, shown=Shown(""),
+                                   must_exist=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +345,39 @@ class ExecutorConfig:
     kill_grace: float = setting(Duration(positive=False), "time from SIGTERM to SIGKILL when stopping an attempt", 2.0)
     stream_interval: float = setting(Duration(positive=False), "how often a running attempt's new output is sent "
                                      "to its manager, for `logs -f` (0: only with the result)", 0.25)
+    run_as: str = setting(Choice("daemon", "submitter", other=_user_name), 'whose account tasks run under: "daemon" '
+                          '(the daemon\'s own), "submitter" (the account of the submitting user\'s name, which must '
+                          "exist here; others are refused with code policy) or a user name", "daemon")
+    run_as_allow: tuple[str, ...] = setting(Strings("user name pattern"), 'with run_as = "submitter": user names '
+                                            "(globs) tasks may run as; root never", ("*",))
+    env_allow: tuple[str, ...] = setting(Strings("variable name pattern"), "variables of the daemon's environment a "
+                                         "task inherits (globs); all others are dropped, the task's own --env "
+                                         "variables are added", ("PATH", "LANG", "LANGUAGE", "LC_*", "TZ"))
+    allow_cwd: tuple[str, ...] = setting(Strings("directory pattern"), "directories (globs) a task may name with "
+                                         "--cwd; a task that names none runs in a directory of its own under "
+                                         "state_dir, removed when it ends", ())
+    max_mem: int = setting(Size(), "memory limit of every task (its --mem when lower; 0: only --mem). Enforced "
+                           "by the task's cgroup where there is one, else by a data-size rlimit and watching its "
+                           "RSS", 0)
+    max_cpu_time: float = setting(Duration(positive=False), "CPU time limit of every task (RLIMIT_CPU; 0: its "
+                                  "timeout times its --cpus, or none without a timeout)", 0.0)
+    max_open_files: int = setting(Integer(minimum=16), "open files per task process (RLIMIT_NOFILE)", 4096)
+    cgroup: str = setting(Choice("auto", "off"), 'a cgroup v2 per task (memory.max, cpu.max) where the daemon\'s '
+                          'cgroup is delegated to it (systemd Delegate=yes): "auto" uses it when there, "off" never',
+                          "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """Who may use the local control socket for what (besides its file mode)."""
+
+    allow_users: tuple[str, ...] = setting(Strings("user name"), 'local users who may submit and cancel tasks '
+                                           '("*": anyone who can open the socket)', ("*",))
+    allow_groups: tuple[str, ...] = setting(Strings("group name"), "groups whose members may submit and cancel "
+                                            "tasks", ())
+    admin_users: tuple[str, ...] = setting(Strings("user name"), "users who may cancel anyone's tasks and read "
+                                           "anyone's logs (root and the daemon's own user always may)", ())
+    admin_groups: tuple[str, ...] = setting(Strings("group name"), "groups whose members are admins", ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +467,7 @@ class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     bidding: BiddingConfig = field(default_factory=BiddingConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -480,8 +554,10 @@ def config_from_dict(
     if check_files:
         for name, section in SECTIONS.items():
             for key, s in settings_of(section):
-                if s.must_exist and getattr(ctx.done[name], key) is not None:
-                    _check_file(source, f"{name}.{key}", getattr(ctx.done[name], key))
+                value = getattr(ctx.done[name], key)
+                for i, path in enumerate(value if isinstance(value, tuple) else (value,)):
+                    if s.must_exist and path is not None:
+                        _check_file(source, f"{name}.{key}" + (f"[{i}]" if isinstance(value, tuple) else ""), path)
     return Config(**ctx.done, source=Path(source) if source is not None else None)
 
 

@@ -101,15 +101,22 @@ class Text(Kind):
 
 
 class Choice(Text):
-    """One of a fixed set of words."""
+    """One of a fixed set of words, or (with `other`) any value `other` accepts (its ValueError says
+    why not)."""
 
-    def __init__(self, *choices: str) -> None:
+    def __init__(self, *choices: str, other: Callable[[str], Any] | None = None) -> None:
         super().__init__()
-        self.choices = choices
+        self.choices, self.other = choices, other
 
     def convert(self, value: str, base_dir: Path) -> str:
-        if value not in self.choices:
+        if value in self.choices:
+            return value
+        if self.other is None:
             raise Invalid(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        try:
+            self.other(value)
+        except ValueError as e:
+            raise Invalid(f"expected one of {', '.join(self.choices)} or a name: {e}") from None
         return value
 
 
@@ -265,6 +272,22 @@ class Strings(Kind):
 
     def render(self, value: tuple[str, ...]) -> str:
         return "[" + ", ".join(toml_string(v) for v in value) + "]"
+
+
+class Paths(Strings):
+    """A list of paths, each relative to the config file's directory."""
+
+    def __init__(self, item: str = "file path") -> None:
+        super().__init__(item)
+
+    def convert(self, value: list, base_dir: Path) -> tuple[Path, ...]:
+        entries = super().convert(value, base_dir)
+        if any("\0" in entry for entry in entries):
+            raise Invalid("a path must not contain NUL")
+        return tuple(base_dir / entry for entry in entries)
+
+    def render(self, value: tuple) -> str:
+        return "[" + ", ".join(toml_string(str(v)) for v in value) + "]"
 
 
 class Labels(Kind):

@@ -102,7 +102,7 @@ class LocalCluster:
             node.files.config.write_text(self._config(node))
 
     def _config(self, node: LocalNode) -> str:
-        seeds = [f"127.0.0.1:{other.port}" for other in self.nodes if other is not node]
+        seeds = [f"{other.name}@127.0.0.1:{other.port}" for other in self.nodes if other is not node]
         sections = {
             "node": {"name": node.name, "state_dir": str(node.files.directory / "state"), "slots": node.slots,
                      "labels": node.labels, "stop_grace": "2s"},       # a stop need not wait 10 s here

@@ -11,8 +11,12 @@ Rules:
   and its resources fit, hiding the award round trip from the slot's idle time. Resources (CPUs,
   memory, GPUs) of a queued task are checked against the node's total at admission and against what
   is free when it starts; its GPUs are chosen then. At start a `progress` with the pid is sent at once.
-  Otherwise a `refuse` says why, with a stable code: not_allowed, label, no_slots, overloaded, cpus,
+  Otherwise a `refuse` says why, with a stable code: policy, label, no_slots, overloaded, cpus,
   mem, gpus, gpu_mem.
+- Policy (code `policy`): the command must match the allow-list, and the driver's `vet(command, user,
+  cwd)` (its run_as, working-directory and user rules, which need the host's user database) must
+  not object. It is checked on the cfp and again on every award, whatever was bid: the award's spec
+  is what would run.
 - An `award` consumes the reservation (or re-checks admission when it expired) and is answered with
   `accept` (and the process is started) or `reject`. A repeated award of a running attempt is
   accepted again: it is the manager retrying after a lost accept.
@@ -47,7 +51,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .codec import Envelope
 from .effects import (
@@ -103,6 +107,7 @@ class ContractorSettings:
     heartbeat: float = 1.0
     reservation_ttl: float = 5.0
     prefetch: int = 0
+    vet: Optional[Callable[[str, str, Optional[str]], Optional[str]]] = None   # (command, user, cwd) -> why not
 
 
 @dataclass(slots=True)
@@ -209,14 +214,23 @@ class Contractor:
     def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
 
-    def refusal(self, req: Requirements, command: str, now: float, exclude: tuple[str, str] | None = None,
-                queue_ok: bool = False) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
-        """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
+    def policy_refusal(self, command: str, user: str = "", cwd: str | None = None) -> str | None:
+        """Why this node's policy forbids running `command` for `user` in `cwd`, or None."""
         s = self.settings
         if self.draining:
             return R.DRAINING, "the node is draining", ()
         if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
-            return R.NOT_ALLOWED, f"command {command!r} not allowed here", ()
+            return f"command {command!r} not allowed here"
+        return s.vet(command, user, cwd) if s.vet is not None else None
+
+    def refusal(self, req: Requirements, command: str, now: float, exclude: tuple[str, str] | None = None,
+                queue_ok: bool = False, user: str = "",
+                cwd: str | None = None) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
+        """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
+        s = self.settings
+        why = self.policy_refusal(command, user, cwd)
+        if why is not None:
+            return R.POLICY, why, ()
         for key, value in req.labels.items():
             if s.labels.get(key) != value:
                 return R.LABEL, f"label {key}={value} missing", ()
@@ -291,7 +305,8 @@ class Contractor:
     def on_cfp(self, env: Envelope, now: float) -> None:
         cfp: Cfp = env.message
         key = (env.sender, cfp.task_id)
-        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, now, exclude=key, queue_ok=cfp.queue_ok)
+        code, reason, gpus = self.refusal(cfp.requirements, cfp.command, now, exclude=key, queue_ok=cfp.queue_ok,
+                                          user=cfp.user, cwd=cfp.cwd)
         if code:
             self.refusals[code] += 1
             self._send(env.sender, Refuse(cfp.task_id, cfp.attempt, code, reason))
@@ -334,6 +349,10 @@ class Contractor:
             return
         key = (env.sender, award.task_id)
         reservation = self.reserved.pop(key, None)
+        why = self.policy_refusal(award.spec.argv[0], award.spec.user, award.spec.cwd)
+        if why is not None:                 # whatever the cfp said: the award's spec is what would run
+            self._send(env.sender, Reject(award.task_id, award.attempt, R.POLICY, why))
+            return
         if reservation is not None and not reservation.queued:
             gpus, must_wait = reservation.gpus, False        # the bid held a slot and its resources
         else:
@@ -438,7 +457,8 @@ class Contractor:
         started_before = self.started
         self.start_queued(now)                  # the freed slot goes to the head of our queue first
         self._report(claim, Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
-                                   ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before),
+                                   ev.stdout, ev.stderr, claim.pid, slot_refilled=self.started > started_before,
+                                   peak_mem=ev.peak_mem, cpu_s=ev.cpu_s),
                      now)
 
     def _report(self, claim: Claim, result: Result, now: float) -> None:

@@ -93,12 +93,14 @@ class TaskExited:
 
     task_id: str
     attempt: int
-    outcome: str                    # exited | timeout | cancelled | error
+    outcome: str                    # exited | timeout | cancelled | error | oom | cpu_limit
     exit_code: int | None
     runtime_ms: int
     stdout: bytes = b""
     stderr: bytes = b""
     reason: str = ""
+    peak_mem: int | None = None     # bytes (cgroup memory.peak, else the highest RSS sampled)
+    cpu_s: float | None = None      # CPU seconds, user + system
     stimulus_id: str = ""
 
 
@@ -152,6 +154,15 @@ class AuditHeadSigned:
     """The driver signed a new head of our audit log (over records on disk); it goes into our load."""
 
     head: dict[str, Any]
+    stimulus_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateLoaded:
+    """The driver loaded this node's certificate from a cluster CA (at start, and when the file
+    changed): it goes into our load signals, so peers that trust the CA trust us (b"": none)."""
+
+    cert: bytes
     stimulus_id: str = ""
 
 
@@ -226,5 +237,7 @@ def stimulus_of(event: object) -> str:
         return f"audit-head:{event.head.get('size')}"
     if isinstance(event, DrainChanged):
         return "drain" if event.draining else "undrain"
+    if isinstance(event, CertificateLoaded):
+        return "certificate"
     return {TimerFired: "timer", ResourcesRead: "resources", StateRecovered: "recovered", SettingsChanged: "reload",
             HandBackRunning: "hand-back"}.get(type(event), "input")

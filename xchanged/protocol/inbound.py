@@ -6,9 +6,19 @@ gets only the freshness check, because relays deliver loads late and out of orde
 table orders them by (incarnation, seq)); every other frame also passes the replay window. A `gossip`
 batch proves its relayer alive, then each frame in it is admitted on its own, exactly as if it had
 come alone, and must be a load.
+
+A frame from a key we do not trust is dropped (`untrusted`), unless the driver gave a `vouch` (it
+trusts a cluster CA) and the frame is a load carrying a certificate: then, after its signature is
+verified and it is decoded, `vouch(key, certificate, wall_ms)` decides. On success the key is trusted
+from then on (vouch adds it to the trust store) and the frame goes on as any other; otherwise it is
+dropped with the certificate's reason (certs.CERT_REASONS). This is how a new host joins by
+presenting a certificate, directly or in a load relayed by others, without any other host's files
+changing.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from . import codec
 from .events import FrameDropped, MessageReceived
@@ -17,8 +27,9 @@ from .signing import TrustStore
 
 
 class FrameGate:
-    def __init__(self, trust: TrustStore):
+    def __init__(self, trust: TrustStore, vouch: Callable[[bytes, bytes, int], str | None] | None = None):
         self.trust = trust
+        self.vouch = vouch                   # (key, certificate, wall_ms) -> None (now trusted) | drop reason
         self.guard = ReplayGuard()
         self.duplicates = DuplicateFilter()
         self.duplicate_frames = 0            # gossip redundancy, not an error: not counted as a drop
@@ -34,7 +45,7 @@ class FrameGate:
             self.duplicate_frames += 1
             return
         try:
-            env = codec.decode(frame, self.trust)
+            env = self._decode(frame, wall_ms)
             if env.type == "load":
                 self.guard.check_fresh(env, wall_ms)
             elif batched:
@@ -48,3 +59,18 @@ class FrameGate:
         if env.type == "gossip":
             for inner in env.message.frames:
                 self._admit(inner, wall_ms, True, events)
+
+    def _decode(self, frame: bytes, wall_ms: int) -> codec.Envelope:
+        try:
+            return codec.decode(frame, self.trust)
+        except codec.DecodeError as exc:
+            if exc.reason != codec.UNTRUSTED or self.vouch is None:
+                raise
+        env = codec.decode_self_signed(frame)
+        cert = getattr(env.message, "cert", b"") if env.type == "load" else b""
+        if not cert:
+            raise codec.DecodeError(codec.UNTRUSTED, env.sender)
+        refused = self.vouch(env.sender_key, cert, wall_ms)
+        if refused is not None:
+            raise codec.DecodeError(refused, env.sender)
+        return env

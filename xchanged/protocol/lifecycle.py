@@ -63,6 +63,7 @@ class Why(StrEnum):
     NO_PEER_FITS = "no_peer_fits"           # no known peer can run it (labels, resources, breaker)
     BUSY = "busy"                           # peers can run it; none has a free slot now
     NO_BIDS = "no_bids"                     # its last round got refusals or silence
+    POLICY = "policy"                       # every answer of its last round was a policy refusal
     ALL_REJECTED = "all_rejected"           # every bidder rejected the award
     QUEUED_THERE = "queued_there"           # accepted into a contractor's local queue
     RETRYING = "retrying"                   # its last attempt ended without success; retries left
@@ -75,6 +76,8 @@ class Why(StrEnum):
     EXIT_CODE = "exit_code"                 # non-zero exit
     TIMEOUT = "timeout"                     # killed at its timeout by its contractor
     START_ERROR = "start_error"             # could not be started
+    OOM = "oom"                             # killed for exceeding its memory limit
+    CPU_LIMIT = "cpu_limit"                 # killed at its CPU-time limit
     RUN_DEADLINE = "run_deadline"           # no result by its timeout plus a margin: the manager gave up
     CONTRACTOR_DEAD = "contractor_dead"
     NO_HEARTBEAT = "no_heartbeat"

@@ -61,7 +61,8 @@ RUN_MARGIN = 5.0                # seconds the manager adds to a task's timeout b
 QUEUE_WAIT_CAP = 60.0           # seconds an attempt may wait in a contractor's queue, whatever it promises
 OUTCOMES = frozenset(str(o) for o in Outcome)
 FAILED_ATTEMPT: dict[Outcome, tuple[AttemptState, Why]] = {
-    Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR)}
+    Outcome.TIMEOUT: (A.TIMEOUT, W.TIMEOUT), Outcome.ERROR: (A.FAILED, W.START_ERROR),
+    Outcome.OOM: (A.FAILED, W.OOM), Outcome.CPU_LIMIT: (A.FAILED, W.CPU_LIMIT)}
 
 
 class Manager(Negotiation):
@@ -230,6 +231,7 @@ class Manager(Negotiation):
         if task.standby:                        # a result before the accept (we restarted): it ran
             self._release_standby(task, "another bid was accepted")
         att.exit_code = res.exit_code
+        att.peak_mem, att.cpu_s = res.peak_mem, res.cpu_s
         record = self._record(env.sender)
         self.out.emit(StoreOutput, task_id=task.id, attempt=att.attempt, stdout=res.stdout, stderr=res.stderr)
         self._audit(task, "result", wall_ms, att, outcome=str(res.outcome), exit_code=res.exit_code)

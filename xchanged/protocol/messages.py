@@ -78,7 +78,9 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
 class RefusalCode(StrEnum):
     """Why a contractor refuses a cfp or rejects an award (`Refuse.code`, `Reject.code` on the wire)."""
 
-    NOT_ALLOWED = "not_allowed"     # the command is not in this node's allow-list
+    POLICY = "policy"               # this node's policy forbids it: command not in the allow-list, user
+                                    # (run_as = "submitter") unknown here or not allowed, working directory
+    NOT_ALLOWED = "not_allowed"     # (older nodes) the command is not in this node's allow-list
     LABEL = "label"                 # a required label is missing
     NO_SLOTS = "no_slots"           # every slot (and queue place) is taken
     OVERLOADED = "overloaded"       # CPU above overload_cpu_percent
@@ -101,6 +103,8 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"         # killed or dropped on a cancel
     ERROR = "error"                 # could not be started
     LOST = "lost"                   # its contractor restarted while it ran
+    OOM = "oom"                     # killed for using more memory than its limit (--mem, node limit)
+    CPU_LIMIT = "cpu_limit"         # killed at its CPU-time limit (RLIMIT_CPU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class Load:
     queue_free: int = 0               # room in the local queue of accepted tasks waiting for a slot
     coord_free: int = 0               # composites it would coordinate on top of those it does
     draining: bool = False            # finishing what it runs, taking nothing new: managers do not ask it
+    cert: bytes = b""                 # the node's certificate from a cluster CA (certs.py), if it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,8 @@ class Cfp:
     est_runtime_ms: int | None = None
     deadline_in_ms: int | None = None
     composite: bool = False           # a composite: its coordinator bids (coordinator.py), not its slots
+    user: str = ""                    # the submitter (TaskSpec.user), for the contractor's run_as policy
+    cwd: str | None = None            # the task's working directory, for the contractor's policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +186,7 @@ class Refuse:
     TYPE: ClassVar[str] = "refuse"
     task_id: str
     attempt: int
-    code: str                          # overloaded | no_slots | cpus | mem | gpus | gpu_mem | label | not_allowed
+    code: str                          # overloaded | no_slots | cpus | mem | gpus | gpu_mem | label | policy
     reason: str
 
 
@@ -255,7 +262,7 @@ class Result:
     TYPE: ClassVar[str] = "result"
     task_id: str
     attempt: int
-    outcome: str                      # exited | timeout | cancelled | error | lost
+    outcome: str                      # exited | timeout | cancelled | error | lost | oom | cpu_limit
     exit_code: int | None = None
     reason: str = ""
     runtime_ms: int = 0
@@ -265,6 +272,8 @@ class Result:
     slot_refilled: bool = False       # the freed slot went at once to an attempt queued on this node
     handed_back: bool = False         # outcome lost: the contractor gave the attempt back (it drains or stops);
                                       # re-award it at once (a peer that predates this field sees it as lost)
+    peak_mem: int | None = None       # bytes: the attempt's peak memory (cgroup, else sampled RSS)
+    cpu_s: float | None = None        # CPU seconds it used (user + system)
 
 
 @dataclass(frozen=True, slots=True)

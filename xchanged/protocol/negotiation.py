@@ -31,7 +31,7 @@ from .codec import Envelope
 from .effects import BEFORE, Audit, Outbox, PersistTask, Send
 from .free_slots import PeerBeliefs
 from .lifecycle import AttemptState, TaskState, Why
-from .messages import BUSY_CODES, Award, Bid, Cfp, PartResult, Refuse, Reject, RejectBid
+from .messages import BUSY_CODES, Award, Bid, Cfp, PartResult, RefusalCode, Refuse, Reject, RejectBid
 from .observe import Observations
 from .scheduling import Candidate
 from .tasks import FINISHED_RETENTION, Attempt, Round, Task, TaskIndex
@@ -136,7 +136,8 @@ class Negotiation:
         cfp = Cfp(task.id, attempt, spec.requirements, task.level(now), int(self.settings.bid_window * 1000),
                   queue_ok=self.queue_ok,
                   command=spec.command, est_runtime_ms=int(spec.est_runtime * 1000) if spec.est_runtime else None,
-                  deadline_in_ms=deadline_in, composite=spec.composite is not None)
+                  deadline_in_ms=deadline_in, composite=spec.composite is not None, user=spec.user,
+                  cwd=spec.cwd)
         self.out.emit(Send, targets=tuple((c.id, c.address) for c in chosen), message=cfp)
         self._arm(task, task.round.deadline)
         self.stats["announcements"] += 1
@@ -198,7 +199,9 @@ class Negotiation:
                   for peer, env in rnd.bids.items()}
         order = policy.rank(scored)
         if not order:
-            task.says(W.NO_BIDS, scheduling.why_no_bids(rnd))
+            policy_only = bool(rnd.refusals) and len(rnd.refusals) == len(rnd.candidates) and all(
+                r.code == RefusalCode.POLICY for r in rnd.refusals.values())
+            task.says(W.POLICY if policy_only else W.NO_BIDS, scheduling.why_no_bids(rnd))
             if len(rnd.refusals) == len(rnd.candidates) and all(r.code in BUSY_CODES for r in rnd.refusals.values()):
                 task.not_before = now           # they are full, not unable: wait for the next free slot
             else:

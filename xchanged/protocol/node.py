@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 from . import operations
 from .audit_watch import AuditWatch
@@ -32,6 +32,7 @@ from .events import (
     AuditHeadSigned,
     CancelRequested,
     Capacity,
+    CertificateLoaded,
     DrainChanged,
     FrameDropped,
     HandBackRunning,
@@ -99,6 +100,8 @@ class NodeSettings:
     prefetch: int = 1                     # accepted tasks that may wait locally for a slot
     max_coordinations: int = 64           # composites this node coordinates at once (no slot each)
     query_timeout: float = 3.0            # how long a query to another node waits for its answer
+    vet: Optional[Callable[[str, str, Optional[str]], Optional[str]]] = None   # the driver's task policy
+                                          # (command, user, cwd) -> why not (contractor.py: `policy`)
 
 
 class Node:
@@ -117,12 +120,13 @@ class Node:
             ContractorSettings(node_id, settings.slots, dict(settings.labels), settings.overload_cpu_percent,
                                tuple(settings.allow), settings.heartbeat,
                                reservation_ttl=settings.bid_window + 2 * settings.award_timeout + 1.0,
-                               prefetch=settings.prefetch),
+                               prefetch=settings.prefetch, vet=settings.vet),
             self.out, self.lookup)
         self.coordinator = Coordinator(node_id, self.manager, self.out, self.lookup, settings.max_coordinations,
                                        settings.heartbeat)
         self.drops: Counter[str] = Counter()
         self.audit_head: dict[str, Any] | None = None       # our latest signed audit head (AuditHeadSigned)
+        self.cert = b""                                      # our CA certificate (CertificateLoaded)
         self.audit_watch = AuditWatch(proof_timeout=max(2.0, 2 * settings.gossip.suspect_after))
         self.reputation = Keeper()                # which reputation records to persist (reputation.py)
         self.view = ClusterView(node_id, settings.query_timeout, self.out, self.membership, self.lookup)
@@ -166,6 +170,9 @@ class Node:
             changed = False                     # a flood of bad frames costs no pump
         elif isinstance(event, AuditHeadSigned):
             self.audit_head = event.head        # gossiped with our next load
+            changed = False
+        elif isinstance(event, CertificateLoaded):
+            self.cert = event.cert              # carried by our loads from now on
             changed = False
         elif isinstance(event, StateRecovered):
             self.manager.recover(event.tasks, mono)
@@ -387,7 +394,7 @@ class Node:
                     mem_available=cap.mem_available, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head,
                     coord_free=0 if self.contractor.draining else self.coordinator.room,
-                    draining=self.contractor.draining)
+                    draining=self.contractor.draining, cert=self.cert)
 
     def candidates(self, now: float) -> list[Candidate]:
         own = self.load_signal(now, count_queued=False)        # called on every event: skip the O(tasks) count

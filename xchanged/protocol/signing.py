@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -85,12 +85,15 @@ def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
 
 @dataclass(frozen=True)
 class TrustStore:
-    """The set of public keys this node accepts frames from, with the names operators gave them."""
+    """The set of public keys this node accepts frames from, with the names operators gave them:
+    `keys` from authorized_keys, `certified` the keys that presented a valid certificate of a trusted
+    CA (kept up to date by the driver: added when vouched for, removed on expiry or revocation)."""
 
     keys: dict[bytes, str]
+    certified: dict[bytes, str] = field(default_factory=dict)
 
     def __contains__(self, public_key: bytes) -> bool:
-        return public_key in self.keys
+        return public_key in self.keys or public_key in self.certified
 
     @classmethod
     def parse(cls, text: str, source: str = "authorized_keys") -> "TrustStore":

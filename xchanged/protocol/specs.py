@@ -65,6 +65,9 @@ class TaskSpec:
     parent: str = ""                 # a part: the composite it belongs to
     parts_input: Annotated[str, Limit(MAX_PARTS_INPUT)] | None = None   # reduce: the parts' results
                                      # (JSON lines), written to a file named by $XCHANGED_PARTS
+    user: str = ""                   # the submitting user's name on its manager (set by the manager's
+                                     # daemon from the control socket's peer credentials, never the client;
+                                     # a composite's parts inherit it)
 
     def __post_init__(self) -> None:
         if self.composite is None and (not self.argv or not all(self.argv)):

@@ -56,18 +56,22 @@ class Attempt:
     awarded: int | None = None  # wall ms of the award
     estimate_ms: int | None = None  # the winning bid's run-time estimate
     why: str = ""               # reason code (lifecycle.Why, or a refusal code)
+    peak_mem: int | None = None # bytes, as its contractor measured (Result.peak_mem)
+    cpu_s: float | None = None  # CPU seconds it used (Result.cpu_s)
 
     def to_doc(self) -> dict[str, Any]:
         return {"attempt": self.attempt, "node": self.node_name or self.node, "node_id": self.node,
                 "state": str(self.state), "score": round(self.score, 4), "exit_code": self.exit_code,
                 "reason": self.reason, "reason_code": self.why, "started": self.started, "ended": self.ended,
-                "awarded": self.awarded, "estimate_ms": self.estimate_ms}
+                "awarded": self.awarded, "estimate_ms": self.estimate_ms, "peak_mem": self.peak_mem,
+                "cpu_s": self.cpu_s}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> "Attempt":
         return cls(doc["attempt"], doc["node_id"], doc["node"], AttemptState(doc["state"]), doc.get("score", 0.0),
                    doc.get("exit_code"), doc.get("reason", ""), doc.get("started"), doc.get("ended"),
-                   doc.get("awarded"), doc.get("estimate_ms"), doc.get("reason_code", ""))
+                   doc.get("awarded"), doc.get("estimate_ms"), doc.get("reason_code", ""), doc.get("peak_mem"),
+                   doc.get("cpu_s"))
 
 
 @dataclass(slots=True)

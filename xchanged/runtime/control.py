@@ -265,9 +265,11 @@ class Control:
     async def stats(self, args: dict) -> dict:
         d = self.daemon
         now = time.monotonic()
-        return dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
-                    duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped,
-                    **d.runtime_figures())
+        doc = dict(views.stats(d.node, now, now - d.started, d.store.count_by_state()),
+                   duplicate_frames=d.gate.duplicate_frames, send_drops=d.transport.dropped,
+                   **d.runtime_figures())
+        doc["frames_dropped"] = {**doc["frames_dropped"], **d.inflow.drops}     # dropped before the core
+        return doc
 
     # -- operations (runtime/operations.py) ---------------------------------------------------------
 

@@ -14,7 +14,10 @@ fsynced before its reply (protocol/effects.py: SYNC).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import random
@@ -25,7 +28,7 @@ import time
 from typing import Any
 
 from .. import __version__
-from ..config import Config, format_address, parse_address, parse_host_port
+from ..config import Config, format_address, parse_address, parse_host_port, parse_seed
 from ..config_check import ConfigRejected
 from ..driver import Driver
 from ..protocol import codec
@@ -50,6 +53,7 @@ from ..protocol.effects import (
 )
 from ..protocol.events import (
     AuditHeadSigned,
+    CertificateLoaded,
     DrainChanged,
     FrameDropped,
     Instant,
@@ -62,14 +66,16 @@ from ..protocol.inbound import FrameGate
 from ..protocol.lifecycle import TERMINAL
 from ..protocol.messages import AuditProof, to_body
 from ..protocol.node import Node
-from ..protocol.signing import TrustStore, load_private_key, node_id, public_bytes
+from ..protocol.signing import PUBLIC_KEY_LEN, load_private_key, node_id, public_bytes
 from . import views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .autoscale import AutoscaleHooks
 from .control import Control
+from .curve import curve_keypair
 from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
 from .http_api import HttpServer, TokenError, read_token, start_http
+from .inflow import STRANGER, Inflow
 from .metrics import MetricsServer, serve_metrics
 from .operations import Operations, node_settings
 from .ratelimit import RateLimitedLog
@@ -78,6 +84,7 @@ from .samples import History
 from .store import Store
 from .systemd import notify as _sd_notify
 from .transport import ControlError, ControlServer, PeerTransport
+from .trust import Trust, TrustFileError
 
 log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0
@@ -86,6 +93,9 @@ QUEUE_FULL_REPORT = 5.0  # seconds: at most one "input queue full" line per this
 MAX_BATCH = 256          # inputs handled per group commit
 SYNC_INTERVAL = 0.1      # seconds: the longest a written decision waits to be fsynced
 COUNTERS_WAIT = 5.0      # seconds a metrics scrape waits for the loop to take a snapshot
+SERVE_FRAMES = 256       # peer frames taken from the per-peer queues (inflow.py) between two yields
+INPUT_ROOM = MAX_INPUTS // 2   # peer frames wait in their per-peer queues while the input queue is this full
+MAX_ADDRESS_KEYS = 65_536      # address -> node key learnt from loads (for seeds and relayed addresses)
 VALIDATE = os.environ.get("XCHANGED_VALIDATE") == "1"   # check the core's invariants after every batch
                                                         # (the chaos soak sets it; tests/protocol do it always)
 
@@ -124,16 +134,22 @@ class Daemon:
         self.key = load_private_key(config.node.key_file.read_bytes())
         self.public_key = public_bytes(self.key)
         self.id = node_id(self.public_key)
-        trust = TrustStore.parse(config.trust.authorized_keys.read_text(), str(config.trust.authorized_keys))
-        trust.keys.setdefault(self.public_key, config.node.name)
-        self.trust = trust
+        try:
+            self.trusted = Trust(config.trust, self.public_key, config.node.name)
+        except TrustFileError as exc:
+            raise DaemonError(f"refusing to start: {exc}") from None
+        self.trust = self.trusted.store                 # shared with the gate and discovery, changed in place
+        self.address_keys: dict[str, bytes] = {}        # peer address -> its node key (seeds, loads)
+        n = config.network
+        self.inflow = Inflow(n.peer_rate, n.peer_burst, n.peer_queue, n.stranger_rate)
+        self._room = asyncio.Event()                    # set when the input queue has room for peer frames
         config.node.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.node.state_dir / "xchanged.db")
         previous = int(self.store.get_meta("incarnation") or 0)
         self.incarnation = max(previous + 1, wall_ms())
         self.store.set_meta("incarnation", str(self.incarnation))
         self.encoder = codec.Encoder(self.key, self.public_key, self.incarnation)
-        self.gate = FrameGate(self.trust)
+        self.gate = FrameGate(self.trust, self.trusted.vouch)
         self.inputs: asyncio.Queue = asyncio.Queue(MAX_INPUTS)
         self.queue_full = RateLimitedLog(log, logging.ERROR, "input queue full", QUEUE_FULL_REPORT)
         self.transport: PeerTransport | None = None
@@ -158,7 +174,7 @@ class Daemon:
         self.autoscale = AutoscaleHooks(self)
         # Called with the new Config at each reload, before anything is applied; one that raises
         # config_check.ConfigRejected rejects the reload (the trust store of issue 16 hooks in here).
-        self.reload_hooks: list[Any] = []
+        self.reload_hooks: list[Any] = [self._reload_trust_hook, self._reload_seeds_hook]
         self.gossip_bytes = {"in": 0, "out": 0}   # load and gossip frames, received and sent
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -235,11 +251,14 @@ class Daemon:
             loop.add_signal_handler(sig, self.ops.request_stop)          # drain, grace, hand back, stop
         loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)    # systemctl reload sends it
         self.apply_log_level()
-        self.transport = PeerTransport(self.config.network.listen)
+        curve = None if self.config.network.insecure else curve_keypair(self.key)
+        self.transport = PeerTransport(self.config.network.listen, curve=curve, zap_decide=self.trusted.zap)
+        self.transport.start()
         self.address = advertised_address(self.config, self.transport.port)
         self.node = self._build_node()
         self.driver = self._build_driver()
         self._sign_head()
+        self._handle(CertificateLoaded(self.trusted.own_cert))
         self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace,
                                  stream_interval=self.config.executor.stream_interval,
                                  scratch=self.config.node.state_dir / "scratch")
@@ -253,8 +272,8 @@ class Daemon:
         self._handle(StateRecovered(tasks, self._recover_attempts(),
                                     self.store.audit_heads({node_id(k) for k in self.trust.keys}),
                                     self.store.reputation(), self.store.totals()))
-        for seed in self.config.network.seeds:
-            self._handle(SeedConfigured(seed))
+        for address, key in self.seeds():
+            self._handle(SeedConfigured(address, key))
         self.control_server = ControlServer(self.config.network.control, self.control.handle)
         await self.control_server.start()
         self.metrics = serve_metrics(self.config.metrics.listen, self.figures)
@@ -295,6 +314,7 @@ class Daemon:
         if self.executor:
             await self.executor.close()
         if self.transport:
+            await self.transport.stop()
             self.transport.close()
         self.resources.close()
         self.store.close()
@@ -316,7 +336,10 @@ class Daemon:
 
         def take() -> None:
             try:
-                answer.set_result(views.Figures(views.counters(self.node), self.runtime_figures()))
+                counters = views.counters(self.node)         # with the frames dropped before the core (inflow.py)
+                counters = dataclasses.replace(counters, frames_dropped={**counters.frames_dropped,
+                                                                         **self.inflow.drops})
+                answer.set_result(views.Figures(counters, self.runtime_figures()))
             except Exception as exc:          # handed to the scrape, which logs it; the loop goes on
                 answer.set_exception(exc)
         try:
@@ -326,8 +349,82 @@ class Daemon:
             return None
 
     def runtime_figures(self) -> dict[str, Any]:
-        """The daemon's own counts (not the core's): reloads, drains, history, autoscale, gossip bytes."""
-        return dict(self.ops.doc(), autoscale=self.autoscale.doc(), gossip_bytes=dict(self.gossip_bytes))
+        """The daemon's own counts (not the core's): reloads, drains, history, autoscale, gossip bytes,
+        and what the transport's defences saw (`security`)."""
+        return dict(self.ops.doc(), autoscale=self.autoscale.doc(), gossip_bytes=dict(self.gossip_bytes),
+                    security=self.security_doc())
+
+    def security_doc(self) -> dict:
+        """What the transport's defences saw (the `security` part of `stats`; docs/security.md)."""
+        t = self.transport
+        if t is None:
+            return {}
+        return {"transport": "insecure" if t.curve is None else "curve",
+                "zap_allowed": t.zap.allowed if t.zap else 0, "zap_denied": dict(t.zap.denied) if t.zap else {},
+                "connections": dict(t.connection_events), "send_no_key": t.no_key,
+                "peer_queue": {"frames": len(self.inflow), "bytes": self.inflow.bytes_waiting},
+                "trust": self.trusted.summary()}
+
+    def reload_trust(self) -> None:
+        """Re-read the trust files now, and hand our certificate to the core if it changed (a
+        bad file is logged and the previous trust kept: runtime/trust.py)."""
+        before = self.trusted.own_cert
+        if self.trusted.reload_trust():
+            self._after_trust_change(before)
+
+    def _reload_trust_hook(self, new: Config) -> None:
+        """A reload hook (operations.py): the new config's trust files, checked and taken, or the
+        whole reload rejected (ConfigRejected) with the trust left as it was."""
+        before = self.trusted.own_cert
+        try:
+            self.trusted.reload_from(new.trust)
+        except TrustFileError as exc:
+            raise ConfigRejected(f"trust: {exc}") from None
+        self._after_trust_change(before)
+
+    def _check_trust_files(self) -> None:
+        """Every second (the resource loop): reload the trust files if one changed; expire certificates."""
+        before = self.trusted.own_cert
+        if self.trusted.check_files(time.monotonic()):
+            self._after_trust_change(before)
+
+    def _after_trust_change(self, own_cert_before: bytes) -> None:
+        if self.trusted.own_cert != own_cert_before and self.node is not None:
+            self.put(CertificateLoaded(self.trusted.own_cert))
+
+    def _reload_seeds_hook(self, new: Config) -> None:
+        """A reload hook: every seed of the new config names a key we can find (else rejected)."""
+        try:
+            self.seeds(new, learn=False)
+        except DaemonError as exc:
+            raise ConfigRejected(str(exc)) from None
+
+    def seeds(self, config: Config | None = None, learn: bool = True) -> list[tuple[str, bytes | None]]:
+        """(address, node key) of each seed of `config` (default: ours); a key written as a name is
+        looked up in authorized_keys; with `learn`, the keys are remembered for sending to those
+        addresses. DaemonError for a key that names no one."""
+        config = config or self.config
+        seeds = []
+        for seed in config.network.seeds:
+            written, address = parse_seed(seed)
+            key = None
+            if written:
+                key = self.trusted.key_named(written)
+                if key is None:
+                    try:
+                        key = base64.b64decode(written, validate=True)
+                    except (binascii.Error, ValueError):
+                        key = None
+                    if key is None or len(key) != PUBLIC_KEY_LEN:
+                        raise DaemonError(f"network.seeds: {seed!r}: {written!r} is neither a base64 node key nor "
+                                          "the name of exactly one key in authorized_keys")
+                if learn:
+                    self.address_keys[address] = key
+            elif not config.network.insecure and learn:
+                log.warning("seed %s has no key (KEY@host:port): it can be reached only once its key is learnt "
+                            "from other peers", address)
+            seeds.append((address, key))
+        return seeds
 
     def _reload_on_signal(self) -> None:
         if self.node is None:
@@ -367,9 +464,35 @@ class Daemon:
     # -- inputs ---------------------------------------------------------------------------------
 
     async def _receive_peers(self) -> None:
+        """Peer frames: from the socket into per-peer queues (rate limits, bounds: inflow.py), then,
+        peers served in turn, through the gate into the input queue, while that has room (else they
+        wait in their queues, where a flooding peer's frames are the ones dropped)."""
+        transport, inflow = self.transport, self.inflow
         while True:
-            frame = await self.transport.receive()
-            self._accept_frame(frame)
+            batch = transport.receive_ready() if len(inflow) else await transport.receive_batch()
+            now = time.monotonic()
+            for tag, frame in batch:
+                inflow.offer(self._peer_of(tag), frame, now)
+            if self.inputs.qsize() >= INPUT_ROOM:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            for _ in range(SERVE_FRAMES):
+                item = inflow.take()
+                if item is None:
+                    break
+                self._accept_frame(item[1])
+            await asyncio.sleep(0)          # let the main loop take what was put
+
+    def _peer_of(self, tag: str | None) -> str:
+        """The per-peer limit a connection's frames count against: its own if its Curve key is a
+        trusted node's; the shared STRANGER one otherwise (insecure mode: the connection's own)."""
+        if self.transport.curve is None:
+            return tag or STRANGER
+        try:
+            return tag if tag and self.trusted.is_trusted_curve(bytes.fromhex(tag)) else STRANGER
+        except ValueError:
+            return STRANGER
 
     def _accept_frame(self, frame: bytes) -> None:
         events = self.gate.admit(frame, wall_ms())
@@ -378,13 +501,22 @@ class Daemon:
         for event in events:
             if isinstance(event, FrameDropped):
                 log.debug("dropped frame: %s", event.reason)
+            elif isinstance(event, MessageReceived) and event.envelope.type == "load":
+                self._learn_address(event.envelope.message.address, event.envelope.sender_key)
             self.put(event)
+
+    def _learn_address(self, address: str, key: bytes) -> None:
+        if address and self.address_keys.get(address) != key:
+            if len(self.address_keys) >= MAX_ADDRESS_KEYS:
+                self.address_keys.pop(next(iter(self.address_keys)))
+            self.address_keys[address] = key
 
     async def _read_resources(self) -> None:
         while True:
             await asyncio.sleep(RESOURCE_INTERVAL)
             self.put(ResourcesRead(await asyncio.to_thread(self.resources.read)))
             self.queue_full.flush(time.monotonic())     # drops counted since the last line, if any
+            self._check_trust_files()
 
     # -- the core and its effects ---------------------------------------------------------------
 
@@ -401,6 +533,8 @@ class Daemon:
         thread of `_sync_to_disk` puts them on disk within SYNC_INTERVAL. Then the clients waiting
         for a task that finished are answered."""
         self.driver.batch(events)
+        if self.inputs.qsize() < INPUT_ROOM:
+            self._room.set()
         if VALIDATE:
             self.node.validate_state()
         self.ops.after_batch()
@@ -495,15 +629,18 @@ class Daemon:
         if peer == self.id or address == self.address:
             self._accept_frame(frame)          # our own contractor: same checks, no socket
         elif address:
-            self.transport.send(address, frame)
+            key = self.trusted.key_of(peer) if peer else None
+            self.transport.send(address, frame, key or self.address_keys.get(address))
 
     async def _start_discovery(self) -> None:
         """mDNS: announce ourselves, turn trusted services into seeds (never fatal: logs and goes on)."""
         def on_peer(address: str, public_key: bytes) -> None:
+            self._learn_address(address, public_key)
             self.put(SeedConfigured(address, public_key, source="mdns"))
 
         discovery = Discovery(self.id, self.public_key, self.config.node.name, self.address,
-                              interface_ip(self.config.network.listen), self.trust, on_peer)
+                              interface_ip(self.config.network.listen), self.trust, on_peer,
+                              cert=self.trusted.own_cert, vouch=self.trusted.vouch)
         try:
             await discovery.start()
         except (OSError, ValueError) as exc:

@@ -6,12 +6,15 @@
     await discovery.close()      # goodbye packets, sockets closed (bounded in time)
 
 What is announced (TXT record, each entry short): the node id, the key fingerprint (as
-`signing.fingerprint`), the protocol (codec) version, the base64 public key and the node name; the
+`signing.fingerprint`), the protocol (codec) version, the base64 public key and the node name, and the
+node's CA certificate if it has one (base64, split over `c0`, `c1`: a TXT string holds 255 bytes); the
 service's A record and port are the advertised peer address.
 
 What is done with what others announce (attacker-influenced input, so checked and bounded):
 - A record that is malformed (no key, key not 32 bytes, id not the key's id, other protocol version)
   is ignored, with a rate-limited warning.
+- A service whose key is not trusted but whose certificate `vouch` accepts (a trusted cluster CA) is
+  trusted from then on, as if it had presented the certificate in a frame.
 - A service whose key is in the trust store becomes `on_peer(address, public_key)`; the daemon turns
   it into a `SeedConfigured(address, public_key, source="mdns")` for the core, which sends it our
   load, and drops that node's previously discovered address (it moved). mDNS tells us only where to
@@ -70,9 +73,30 @@ class Untrusted:
     service: str = ""            # the mDNS instance name it was announced under
 
 
-def txt_properties(nid: str, public_key: bytes, name: str) -> dict[str, str]:
-    return {"id": nid, "fp": fingerprint(public_key), "v": str(codec.VERSION),
-            "pk": base64.b64encode(public_key).decode(), "name": name[:64]}
+CERT_CHUNK = 200               # base64 characters of the certificate per TXT string
+
+
+def txt_properties(nid: str, public_key: bytes, name: str, cert: bytes = b"") -> dict[str, str]:
+    props = {"id": nid, "fp": fingerprint(public_key), "v": str(codec.VERSION),
+             "pk": base64.b64encode(public_key).decode(), "name": name[:64]}
+    text = base64.b64encode(cert).decode()
+    for i in range(0, len(text), CERT_CHUNK):
+        props[f"c{i // CERT_CHUNK}"] = text[i:i + CERT_CHUNK]
+    return props
+
+
+def announced_cert(props: dict) -> bytes:
+    """The certificate a TXT record carries (b"" if none or unreadable: it is checked by the caller)."""
+    parts = []
+    for i in range(4):
+        value = props.get(f"c{i}".encode(), props.get(f"c{i}"))
+        if not value:
+            break
+        parts.append(value.decode("ascii", "replace") if isinstance(value, bytes) else value)
+    try:
+        return base64.b64decode("".join(parts), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def instance_name(name: str, nid: str) -> str:
@@ -104,9 +128,12 @@ def parse_announcement(props: dict) -> tuple[str, bytes, str]:
 
 class Discovery:
     def __init__(self, nid: str, public_key: bytes, name: str, address: str, interface_ip: str | None,
-                 trust: TrustStore, on_peer: Callable[[str, bytes], None]):
+                 trust: TrustStore, on_peer: Callable[[str, bytes], None], cert: bytes = b"",
+                 vouch: Callable[[bytes, bytes, int], str | None] | None = None):
         """`address`: our advertised host:port; `interface_ip`: bind mDNS to this IPv4 address only
-        (None: all interfaces)."""
+        (None: all interfaces); `cert`: our CA certificate, announced; `vouch`: checks a certificate
+        others announce (Trust.vouch)."""
+        self.cert, self.vouch = cert, vouch
         self.id = nid
         self.public_key = public_key
         self.name = name
@@ -134,7 +161,7 @@ class Discovery:
         self._info = AsyncServiceInfo(
             SERVICE_TYPE, f"{instance_name(self.name, self.id)}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton(ip)], port=port,
-            properties=txt_properties(self.id, self.public_key, self.name),
+            properties=txt_properties(self.id, self.public_key, self.name, self.cert),
             server=f"xc-{self.id.lower()}.local.")
         self._spawn(self._register())
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change])
@@ -210,6 +237,9 @@ class Discovery:
         if key == self.public_key:
             return
         address = f"{ip}:{port}"
+        cert = announced_cert(props) if key not in self.trust and self.vouch is not None else b""
+        if cert and self.vouch is not None:
+            self.vouch(key, cert, time.time_ns() // 1_000_000)
         if key not in self.trust:
             if nid not in self.untrusted and len(self.untrusted) >= MAX_UNTRUSTED:
                 oldest = min(self.untrusted.values(), key=lambda u: u.last_seen)

@@ -72,6 +72,7 @@ class NodeCollector:
     def _runtime(self, r: dict) -> Iterable:
         if not r:
             return
+        yield from self._security(r.get("security"))
         gossip = CounterMetricFamily("xchanged_gossip_bytes", "Bytes of load and gossip frames", labels=["direction"])
         for direction, n in sorted(r.get("gossip_bytes", {}).items()):
             gossip.add_metric([direction], n)
@@ -126,6 +127,28 @@ class NodeCollector:
                                   value=c.attempts_completed)
         yield CounterMetricFamily("xchanged_audit_forks", "Peers whose audit log was found rewritten (forked)",
                                   value=c.audit_forks)
+
+
+    @staticmethod
+    def _security(security: dict | None) -> Iterable:
+        """The transport's defences (Daemon.security_doc): ZAP refusals, connection events, per-peer
+        queues, peers trusted by certificate (docs/security.md)."""
+        if not security:
+            return
+        denied = CounterMetricFamily("xchanged_zap_denied", "Peer connections refused by ZAP, by reason",
+                                     labels=["reason"])
+        for reason, n in sorted(security["zap_denied"].items()):
+            denied.add_metric([reason], n)
+        yield denied
+        events = CounterMetricFamily("xchanged_peer_connection_events", "Peer socket connection events "
+                                     "(handshakes failed or refused, disconnections)", labels=["event"])
+        for event, n in sorted(security["connections"].items()):
+            events.add_metric([event], n)
+        yield events
+        yield GaugeMetricFamily("xchanged_peer_queue_frames", "Peer frames waiting in the per-peer queues",
+                                value=security["peer_queue"]["frames"])
+        yield GaugeMetricFamily("xchanged_trusted_certified_peers", "Peers trusted by a CA certificate",
+                                value=security["trust"]["certified"])
 
 
 class MetricsServer:

@@ -4,8 +4,8 @@ and the totals that survive a restart. The daemon's side of protocol/operations.
 Reload (SIGHUP, `systemctl reload`, `xchanged reload`): the config file is checked exactly as
 `xchanged config check` checks it; a config that fails is rejected with the same one-line error and
 nothing changes. Otherwise the reload hooks run (`Daemon.reload_hooks`, each given the new config;
-one that raises ConfigRejected rejects the reload before anything is applied: the trust store of
-issue 16 plugs in there), then the new values are applied: the core's settings (an input,
+one that raises ConfigRejected rejects the reload before anything is applied: the trust files,
+runtime/trust.py, and the seeds' keys), then the new values are applied: the core's settings (an input,
 `SettingsChanged`: labels, slots, allow-list, prefetch, bidding and gossip, seeds), the log level,
 the executor's output cap and kill grace, the metrics endpoint, history and autoscale settings.
 Keys that need a restart (RESTART_KEYS) keep their running value and are reported as such.
@@ -136,7 +136,8 @@ class Operations:
         d.apply_log_level()
         if d.executor is not None:
             d.executor.max_output, d.executor.kill_grace = new.executor.max_output, new.executor.kill_grace
-        d.handle_now(SettingsChanged(node_settings(new, d.address), tuple(new.network.seeds)))
+        seeds = tuple(address for address, _ in d.seeds())    # KEY@host:port: the keys go to the transport
+        d.handle_now(SettingsChanged(node_settings(new, d.address), seeds))
         self.reloads["ok"] += 1
         for key in restart:
             log.warning("reload: %s changed; it takes effect at the next restart", key)
