@@ -49,6 +49,15 @@ class LocalNode:
     def client(self, timeout: float = 60.0) -> Client:
         return Client(socket=self.socket, timeout=timeout)
 
+    @property
+    def key_b64(self) -> str:
+        return self.files.public_line.split()[1]
+
+    @property
+    def seed(self) -> str:
+        """How others name this node in [network] seeds: its key and loopback address."""
+        return f"{self.key_b64}@127.0.0.1:{self.port}"
+
 
 def _toml_value(value) -> str:
     if isinstance(value, bool):
@@ -83,8 +92,10 @@ def wait_answering(name: str, process: subprocess.Popen | None, client: Callable
 class LocalCluster:
     def __init__(self, slots: list[int] | int = 3, base_dir: Path | None = None,
                  labels: list[dict[str, str]] | None = None, settings: dict[str, dict] | None = None,
-                 node_settings: dict[int, dict[str, dict]] | None = None):
-        """`settings`: config sections for every node; `node_settings`: more for one node, by index."""
+                 node_settings: dict[int, dict[str, dict]] | None = None, ca: bool = False):
+        """`settings`: config sections for every node; `node_settings`: more for one node, by index.
+        `ca`: trust by a cluster CA (a certificate per node, authorized_keys holding only each node's
+        own key) instead of every key in every authorized_keys."""
         slot_list = [2] * slots if isinstance(slots, int) else list(slots)
         self._own_dir = base_dir is None
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="xchanged-"))
@@ -96,13 +107,40 @@ class LocalCluster:
             directory = self.base / name
             files = init_node(directory, name, config_text="", force=True)
             self.nodes.append(LocalNode(name, n, files, free_port(), (labels or [{}] * len(slot_list))[i]))
+        self.ca_dir: Path | None = None
+        if ca:
+            from .ca import init_ca
+            self.ca_dir = self.base / "ca"
+            init_ca(self.ca_dir, "test-ca", force=True)
         trusted = "".join(node.files.public_line + "\n" for node in self.nodes)
         for node in self.nodes:
-            node.files.authorized_keys.write_text(trusted)
-            node.files.config.write_text(self._config(node))
+            self._write_files(node, node.files.public_line + "\n" if ca else trusted)
+
+    def _write_files(self, node: LocalNode, authorized: str, cert_validity: int = 86400,
+                     cert_start: int | None = None) -> None:
+        node.files.authorized_keys.write_text(authorized)
+        if self.ca_dir is not None:
+            from .ca import sign_node
+            sign_node(self.ca_dir, node.files.directory / "node.pub", node.name, cert_validity,
+                      node.files.directory / "node.cert", not_before=cert_start)
+            self.settings.setdefault("trust", {})["ca"] = [str(self.ca_dir / "ca.pub")]
+        node.files.config.write_text(self._config(node))
+
+    def add_node(self, name: str, slots: int = 2, labels: dict[str, str] | None = None, cert_validity: int = 86400,
+                 cert_start: int | None = None, start: bool = True) -> LocalNode:
+        """A new host joining the running cluster: its own files only (its key, its certificate when the
+        cluster has a CA, its config with the others as seeds); nothing of the others is touched."""
+        directory = self.base / name
+        files = init_node(directory, name, config_text="", force=True)
+        node = LocalNode(name, slots, files, free_port(), labels or {})
+        self.nodes.append(node)
+        self._write_files(node, node.files.public_line + "\n", cert_validity, cert_start)
+        if start:
+            self.start_node(node)
+        return node
 
     def _config(self, node: LocalNode) -> str:
-        seeds = [f"{other.name}@127.0.0.1:{other.port}" for other in self.nodes if other is not node]
+        seeds = [other.seed for other in self.nodes if other is not node]
         sections = {
             "node": {"name": node.name, "state_dir": str(node.files.directory / "state"), "slots": node.slots,
                      "labels": node.labels, "stop_grace": "2s"},       # a stop need not wait 10 s here
@@ -115,6 +153,8 @@ class LocalCluster:
         for extra in (self.settings, self.node_settings.get(self.nodes.index(node), {})):
             for section, values in extra.items():
                 sections.setdefault(section, {}).update(values)
+        if self.ca_dir is not None:
+            sections.setdefault("trust", {})["certificate"] = str(node.files.directory / "node.cert")
         lines = []
         for section, values in sections.items():
             lines.append(f"[{section}]")

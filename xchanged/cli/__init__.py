@@ -7,6 +7,7 @@ One module per group of commands, each listing what it adds in `COMMANDS`:
     audit    audit show/verify/export/prove/evidence/head
     web      dashboard, history (the web dashboard's URL; the load history it charts)
     ops      drain, undrain, reload
+    ca       ca init/sign/revoke/show (a cluster certificate authority)
 
 To add a command, write it in one of these modules (or in a new one, imported and listed below) and
 put it in that module's COMMANDS; shared options, output helpers and exit codes are in `common`.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import audit, cluster, composite, ops, setup, tasks, web
+from . import audit, ca, cluster, composite, ops, setup, tasks, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +30,7 @@ def main() -> None:
     """xchanged: share work across a fleet of hosts by signed Contract Net bidding."""
 
 
-for _module in (setup, tasks, composite, cluster, audit, web, ops):
+for _module in (setup, tasks, composite, cluster, audit, web, ops, ca):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 del _module, _command
