@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .protocol.certs import Certificate, CertError, cert_file_text, issue, parse_cert_file
+from .protocol.certs import CertError, Certificate, cert_file_text, issue, parse_cert_file
 from .protocol.signing import (
     TrustError,
     TrustStore,
