@@ -217,9 +217,9 @@ class Contractor:
     def policy_refusal(self, command: str, user: str = "", cwd: str | None = None) -> str | None:
         """Why this node's policy forbids running `command` for `user` in `cwd`, or None."""
         s = self.settings
-        if self.draining:
-            return R.DRAINING, "the node is draining", ()
-        if command and not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
+        if not command:                       # a composite runs nothing itself: its parts are checked
+            return None
+        if not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
             return f"command {command!r} not allowed here"
         return s.vet(command, user, cwd) if s.vet is not None else None
 
@@ -228,6 +228,8 @@ class Contractor:
                 cwd: str | None = None) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s = self.settings
+        if self.draining:
+            return R.DRAINING, "the node is draining", ()
         why = self.policy_refusal(command, user, cwd)
         if why is not None:
             return R.POLICY, why, ()
@@ -349,7 +351,7 @@ class Contractor:
             return
         key = (env.sender, award.task_id)
         reservation = self.reserved.pop(key, None)
-        why = self.policy_refusal(award.spec.argv[0], award.spec.user, award.spec.cwd)
+        why = self.policy_refusal(award.spec.command, award.spec.user, award.spec.cwd)
         if why is not None:                 # whatever the cfp said: the award's spec is what would run
             self._send(env.sender, Reject(award.task_id, award.attempt, R.POLICY, why))
             return

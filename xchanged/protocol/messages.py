@@ -398,8 +398,10 @@ class Query:
     follow: bool = False              # logs: new output after `offsets`, waiting up to `wait_ms` for some
     offsets: list[int] = field(default_factory=lambda: [0, 0])   # logs -f: bytes of stdout, stderr seen
     wait_ms: int = 0                  # wait, logs -f: how long the answerer may wait before answering
-    user: str = ""                    # cancel: the user who asked, as the asker's client said
+    user: str = ""                    # cancel, logs: the user who asked, as the asker's daemon says
+                                      # (the client's uid there: runtime/access.py)
     part: str = ""                    # logs: one part of a composite (its key, or its own id)
+    admin: bool = False               # cancel, logs: that user is an admin on the asking node
 
     def __post_init__(self) -> None:
         if self.op not in QUERY_OPS:

@@ -9,7 +9,7 @@ manager as `PartResult`s, so a new coordinator never reruns a part that finished
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from .wire import Limit
@@ -122,3 +122,21 @@ class PartResult:
     manager: str = ""                # the node that managed it (its coordinator)
     stdout_tail: str = ""
     stderr_tail: str = ""
+
+
+def with_user(spec: TaskSpec, user: str) -> TaskSpec:
+    """`spec` submitted by `user`: the name set on it and on every task inside it (a composite's
+    steps, nested composites, its reduce), whatever the submitter wrote there, so no part of a
+    composite can run as someone else (run_as = "submitter")."""
+    composite = spec.composite
+    if composite is not None:
+        steps = [replace(s, task=None if s.task is None else with_user(s.task, user),
+                         composite=None if s.composite is None else _composite_with_user(s.composite, user))
+                 for s in composite.steps]
+        composite = replace(composite, steps=steps,
+                            reduce=None if composite.reduce is None else with_user(composite.reduce, user))
+    return replace(spec, user=user, composite=composite)
+
+
+def _composite_with_user(composite: CompositeSpec, user: str) -> CompositeSpec:
+    return with_user(TaskSpec(argv=[], composite=composite), user).composite or composite

@@ -112,7 +112,8 @@ class ClusterOps:
         body = {"request_id": request_id, "op": op, "task_id": task_id, "state": str(args.get("state") or ""),
                 "limit": args.get("limit") or DEFAULT_LIMIT, "attempt": args.get("attempt"),
                 "follow": bool(args.get("follow")), "offsets": args.get("offsets") or [0, 0],
-                "wait_ms": max(0, wait_ms), "user": str(args.get("user") or ""), "part": str(args.get("part") or "")}
+                "wait_ms": max(0, wait_ms), "user": str(args.get("user") or ""), "part": str(args.get("part") or ""),
+                "admin": bool(args.get("admin"))}
         try:
             return from_body(Query, to_body(body))
         except RemoteProtocolError as exc:
@@ -174,9 +175,10 @@ class ClusterOps:
                 doc = await control.wait(dict(args, timeout_s=max(q.wait_ms / 1000, 0.001)))
             elif q.op == "logs":
                 doc = await control.logs(dict(args, attempt=q.attempt, follow=q.follow, offsets=list(q.offsets),
-                                              wait_s=q.wait_ms / 1000, part=q.part or None))
+                                              wait_s=q.wait_ms / 1000, part=q.part or None, by_node=effect.asker[0],
+                                              user=q.user, admin=q.admin))
             elif q.op == "cancel":
-                doc = await control.cancel(dict(args, by_node=effect.asker[0], user=q.user))
+                doc = await control.cancel(dict(args, by_node=effect.asker[0], user=q.user, admin=q.admin))
             elif q.op == "tasks":
                 doc = await self.own_tasks(q.state, q.limit)
             else:

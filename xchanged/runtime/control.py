@@ -6,6 +6,11 @@ effect resolves (`Daemon._carry_out`), after the store has the decision. Everyth
 without going through the loop: from the core through `views` (the only reader of its internals) and
 from the store, for tasks that finished before a restart or were evicted from memory.
 
+Who may do what (access.py): each request comes with its client's credentials (SO_PEERCRED) as a
+`Requester`, or None when it comes from inside the daemon's process (tests, trusted code). A submit
+records the client's user name in the task (TaskSpec.user, whatever the client sent); submit, cancel
+and logs are refused with a clear error to users `[control]` does not allow.
+
 `wait` parks a future per waiting request; `Daemon._handle_batch` resolves those of a task that
 finished. A wait that times out or is cancelled (its client went away) takes its future back out,
 so an hour-long `submit --wait`, which asks again every second, leaves nothing behind.
@@ -32,8 +37,10 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
 from ..protocol.lifecycle import TERMINAL
 from ..protocol.messages import PartResult, TaskSpec, from_body, to_body
+from ..protocol.specs import with_user
 from ..protocol.task_ids import RANDOM_BYTES, make_task_id
 from . import views
+from .access import ControlAccess, Requester
 from .cluster_ops import FORWARDED, ClusterOps
 from .transport import ControlError, NoSuchTask
 
@@ -73,6 +80,7 @@ class Control:
         self.waiters: dict[str, list[asyncio.Future]] = {}  # task id -> wait ops parked until it ends
         self._request_ids = 0
         self.cluster = ClusterOps(daemon, self)
+        self.access = ControlAccess(daemon.config.control)
         self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
             "ping": self.ping, "submit": self.submit, "cancel": self.cancel, "status": self.status,
             "wait": self.wait, "wait_all": self.wait_all, "tasks": self.tasks, "logs": self.logs, "peers": self.peers,
@@ -81,16 +89,37 @@ class Control:
             "reload": self.reload, "drain": self.drain, "undrain": self.undrain,
         }
 
-    async def handle(self, op: str, args: dict) -> Any:
+    async def handle(self, op: str, args: dict, requester: Requester | None = None) -> Any:
+        """Serve one request of `requester` (None: from inside the daemon's process, trusted)."""
         serve = self._ops.get(op)
         if serve is None:
             raise ControlError(f"unknown operation {op!r}")
+        if requester is not None and op in ("cancel", "logs"):      # who asks, as the kernel says (access.py)
+            args = dict(args, user=requester.name, admin=self.access.is_admin(requester))
         try:
+            if op in ("submit", "cancel", "logs"):
+                return await serve(dict(args, _requester=requester))
             return await serve(args)
         except NoSuchTask:
             if op not in FORWARDED or args.get("local"):
                 raise
-        return await self.cluster.forward(op, args)          # not ours: ask its manager
+        return await self.cluster.forward(op, args)          # not ours: ask its manager (who checks `user`)
+
+    def _check(self, why_not: str | None) -> None:
+        if why_not is not None:
+            raise ControlError(why_not)
+
+    def _may(self, what: str, doc: dict, args: dict) -> None:
+        """Refuse (ControlError) a cancel or a read of a task's output by someone who may not: a local
+        client (its credentials), or another node's client (the name and admin flag its node sends)."""
+        who: Requester | None = args.get("_requester")
+        if who is not None:
+            self._check(self.access.may_touch(who, submitter_of(doc), what))
+        elif args.get("by_node") is not None and not args.get("admin"):
+            user, submitter = str(args.get("user") or ""), submitter_of(doc)
+            if not user or user != submitter:
+                raise ControlError(f"user {user or '?'} of another node may not {what} a task of "
+                                   f"{submitter or 'another user'}: only its submitter and admins may")
 
     # -- requests the core answers ----------------------------------------------------------------
 
@@ -106,6 +135,9 @@ class Control:
         specs = args.get("specs")
         if not isinstance(specs, list) or not specs:
             raise ControlError("submit needs a non-empty list 'specs'")
+        who: Requester | None = args.get("_requester")
+        if who is not None:
+            self._check(self.access.may_submit(who))
         parsed = []
         for i, body in enumerate(specs):
             try:
@@ -119,7 +151,7 @@ class Control:
             if spec.composite is not None and len(msgpack.packb(body, use_bin_type=True)) > MAX_SPEC_BYTES:
                 raise ControlError(f"task spec {i}: the composite is larger than {MAX_SPEC_BYTES >> 20} MiB; "
                                    "use range or chunk instead of long item lists")
-            parsed.append(spec)
+            parsed.append(spec if who is None else with_user(spec, who.name))
         manager = self.daemon.id
         futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(manager), s)) for spec in parsed]
         return list(await asyncio.gather(*futures))
@@ -136,14 +168,18 @@ class Control:
         return await self._request(lambda rid: TaskSubmitted(rid, new_task_id(self.daemon.id), spec, old["id"], done))
 
     async def cancel(self, args: dict) -> dict:
-        """`by_node`: the node a cancel came from (cluster_ops); `user`: who asked, as their client says."""
+        """`by_node`: the node a cancel came from (cluster_ops); `user`: who asked (set from the local
+        client's credentials, or as that node's daemon says: access.py)."""
         task_id = str(args.get("id"))
-        if views.task(self.daemon.node, task_id) is None:   # finished long ago, evicted from memory: a no-op
+        doc = views.task(self.daemon.node, task_id)
+        if doc is None:                                      # finished long ago, evicted from memory: a no-op
             doc = self.daemon.store.task(task_id)
             if doc is None:
                 raise NoSuchTask(task_id)
+            self._may("cancel", doc, args)
             if doc["state"] in TERMINAL:
                 return doc
+        self._may("cancel", doc, args)
         return await self._request(lambda rid: CancelRequested(rid, task_id, by_node=str(args.get("by_node") or ""),
                                                                by_user=str(args.get("user") or "")))
 
@@ -232,14 +268,17 @@ class Control:
 
     async def logs(self, args: dict) -> dict:
         if args.get("follow"):
+            self._may("read the output of", self.task_doc(str(args.get("id"))), args)
             return await self.cluster.follow(args)
         task_id, part = str(args.get("id")), args.get("part")
         if part is None and "/" in task_id and views.task(self.daemon.node, task_id) is None:
             out = self.daemon.store.output(task_id)       # a part this node coordinated: its output is here
             if out is not None:
+                self._may("read the output of", self.daemon.store.task(task_id) or {}, args)
                 return {"id": task_id, "attempt": out[0], "complete": True,
                         "stdout": out[1].decode(errors="replace"), "stderr": out[2].decode(errors="replace")}
             task_id, part = task_id.split("/", 1)[0], task_id          # a part's own id: ask its composite
+        self._may("read the output of", self.task_doc(task_id), args)
         if part is not None:
             return await self._part_logs(task_id, str(part))
         doc = self.task_doc(task_id)
@@ -341,3 +380,9 @@ class Control:
         if doc is None:
             raise NoSuchTask(task_id)
         return doc
+
+
+def submitter_of(doc: dict) -> str:
+    """The user who submitted a task (its status document's spec), "" if unknown (older tasks)."""
+    spec = doc.get("spec") or {}
+    return str(spec.get("user") or "")

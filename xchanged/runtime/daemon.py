@@ -67,9 +67,10 @@ from ..protocol.lifecycle import TERMINAL
 from ..protocol.messages import AuditProof, to_body
 from ..protocol.node import Node
 from ..protocol.signing import PUBLIC_KEY_LEN, load_private_key, node_id, public_bytes
-from . import views
+from . import cgroups, views
 from .audit import AuditCorrupted, AuditError, AuditLog
 from .autoscale import AutoscaleHooks
+from .confine import TaskPolicy
 from .control import Control
 from .curve import curve_keypair
 from .discovery import Discovery, first_ipv4, interface_ip
@@ -142,6 +143,9 @@ class Daemon:
         self.address_keys: dict[str, bytes] = {}        # peer address -> its node key (seeds, loads)
         n = config.network
         self.inflow = Inflow(n.peer_rate, n.peer_burst, n.peer_queue, n.stranger_rate)
+        self.policy = TaskPolicy(config.executor, config.node.state_dir)
+        if why := self.policy.check_config():
+            raise DaemonError(f"refusing to start: {why}")
         self._room = asyncio.Event()                    # set when the input queue has room for peer frames
         config.node.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.node.state_dir / "xchanged.db")
@@ -156,6 +160,7 @@ class Daemon:
         self.control = Control(self)
         self.control_server: ControlServer | None = None
         self.executor: Executor | None = None
+        self.cgroup_status = ""
         self.node: Node | None = None
         self.address = ""
         self.started = time.monotonic()
@@ -174,7 +179,7 @@ class Daemon:
         self.autoscale = AutoscaleHooks(self)
         # Called with the new Config at each reload, before anything is applied; one that raises
         # config_check.ConfigRejected rejects the reload (the trust store of issue 16 hooks in here).
-        self.reload_hooks: list[Any] = [self._reload_trust_hook, self._reload_seeds_hook]
+        self.reload_hooks: list[Any] = [self._reload_trust_hook, self._reload_seeds_hook, self._reload_policy_hook]
         self.gossip_bytes = {"in": 0, "out": 0}   # load and gossip frames, received and sent
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ class Daemon:
         self._stopping.set()
 
     def _build_node(self) -> Node:
-        return Node(self.id, node_settings(self.config, self.address), random.Random(os.urandom(16)))
+        return Node(self.id, node_settings(self.config, self.address, self.policy.vet), random.Random(os.urandom(16)))
 
     def apply_log_level(self) -> None:
         level = self.forced_log_level or self.config.node.log_level
@@ -259,9 +264,15 @@ class Daemon:
         self.driver = self._build_driver()
         self._sign_head()
         self._handle(CertificateLoaded(self.trusted.own_cert))
+        tree, why = cgroups.detect(self.config.executor.cgroup)
+        if tree is None:
+            log.info("no cgroup per task (%s): memory limits enforced by rlimits and RSS watching", why)
+        else:
+            log.info("a cgroup per task under %s", tree.root)
+        self.cgroup_status = str(tree.root) if tree is not None else f"none: {why}"
         self.executor = Executor(self.put, self.config.executor.max_output, self.config.executor.kill_grace,
                                  stream_interval=self.config.executor.stream_interval,
-                                 scratch=self.config.node.state_dir / "scratch")
+                                 scratch=self.config.node.state_dir / "scratch", policy=self.policy, cgroups=tree)
         self.resources = ResourceReader()
         self._handle(ResourcesRead(await asyncio.to_thread(self.resources.read)))
         tasks = [dict(d, parts_done=self.store.parts(d["id"])) if d.get("composite") else d
@@ -363,7 +374,8 @@ class Daemon:
                 "zap_allowed": t.zap.allowed if t.zap else 0, "zap_denied": dict(t.zap.denied) if t.zap else {},
                 "connections": dict(t.connection_events), "send_no_key": t.no_key,
                 "peer_queue": {"frames": len(self.inflow), "bytes": self.inflow.bytes_waiting},
-                "trust": self.trusted.summary()}
+                "trust": self.trusted.summary(), "task_cgroups": self.cgroup_status,
+                "run_as": self.config.executor.run_as}
 
     def reload_trust(self) -> None:
         """Re-read the trust files now, and hand our certificate to the core if it changed (a
@@ -391,6 +403,11 @@ class Daemon:
     def _after_trust_change(self, own_cert_before: bytes) -> None:
         if self.trusted.own_cert != own_cert_before and self.node is not None:
             self.put(CertificateLoaded(self.trusted.own_cert))
+
+    def _reload_policy_hook(self, new: Config) -> None:
+        """A reload hook: a run_as that cannot work here rejects the reload (as it stops a start)."""
+        if why := TaskPolicy(new.executor, new.node.state_dir).check_config():
+            raise ConfigRejected(why)
 
     def _reload_seeds_hook(self, new: Config) -> None:
         """A reload hook: every seed of the new config names a key we can find (else rejected)."""

@@ -18,6 +18,16 @@ What the command started itself (in its process group) is killed at the next sta
 (`kill_orphans`: by the pid and start time recorded with the attempt, and by the XCHANGED_NODE
 variable every attempt's processes inherit). The restarted contractor then reports
 such attempts to their managers as lost.
+
+Confinement (with a `policy`, as the daemon always gives: confine.py): the account, environment,
+directory and rlimits of each attempt come from the policy's plan, and, where the daemon's cgroup
+is delegated, a cgroup of its own (cgroups.py). What the attempt uses is sampled every WATCH_INTERVAL
+(taskwatch.py, or its cgroup): its peak memory and CPU seconds go into TaskExited. How it ended:
+- `oom` when it went over its memory limit: killed by the kernel in its cgroup (memory.events), or
+  by us when its process group's RSS was seen above the limit, or when it failed under its data
+  rlimit saying so (MemoryError, ENOMEM, bad_alloc: OOM_MARKERS in the end of its stderr);
+- `cpu_limit` when RLIMIT_CPU ended it (SIGXCPU, or the SIGKILL after it);
+- `error` when the policy or the system refused to start it (code 126 policy, 127 not found).
 """
 
 from __future__ import annotations
@@ -37,7 +47,15 @@ from typing import Callable, Mapping
 import psutil
 
 from ..protocol.events import OutputWritten, TaskExited, TaskStarted
-from ..protocol.messages import TaskSpec
+from ..protocol.messages import Outcome, TaskSpec
+from . import taskwatch
+from .cgroups import CgroupTree, TaskCgroup
+from .confine import Plan, TaskPolicy
+
+WATCH_INTERVAL = 0.25       # seconds between samples of running attempts with a memory limit
+WATCH_INTERVAL_IDLE = 1.0   # ... when none has one (peak memory and CPU seconds only)
+OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory",
+               b"Out of memory")
 
 
 def _death_signal_launcher() -> list[str]:
@@ -50,7 +68,8 @@ DIE_WITH_DAEMON = _death_signal_launcher()
 
 #: Variables of the daemon's environment a task never inherits: systemd's notification socket and
 #: watchdog (a task must not be able to speak for the daemon). Kept minimal on purpose: scrubbing a
-#: task's environment to an allow-list is the security policy's job (issue 16), not this list's.
+#: task's environment to an allow-list is the task policy's job (confine.scrubbed_environment, which
+#: drops these too); this is for what runs without one (an executor with no policy, autoscale hooks).
 DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
@@ -160,6 +179,10 @@ class _Run:
     process: asyncio.subprocess.Process | None = None
     kill_reason: str = ""
     outcome: str = ""
+    mem_limit: int | None = None
+    cgroup: TaskCgroup | None = None
+    peak_mem: int = 0
+    cpu_s: float | None = None
 
 
 @dataclass
@@ -169,7 +192,10 @@ class Executor:
     kill_grace: float = 2.0
     stream_interval: float = 0.0        # > 0: hand output to the core as it is written (LiveStream)
     scratch: Path | None = None         # where a reduce's input file is written (default: the temp dir)
+    policy: TaskPolicy | None = None    # None: no confinement (the command runs as the daemon, in its env)
+    cgroups: CgroupTree | None = None
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
+    _watcher: asyncio.Task | None = None
 
     def start(self, task_id: str, attempt: int, spec: TaskSpec, extra_env: dict[str, str]) -> None:
         key = (task_id, attempt)
@@ -177,6 +203,32 @@ class Executor:
             return
         run = _Run(asyncio.get_running_loop().create_task(self._run(key, spec, extra_env)))
         self.runs[key] = run
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Sample the running attempts (memory, CPU) while there are any; kill one over its memory limit."""
+        while self.runs:
+            limited = any(r.mem_limit for r in self.runs.values())
+            await asyncio.sleep(WATCH_INTERVAL if limited else WATCH_INTERVAL_IDLE)
+            self.sample()
+
+    def sample(self) -> None:
+        """One sample of every running attempt (the watcher calls it; tests may too)."""
+        running = {r.process.pid: r for r in self.runs.values() if r.process is not None and not r.outcome}
+        use = taskwatch.sample(set(running))
+        for pid, run in running.items():
+            found = use.get(pid)
+            rss = found.rss if found else 0
+            if run.cgroup is not None:
+                rss = max(rss, run.cgroup.sample())
+            if found is not None:
+                run.cpu_s = found.cpu_s
+            run.peak_mem = max(run.peak_mem, rss)
+            if run.mem_limit and rss > run.mem_limit:
+                run.outcome = Outcome.OOM
+                run.kill_reason = f"memory limit exceeded: {rss >> 20} MiB in use, limit {run.mem_limit >> 20} MiB"
+                asyncio.get_running_loop().create_task(self._terminate(run.process, grace=0.0))
 
     def kill(self, task_id: str, attempt: int, reason: str) -> None:
         run = self.runs.get((task_id, attempt))
@@ -186,23 +238,26 @@ class Executor:
         if run.process is not None:
             asyncio.get_running_loop().create_task(self._terminate(run.process))
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.kill_grace)
-        except asyncio.TimeoutError:
-            pass
+    async def _terminate(self, proc: asyncio.subprocess.Process, grace: float | None = None) -> None:
+        grace = self.kill_grace if grace is None else grace
+        if grace > 0:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except asyncio.TimeoutError:
+                pass
         _signal_group(proc.pid, signal.SIGKILL)   # also reaps stragglers that ignored SIGTERM
 
     async def _run(self, key: tuple[str, int], spec: TaskSpec, extra_env: dict[str, str]) -> None:
         run = self.runs[key]
-        env = {**task_environment({**os.environ, **spec.env}), **extra_env}   # a spec cannot set them either
         started = time.monotonic()
-        inputs = self._write_parts_input(key, spec)
-        if inputs is not None:
-            env["XCHANGED_PARTS"] = str(inputs)
+        inputs = None
+        if self.policy is None:             # confined, a reduce's input goes in its own directory (_exec)
+            inputs = self._write_parts_input(key, spec)
+            if inputs is not None:
+                extra_env = dict(extra_env, XCHANGED_PARTS=str(inputs))
         try:
-            await self._exec(key, run, spec, env, started)
+            await self._exec(key, run, spec, extra_env, started)
         finally:
             if inputs is not None:
                 inputs.unlink(missing_ok=True)
@@ -218,25 +273,40 @@ class Executor:
         path.write_text(spec.parts_input)
         return path
 
-    async def _exec(self, key: tuple[str, int], run: _Run, spec: TaskSpec, env: dict[str, str],
+    async def _exec(self, key: tuple[str, int], run: _Run, spec: TaskSpec, extra_env: dict[str, str],
                     started: float) -> None:
         task_id, attempt = key
+        plan: Plan | None = None
         try:
-            if spec.cwd and not os.path.isdir(spec.cwd):
-                raise FileNotFoundError(f"working directory {spec.cwd!r} does not exist")
+            if self.policy is None:
+                env = {**task_environment({**os.environ, **spec.env}), **extra_env}  # a spec cannot set them either
+                cwd, launcher = spec.cwd, list(DIE_WITH_DAEMON)
+            else:
+                plan = self.policy.plan(task_id, attempt, spec, extra_env)
+                self.policy.make_workdir(plan)
+                env, cwd, launcher = plan.env, str(plan.cwd), plan.launcher
+                if spec.parts_input is not None:
+                    env["XCHANGED_PARTS"] = str(self.policy.write_file(plan, "parts.jsonl", spec.parts_input))
+                run.mem_limit = plan.limits.mem
+                if self.cgroups is not None:
+                    run.cgroup = self.cgroups.create(task_id, attempt, plan.limits.mem, plan.limits.cpus)
+                    launcher = run.cgroup.join_prefix() + launcher
+            if cwd and not os.path.isdir(cwd):
+                raise FileNotFoundError(f"working directory {cwd!r} does not exist")
             # checked here because the launcher, not us, would otherwise be the one failing to exec it
             command = spec.argv[0]
             if "/" not in command and not shutil.which(command, path=env.get("PATH")):
                 raise FileNotFoundError(f"command {command!r} not found on PATH")
-            if "/" in command and not os.path.isfile(os.path.join(spec.cwd or "", command)):
+            if "/" in command and not os.path.isfile(os.path.join(cwd or "", command)):
                 raise FileNotFoundError(f"no such file: {command!r}")
-            if "/" in command and not os.access(os.path.join(spec.cwd or "", command), os.X_OK):
+            if "/" in command and not os.access(os.path.join(cwd or "", command), os.X_OK):
                 raise PermissionError(f"not executable: {command!r}")
             proc = await asyncio.create_subprocess_exec(
-                *DIE_WITH_DAEMON, *spec.argv, cwd=spec.cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
+                *launcher, *spec.argv, cwd=cwd or None, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except (OSError, ValueError) as exc:
             self.runs.pop(key, None)
+            self._clean_up(plan, run)
             self.emit(TaskExited(task_id, attempt, "error", 127 if isinstance(exc, FileNotFoundError) else 126,
                                  0, b"", str(exc).encode(), reason=f"could not start: {exc}"))
             return
@@ -268,18 +338,47 @@ class Executor:
         if live is not None:
             live.flush()                     # the last output before the exit
         self.runs.pop(key, None)
-        if run.outcome in ("timeout", "cancelled"):
-            self.emit(TaskExited(task_id, attempt, run.outcome, None, runtime_ms, out.value(), err.value(),
-                                 reason=run.kill_reason))
+        oom_killed = self._clean_up(plan, run)
+        stderr = err.value()
+        peak, cpu = run.peak_mem or None, run.cpu_s
+        code = proc.returncode
+        if run.outcome in ("timeout", "cancelled", Outcome.OOM):
+            self.emit(TaskExited(task_id, attempt, run.outcome, None, runtime_ms, out.value(), stderr,
+                                 reason=run.kill_reason, peak_mem=peak, cpu_s=cpu))
+        elif oom_killed or (code and run.mem_limit and any(m in stderr[-4096:] for m in OOM_MARKERS)):
+            limit = f" of {run.mem_limit >> 20} MiB" if run.mem_limit else ""
+            why = "killed by the kernel" if oom_killed else "failed to allocate"
+            self.emit(TaskExited(task_id, attempt, Outcome.OOM, code, runtime_ms, out.value(), stderr,
+                                 reason=f"memory limit{limit} exceeded ({why})", peak_mem=peak, cpu_s=cpu))
+        elif code in (-signal.SIGXCPU, -signal.SIGKILL) and plan is not None and plan.limits.cpu_s is not None \
+                and (code == -signal.SIGXCPU or (cpu or 0) >= plan.limits.cpu_s):
+            self.emit(TaskExited(task_id, attempt, Outcome.CPU_LIMIT, code, runtime_ms, out.value(), stderr,
+                                 reason=f"CPU time limit of {plan.limits.cpu_s}s exceeded", peak_mem=peak,
+                                 cpu_s=cpu))
         else:
-            code = proc.returncode
             reason = f"killed by signal {-code}" if code < 0 else ("" if code == 0 else f"exit code {code}")
-            self.emit(TaskExited(task_id, attempt, "exited", code, runtime_ms, out.value(), err.value(),
-                                 reason=reason))
+            self.emit(TaskExited(task_id, attempt, "exited", code, runtime_ms, out.value(), stderr,
+                                 reason=reason, peak_mem=peak, cpu_s=cpu))
+
+    def _clean_up(self, plan: Plan | None, run: _Run) -> bool:
+        """Read and remove the attempt's cgroup, remove its directory; True if the kernel OOM-killed it."""
+        oom = False
+        if run.cgroup is not None:
+            usage = run.cgroup.finish()
+            run.peak_mem = max(run.peak_mem, usage.peak_mem or 0)
+            run.cpu_s = usage.cpu_s if usage.cpu_s is not None else run.cpu_s
+            oom = usage.oom_killed
+            run.cgroup = None
+        if plan is not None and self.policy is not None:
+            self.policy.remove_workdir(plan)
+        return oom
 
     async def close(self) -> None:
         """Kill every attempt's process group and let each run end as a killed process does (so its
         pipes are drained and closed); a run still not over after `kill_grace` (+1 s) is cancelled."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         runs = list(self.runs.values())
         for run in runs:
             if not run.outcome:

@@ -54,8 +54,9 @@ TOTALS_EVERY = 2.0              # seconds between saves of the running totals
 DRAINED_KEY = "draining"        # store meta: "1" while `xchanged drain` holds
 
 
-def node_settings(config: Config, address: str) -> NodeSettings:
-    """The core's settings from a config (at start, and at each reload)."""
+def node_settings(config: Config, address: str, vet: Any = None) -> NodeSettings:
+    """The core's settings from a config (at start, and at each reload); `vet`: the task policy's
+    check (confine.TaskPolicy.vet)."""
     c = config
     gossip = GossipSettings(c.gossip.interval, c.gossip.fanout, c.gossip.suspect_after, c.gossip.dead_after,
                             c.gossip.probe_k)
@@ -64,7 +65,7 @@ def node_settings(config: Config, address: str) -> NodeSettings:
         gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,
         max_candidates=c.bidding.max_candidates, overload_cpu_percent=c.bidding.overload_cpu_percent,
         allow=tuple(c.executor.allow), heartbeat=c.executor.heartbeat, prefetch=c.node.prefetch,
-        max_coordinations=c.node.coordinations, query_timeout=c.network.query_timeout)
+        max_coordinations=c.node.coordinations, query_timeout=c.network.query_timeout, vet=vet)
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -137,7 +138,8 @@ class Operations:
         if d.executor is not None:
             d.executor.max_output, d.executor.kill_grace = new.executor.max_output, new.executor.kill_grace
         seeds = tuple(address for address, _ in d.seeds())    # KEY@host:port: the keys go to the transport
-        d.handle_now(SettingsChanged(node_settings(new, d.address), seeds))
+        d.policy.config = new.executor                       # run_as, env_allow, limits: for the next task
+        d.handle_now(SettingsChanged(node_settings(new, d.address, d.policy.vet), seeds))
         self.reloads["ok"] += 1
         for key in restart:
             log.warning("reload: %s changed; it takes effect at the next restart", key)

@@ -41,6 +41,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from ..protocol.codec import MAX_FRAME
+from .access import Requester, peer_credentials
 from .curve import CurveError, curve_public
 from .zap import DOMAIN, ZapHandler
 
@@ -239,11 +240,12 @@ class PeerTransport:
         self.ctx.term()
 
 
-Handler = Callable[[str, dict], Awaitable[object]]
+Handler = Callable[[str, dict, "Requester | None"], Awaitable[object]]
 
 
 class ControlServer:
-    """Serves JSON-lines requests on a unix socket, each handled by `handler(op, args)`."""
+    """Serves JSON-lines requests on a unix socket, each handled by `handler(op, args, requester)`,
+    `requester` being the client as the kernel reports it (SO_PEERCRED: access.py)."""
 
     def __init__(self, path: Path, handler: Handler):
         self.path = path
@@ -258,9 +260,10 @@ class ControlServer:
         os.chmod(self.path, 0o660)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requester = peer_credentials(writer.get_extra_info("socket"))
         try:
             while line := await reader.readline():
-                response = await self._answer(line)
+                response = await self._answer(line, requester)
                 writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -268,7 +271,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes) -> dict:
+    async def _answer(self, line: bytes, requester: Requester | None = None) -> dict:
         try:
             request = json.loads(line)
             rid, op, args = request.get("id"), request["op"], request.get("args") or {}
@@ -277,7 +280,7 @@ class ControlServer:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return {"id": None, "ok": False, "error": f"bad request: {exc}"}
         try:
-            return {"id": rid, "ok": True, "result": await self.handler(op, args)}
+            return {"id": rid, "ok": True, "result": await self.handler(op, args, requester)}
         except ControlError as exc:
             response = {"id": rid, "ok": False, "error": str(exc)}
             if exc.code:
