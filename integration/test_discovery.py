@@ -189,7 +189,8 @@ def test_two_subnets_joined_by_one_seed_form_one_cluster(lab, cluster, report):
     hosts = ["a1", "a2", "b1", "b2"]
     cluster.add("a1")
     cluster.add("a2")
-    cluster.add("b1", seeds=(f"{lab.hosts['a1'].address}:{PORT}",))   # the only cross-subnet hint
+    cluster.add("b1", seeds=(f"a1@{lab.hosts['a1'].address}:{PORT}",))   # the only cross-subnet hint
+    # (a seed names its node, here by its name in authorized_keys: CurveZMQ needs the peer's key to connect)
     cluster.add("b2")
     cluster.start_all()
     took = cluster.wait_until(all_see_all(cluster, hosts), 15.0, "two subnets to form one cluster")
