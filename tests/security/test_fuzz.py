@@ -147,12 +147,12 @@ class _Control:
 
 spec_like = st.dictionaries(st.sampled_from(field_names(messages.TaskSpec) + ["requirements", "x"]), values,
                             max_size=8)
+submit_args = st.fixed_dictionaries({"specs": st.lists(spec_like, max_size=3)})
 requests = st.one_of(
     st.binary(max_size=200),
     values.map(lambda v: json.dumps(v, default=repr).encode()),
     st.fixed_dictionaries({"id": values, "op": st.one_of(st.just("submit"), values),
-                           "args": st.one_of(values, st.fixed_dictionaries({"specs": st.lists(spec_like, max_size=3)}))})
-    .map(lambda d: json.dumps(d, default=repr).encode()),
+                           "args": st.one_of(values, submit_args)}).map(lambda d: json.dumps(d, default=repr).encode()),
 )
 
 
