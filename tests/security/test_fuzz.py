@@ -172,3 +172,37 @@ def test_control_requests_get_an_answer_never_an_exception():
         check()
     finally:
         loop.close()
+
+
+def test_a_real_daemons_control_operations_answer_every_request(tmp_path):
+    """The real operations (Control) of an in-process daemon that runs nothing (empty allow-list),
+    fed hostile arguments: a clear error or a result, never an internal error."""
+    from tests.runtime.inprocess import running_daemon
+
+    ops = ["ping", "submit", "cancel", "status", "tasks", "logs", "peers", "audit_evidence", "stats", "frob"]
+    arg = st.one_of(values, st.text(max_size=20).map(lambda s: "T-" + s))
+    args = st.dictionaries(st.sampled_from(["id", "specs", "state", "attempt", "all", "node", "x"]), arg, max_size=4)
+    lines = st.tuples(st.sampled_from(ops), args, st.one_of(st.none(), st.lists(spec_like, min_size=1, max_size=2)))
+
+    async def scenario(loop_check):
+        async with running_daemon(tmp_path, executor={"allow": ["nothing-may-run"]}) as daemon:
+            server = ControlServer(None, daemon.control.handle)
+            await loop_check(server)
+
+    async def loop_check(server):
+        answers = []
+
+        @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(lines)
+        def check(request):
+            op, a, specs = request
+            if specs is not None and op == "submit":
+                a = dict(a, specs=specs)
+            answers.append(json.dumps({"id": 1, "op": op, "args": a}, default=repr).encode())
+
+        check()
+        for line in answers:
+            answer = await server._answer(line)
+            assert answer["ok"] or not answer["error"].startswith("internal error"), (line, answer)
+
+    asyncio.run(scenario(loop_check))
