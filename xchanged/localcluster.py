@@ -117,24 +117,25 @@ class LocalCluster:
             self._write_files(node, node.files.public_line + "\n" if ca else trusted)
 
     def _write_files(self, node: LocalNode, authorized: str, cert_validity: int = 86400,
-                     cert_start: int | None = None) -> None:
+                     cert_start: int | None = None, ca_dir: Path | None = None) -> None:
         node.files.authorized_keys.write_text(authorized)
         if self.ca_dir is not None:
             from .ca import sign_node
-            sign_node(self.ca_dir, node.files.directory / "node.pub", node.name, cert_validity,
+            sign_node(ca_dir or self.ca_dir, node.files.directory / "node.pub", node.name, cert_validity,
                       node.files.directory / "node.cert", not_before=cert_start)
             self.settings.setdefault("trust", {})["ca"] = [str(self.ca_dir / "ca.pub")]
         node.files.config.write_text(self._config(node))
 
     def add_node(self, name: str, slots: int = 2, labels: dict[str, str] | None = None, cert_validity: int = 86400,
-                 cert_start: int | None = None, start: bool = True) -> LocalNode:
+                 cert_start: int | None = None, start: bool = True, ca_dir: Path | None = None) -> LocalNode:
         """A new host joining the running cluster: its own files only (its key, its certificate when the
-        cluster has a CA, its config with the others as seeds); nothing of the others is touched."""
+        cluster has a CA (`ca_dir`: signed by another CA), its config with the others as seeds); nothing
+        of the others is touched."""
         directory = self.base / name
         files = init_node(directory, name, config_text="", force=True)
         node = LocalNode(name, slots, files, free_port(), labels or {})
         self.nodes.append(node)
-        self._write_files(node, node.files.public_line + "\n", cert_validity, cert_start)
+        self._write_files(node, node.files.public_line + "\n", cert_validity, cert_start, ca_dir)
         if start:
             self.start_node(node)
         return node
