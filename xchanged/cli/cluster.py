@@ -58,6 +58,14 @@ def stats(config, as_json) -> None:
     latency = doc.get("queue_latency") or {}
     console.print(f"{'queue_latency':22} p50 {latency.get('p50')}s  p90 {latency.get('p90')}s  "
                   f"p99 {latency.get('p99')}s  ({latency.get('count')} tasks)")
+    drops = doc.get("frames_dropped") or {}
+    if drops:
+        console.print(f"{'frames_dropped':22} " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    sec = doc.get("security")
+    if sec:
+        denied = ", ".join(f"{k} {v}" for k, v in sorted(sec["zap_denied"].items())) or "none"
+        console.print(f"{'transport':22} {sec['transport']}; connections refused: {denied}; trusted: "
+                      f"{sec['trust']['authorized_keys']} keys, {sec['trust']['certified']} by certificate")
     table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "gpus", "success rate",
                   "score")
     for a in doc["agents"]:

@@ -123,12 +123,20 @@ def status(config, as_json, all_parts, task_id) -> None:
     else:
         console.print(f"command: {' '.join(doc.get('command', []))}")
     if doc.get("reason"):
-        console.print(f"reason: {doc['reason']}")
-    table = Table("attempt", "node", "state", "exit", "started", "ended", "reason")
+        console.print(f"reason: {doc['reason']}" + (f" ({doc['reason_code']})" if doc.get("reason_code") else ""))
+    submitter = (doc.get("spec") or {}).get("user")
+    if submitter:
+        console.print(f"submitted by: {submitter}")
+    table = Table("attempt", "node", "state", "exit", "started", "ended", "peak mem", "cpu s", "reason")
     for a in doc["attempts"]:
+        peak, cpu = a.get("peak_mem"), a.get("cpu_s")
+        reason = a["reason"] or ""
+        if a.get("reason_code") and a["reason_code"] not in reason:
+            reason = f"{a['reason_code']}: {reason}" if reason else a["reason_code"]
         table.add_row(str(a["attempt"]), a["node"] or "-", a["state"],
                       "-" if a["exit_code"] is None else str(a["exit_code"]), clock_time(a["started"]),
-                      clock_time(a["ended"]), a["reason"] or "")
+                      clock_time(a["ended"]), "-" if peak is None else f"{peak / (1 << 20):.1f}M",
+                      "-" if cpu is None else f"{cpu:.2f}", reason)
     if doc["attempts"]:
         console.print(table)
     if doc.get("composite"):
