@@ -1,5 +1,7 @@
 """What `xchanged config check` checks, and what a reload checks before it applies anything: the
-config file, and that the node key and the authorized keys it names can be read and parsed.
+config file, that the node key and every trust file it names (authorized_keys, the CA files, this
+node's certificate, the revocation list: runtime/trust.py) can be read and parsed, and that its
+`[executor] run_as` can work here (runtime/confine.py).
 
 Both print the same one-line error (file, key and reason), so an operator who reloads a bad config
 sees exactly what `config check` would have said.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .config import Config, ConfigError, load_config
-from .protocol.signing import TrustError, TrustStore, load_private_key
+from .protocol.signing import TrustError, load_private_key, public_bytes
 
 
 class ConfigRejected(Exception):
@@ -19,14 +21,19 @@ class ConfigRejected(Exception):
 
 def check_config(path: str | os.PathLike[str]) -> Config:
     """The validated config at `path`; ConfigRejected with the one-line error otherwise."""
+    from .runtime.confine import TaskPolicy
+    from .runtime.trust import Trust, TrustFileError
+
     try:
         cfg = load_config(path)
-        load_private_key(cfg.node.key_file.read_bytes())
-        TrustStore.parse(cfg.trust.authorized_keys.read_text(), str(cfg.trust.authorized_keys))
+        key = load_private_key(cfg.node.key_file.read_bytes())
+        Trust(cfg.trust, public_bytes(key), cfg.node.name)      # every trust file, read and checked
     except ConfigError as exc:
         raise ConfigRejected(str(exc)) from None
-    except TrustError as exc:
+    except (TrustError, TrustFileError) as exc:
         raise ConfigRejected(f"{os.fspath(path)}: {exc}") from None
     except OSError as exc:
         raise ConfigRejected(f"{os.fspath(path)}: {exc}") from None
+    if why := TaskPolicy(cfg.executor, cfg.node.state_dir).check_config():
+        raise ConfigRejected(f"{os.fspath(path)}: {why}")
     return cfg

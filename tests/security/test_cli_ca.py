@@ -52,3 +52,22 @@ def test_errors_exit_2(tmp_path):
     (tmp_path / "bad.cert").write_text("nothing\n")
     assert run("ca", "show", str(tmp_path / "bad.cert")).exit_code == 2
     assert run("ca", "revoke", "--list", str(tmp_path / "r")).exit_code == 2
+
+
+def test_config_check_reads_the_ca_files_and_the_certificate(tmp_path):
+    ca, node = tmp_path / "ca", tmp_path / "n1"
+    run("init", "--dir", str(node), "--name", "n1")
+    run("ca", "init", "--dir", str(ca))
+    run("ca", "sign", str(node / "node.pub"), "--ca-dir", str(ca))
+    conf = node / "xchanged.toml"
+    base = conf.read_text()
+    conf.write_text(base.replace('ca = []', f'ca = ["{ca / "ca.pub"}"]').replace('certificate = ""',
+                                                                                  'certificate = "node.cert"'))
+    result = run("config", "check", "-c", str(conf))
+    assert result.exit_code == 0 and "1 CA(s), with a certificate" in result.output, result.output
+    (node / "node.cert").write_text("xchanged-cert !!!\n")
+    result = run("config", "check", "-c", str(conf))
+    assert result.exit_code == 2 and "node.cert" in result.output
+    conf.write_text(base.replace('run_as = "daemon"', 'run_as = "no-such-user-xc"'))
+    result = run("config", "check", "-c", str(conf))
+    assert result.exit_code == 2 and "no user 'no-such-user-xc'" in result.output

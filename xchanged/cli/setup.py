@@ -67,7 +67,13 @@ def config_check(config: str | None) -> None:
         cfg = check_config(path)
     except ConfigRejected as exc:
         raise Exit(str(exc), 2) from None
-    click.echo(f"{path}: ok (node {cfg.node.name}, {cfg.node.slots} slots, listen {cfg.network.listen})")
+    notes = []
+    if cfg.network.insecure:
+        notes.append("INSECURE: plaintext peer traffic")
+    if cfg.trust.ca:
+        notes.append(f"{len(cfg.trust.ca)} CA(s)" + (", with a certificate" if cfg.trust.certificate else ", no certificate"))
+    extra = f"; {'; '.join(notes)}" if notes else ""
+    click.echo(f"{path}: ok (node {cfg.node.name}, {cfg.node.slots} slots, listen {cfg.network.listen}{extra})")
 
 
 @click.command()
