@@ -133,7 +133,7 @@ def test_an_expired_certificate_stops_being_trusted(cluster):
     trust = trust_of(a, ca=[str(ca_dir / "ca.pub")])
     cert = cert_of(ca_dir, b, validity=2, start=int(time.time()) - 1)
     assert trust.vouch(b.public, cert, time.time_ns() // 1_000_000) is None
-    trust._recheck(time.time() + 5)                                     # as check_files does, later
+    trust._recheck(time.time() + 5, full=False)                         # as check_files does, later
     assert b.public not in trust.store and trust.zap(curve_public(b.public)) == (False, certs.CERT_EXPIRED)
 
 
@@ -147,3 +147,12 @@ def test_own_certificate_must_be_for_our_key(cluster):
     trust = trust_of(a, ca=[str(ca_dir / "ca.pub")], certificate=str(a.files.directory / "node.cert"))
     assert certs.Certificate.decode(trust.own_cert).node_key == a.public
     assert os.path.exists(ca_dir / "issued.log")
+
+
+def test_a_key_revoked_by_key_is_refused_at_zap_even_with_a_ca(cluster):
+    base, ca_dir, a, b = cluster
+    revoked = base / "revoked"
+    revoked.write_text(f"ed25519 {b.files.public_line.split()[1]}\n")
+    trust = trust_of(a, ca=[str(ca_dir / "ca.pub")], revoked=str(revoked))
+    assert trust.zap(curve_public(b.public)) == (False, certs.REVOKED)       # not admitted as a stranger
+    assert trust.vouch(b.public, cert_of(ca_dir, b), time.time_ns() // 1_000_000) == certs.REVOKED

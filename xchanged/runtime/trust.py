@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xchanged.trust")
 
 CHECK_INTERVAL = 1.0         # seconds between checks of the trust files' mtimes (and of expiries)
+EXPIRY_WARNING = 7 * 86400   # warn at start and reload when our certificate expires within this
 MAX_REJECTED = 4096          # refused Curve keys remembered (ZAP denies them without a second look)
 UNKNOWN_KEY = "unknown_key"  # ZAP denial: no trusted node has this Curve key, and no CA is trusted
 
@@ -77,6 +78,7 @@ class Trust:
         self.rejected: OrderedDict[bytes, str] = OrderedDict()  # Curve key -> why it was refused
         self._curve: dict[bytes, bytes] = {}                   # Curve key -> Ed25519 key, trusted ones
         self._ids: dict[str, bytes] = {}                       # node id -> Ed25519 key, trusted ones
+        self._revoked_curve: set[bytes] = set()                # Curve keys of revoked node keys
         self._mtimes: dict[Path, tuple[int, int, int] | None] = {}
         self._next_check = 0.0
         self.reloads = 0
@@ -112,7 +114,19 @@ class Trust:
         self.store.keys.clear()
         self.store.keys.update(keys)
         self.rejected.clear()
-        self._recheck(time.time())
+        self._revoked_curve = set()
+        for key in revoked.keys:
+            try:
+                self._revoked_curve.add(curve_public(key))
+            except CurveError:
+                pass
+        self._recheck(time.time(), full=True)
+        if own_cert:
+            cert = Certificate.decode(own_cert)
+            left = cert.not_after - time.time()
+            if left < EXPIRY_WARNING:
+                log.warning("this node's certificate %s: %s", "has expired" if left < 0 else
+                            f"expires in {left / 86400:.1f} days", cert.describe())
 
     def reload_trust(self) -> bool:
         """Re-read the trust files now (SIGHUP, or one of them changed). True if the new files were
@@ -152,14 +166,18 @@ class Trust:
         changed = any(_mtime(path) != seen for path, seen in self._mtimes.items())
         if changed:
             return self.reload_trust()
-        self._recheck(time.time())
+        self._recheck(time.time(), full=False)
         return False
 
-    def _recheck(self, now_s: float) -> None:
-        """Certified keys checked again (new CAs, revocations, expiry); the maps rebuilt."""
+    def _recheck(self, now_s: float, full: bool) -> None:
+        """Certified keys checked again: everything (`full`, after the files changed: new CAs,
+        revocations), or only their expiry (every CHECK_INTERVAL, cheap); the maps rebuilt."""
         for key, cert in list(self.certs.items()):
             try:
-                check(cert.encode(), key, self.cas, self.revoked, now_s)
+                if full:
+                    check(cert.encode(), key, self.cas, self.revoked, now_s)
+                elif now_s > cert.not_after:
+                    raise CertError(CERT_EXPIRED, f"expired at {cert.not_after}")
             except CertError as exc:
                 del self.certs[key]
                 self._reject(key, exc.reason)
@@ -219,11 +237,11 @@ class Trust:
         why = self.rejected.get(curve_key)
         if why is not None:
             return False, why
+        if curve_key in self._revoked_curve:
+            return False, REVOKED
         key = self._curve.get(curve_key)
         if key is not None and key in self.store:
             return True, ""
-        if key is not None and key in self.revoked.keys:
-            return False, REVOKED
         if self.cas:
             return True, ""                    # a stranger: may present a certificate (module docstring)
         return False, UNKNOWN_KEY
