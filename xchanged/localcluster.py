@@ -101,6 +101,7 @@ class LocalCluster:
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="xchanged-"))
         self.settings = settings or {}
         self.node_settings = node_settings or {}
+        self.launch_prefix: list[str] = []      # argv put before each daemon's command (a test's cgroup, say)
         self.nodes: list[LocalNode] = []
         for i, n in enumerate(slot_list):
             name = f"node{i + 1}"
@@ -176,7 +177,8 @@ class LocalCluster:
     def start_node(self, node: LocalNode) -> None:
         log = open(node.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        node.process = subprocess.Popen([sys.executable, "-m", "xchanged", "run", "-c", str(node.files.config)],
+        node.process = subprocess.Popen([*self.launch_prefix, sys.executable, "-m", "xchanged", "run", "-c",
+                                         str(node.files.config)],
                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                         start_new_session=True)
         log.close()

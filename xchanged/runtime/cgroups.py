@@ -159,14 +159,20 @@ class TaskCgroup:
         except OSError:
             pass
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Kill what is left in it and remove it; False when it is still busy (killed processes take
+        a moment to go: try again later)."""
         self.kill()
         try:
             self.path.rmdir()
+        except FileNotFoundError:
+            return True
         except OSError as exc:
-            log.debug("cgroup %s not removed: %s", self.path, exc)
+            log.debug("cgroup %s not removed yet: %s", self.path, exc)
+            return False
+        return True
 
-    def finish(self) -> Usage:
+    def finish(self) -> tuple[Usage, bool]:
+        """Its usage, read before it goes; and whether it is gone."""
         usage = self.usage()
-        self.remove()
-        return usage
+        return usage, self.remove()

@@ -364,7 +364,9 @@ class Executor:
         """Read and remove the attempt's cgroup, remove its directory; True if the kernel OOM-killed it."""
         oom = False
         if run.cgroup is not None:
-            usage = run.cgroup.finish()
+            usage, gone = run.cgroup.finish()
+            if not gone:
+                _remove_later(run.cgroup)
             run.peak_mem = max(run.peak_mem, usage.peak_mem or 0)
             run.cpu_s = usage.cpu_s if usage.cpu_s is not None else run.cpu_s
             oom = usage.oom_killed
@@ -391,6 +393,14 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.runs.clear()
+
+
+def _remove_later(group: TaskCgroup, tries: int = 5) -> None:
+    """Remove a task cgroup once its killed processes are gone (a few tries, a second apart)."""
+    def again() -> None:
+        if not group.remove() and tries > 1:
+            _remove_later(group, tries - 1)
+    asyncio.get_running_loop().call_later(1.0, again)
 
 
 async def _pump(stream: asyncio.StreamReader | None, sink: TailBuffer, live: LiveStream | None = None,
