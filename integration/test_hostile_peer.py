@@ -131,7 +131,8 @@ def test_a_flood_of_bad_frames_neither_stops_the_daemon_nor_slows_other_peers_mu
     assert drops["oversized"] == 0                            # cut by the socket, never parsed
     sec = after["security"]
     assert sec["zap_denied"].get("unknown_key", 0) >= 1
-    assert sec["connections"].get("handshake_failed_protocol", 0) >= 1     # the plaintext client
+    refused = sec["connections"].get("handshake_failed_protocol", 0) + sec["connections"].get("handshake_failed", 0)
+    assert refused >= 1                                       # the plaintext client (libzmq says which, or not)
     assert sec["connections"].get("disconnected", 0) >= sent["oversized"]
 
     assert peak < RSS_BOUND and peak < rss_before + RSS_GROWTH, (peak >> 20, rss_before >> 20)

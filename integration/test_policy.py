@@ -186,3 +186,26 @@ def test_run_as_submitter_runs_each_users_task_as_that_user_and_never_as_root(us
             as_root = client.submit(["id", "-un"])                          # root submits: policy refusal
             doc = wait_state(client, as_root, lambda d: d["reason_code"] == "policy", "a policy refusal")
             assert "root" in doc["reason"]
+
+
+def test_a_composites_parts_and_reduce_run_as_its_submitter(users):
+    """The user name goes on every task inside a composite (whatever the spec says), so its parts run
+    as the submitter wherever they are announced, and the reduce reads its input as that user."""
+    from xchanged import specfile
+    alice, mallory = users
+    settings = {"executor": {"run_as": "submitter"}, "control": {"allow_users": users}}
+    with LocalCluster([2, 2], settings=settings) as cluster:
+        open_socket_to_all(cluster)
+        [body] = specfile.from_dict({"command": ["sh", "-c", "echo {item} $(id -un)"], "items": ["a", "b", "c"],
+                                     "reduce": ["sh", "-c", "id -un; wc -l < $XCHANGED_PARTS"]}, "<test>", None)
+        body["composite"]["steps"][0]["task"]["user"] = mallory        # a forged name inside: overwritten
+        answer = as_user(alice, cluster.nodes[0].socket, "submit", specs=[body])
+        assert answer["ok"], answer
+        tid = answer["result"][0]["id"]
+        with cluster.client(0) as client:
+            doc = client.wait(tid, timeout=WAIT)
+            assert doc["state"] == "succeeded", doc
+            assert client.logs(tid)["stdout"].split() == [alice, "3"]
+            for part in ("0", "1", "2"):
+                item, user = client.logs(tid, part=part)["stdout"].split()
+                assert user == alice

@@ -147,3 +147,11 @@ def test_control_access():
     assert access.may_touch(who("carol", groups=("wheel",)), "bob", "cancel") is None
     assert access.may_touch(who("mallory"), "", "read the output of") is not None
     assert not access.is_admin(UNKNOWN) and access.may_submit(UNKNOWN) is not None
+
+
+def test_a_composite_parts_id_makes_one_directory_and_one_cgroup(tmp_path):
+    policy = TaskPolicy(executor(), tmp_path)
+    plan = policy.plan("T-ABC/1/build[2]", 3, TaskSpec(["true"]), {})
+    assert plan.workdir == tmp_path / "tasks" / "T-ABC_1_build_2_.3"
+    tree, _ = cgroups.detect("auto", fake_tree(tmp_path))
+    assert tree.create("T-ABC/1/x", 1, None, 0).path.parent == tree.root

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,7 @@ class CgroupTree:
 
     def create(self, task_id: str, attempt: int, mem: int | None, cpus: float) -> "TaskCgroup":
         """A new cgroup for one attempt, limits set; OSError if it cannot be made."""
-        path = self.root / f"task-{task_id}.{attempt}"
+        path = self.root / ("task-" + re.sub(r"[^A-Za-z0-9_.-]", "_", f"{task_id}.{attempt}"))
         if path.exists():
             TaskCgroup(path).remove()
         path.mkdir()

@@ -32,6 +32,7 @@ import fnmatch
 import os
 import posixpath
 import pwd
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,11 @@ NEVER_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 DATA_SLACK = 256 << 20          # RLIMIT_DATA = 2 * memory limit + this (a backstop, see the docstring)
 CPU_KILL_AFTER = 5              # seconds from RLIMIT_CPU's SIGXCPU to its SIGKILL
+
+
+def attempt_name(task_id: str, attempt: int) -> str:
+    """A file name for an attempt (a composite part's id has slashes: T-.../1/key)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{task_id}.{attempt}")
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,7 @@ class TaskPolicy:
         why = why or self.cwd_refusal(spec.cwd)
         if why:
             raise PermissionError(why)
-        workdir = self.tasks_dir / f"{task_id}.{attempt}"
+        workdir = self.tasks_dir / attempt_name(task_id, attempt)
         cwd = workdir
         if spec.cwd and posixpath.isabs(spec.cwd):
             cwd = Path(posixpath.normpath(spec.cwd))

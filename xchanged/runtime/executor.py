@@ -191,7 +191,8 @@ class Executor:
     max_output: int = 1 << 20
     kill_grace: float = 2.0
     stream_interval: float = 0.0        # > 0: hand output to the core as it is written (LiveStream)
-    scratch: Path | None = None         # where a reduce's input file is written (default: the temp dir)
+    scratch: Path | None = None         # where a reduce's input file is written without a policy (default:
+                                        # the temp dir); with one, in the attempt's own directory
     policy: TaskPolicy | None = None    # None: no confinement (the command runs as the daemon, in its env)
     cgroups: CgroupTree | None = None
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
