@@ -94,8 +94,12 @@ class Control:
         serve = self._ops.get(op)
         if serve is None:
             raise ControlError(f"unknown operation {op!r}")
-        if requester is not None and op in ("cancel", "logs"):      # who asks, as the kernel says (access.py)
-            args = dict(args, user=requester.name, admin=self.access.is_admin(requester))
+        if op in ("cancel", "logs"):      # who asks, as the kernel says (access.py), never as the client says
+            args = {k: v for k, v in args.items() if k not in ("by_node", "user", "admin")}
+            if requester is not None:
+                args.update(user=requester.name, admin=self.access.is_admin(requester))
+            else:                         # from inside this daemon's process: trusted
+                args["admin"] = True
         try:
             if op in ("submit", "cancel", "logs"):
                 return await serve(dict(args, _requester=requester))
@@ -280,7 +284,7 @@ class Control:
             task_id, part = task_id.split("/", 1)[0], task_id          # a part's own id: ask its composite
         self._may("read the output of", self.task_doc(task_id), args)
         if part is not None:
-            return await self._part_logs(task_id, str(part))
+            return await self._part_logs(task_id, str(part), args)
         doc = self.task_doc(task_id)
         out = self.daemon.store.output(doc["id"], args.get("attempt"))
         live = self.cluster.live_doc(doc) if args.get("attempt") is None else None
@@ -349,7 +353,7 @@ class Control:
         """The last minutes of cluster load, sampled by the daemon (samples.py), oldest first."""
         return self.daemon.history.doc()
 
-    async def _part_logs(self, task_id: str, part: str) -> dict:
+    async def _part_logs(self, task_id: str, part: str, args: dict) -> dict:
         """A part's output: all of it from the node that coordinated it (asked over the peer protocol
         when that is another node), else the tails its report kept."""
         results = self.part_results(task_id)
@@ -362,7 +366,8 @@ class Control:
                     "stdout": out[1].decode(errors="replace"), "stderr": out[2].decode(errors="replace")}
         if found.manager != self.daemon.id:
             try:
-                doc = await self.cluster.forward("logs", {"id": found.task})
+                doc = await self.cluster.forward("logs", {"id": found.task, "user": args.get("user"),
+                                                          "admin": args.get("admin")})
                 return dict(doc, part=found.key, complete=True)
             except ControlError:
                 pass                                        # gone, or not answering: the tails will do
