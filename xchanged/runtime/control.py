@@ -155,7 +155,7 @@ class Control:
             if spec.composite is not None and len(msgpack.packb(body, use_bin_type=True)) > MAX_SPEC_BYTES:
                 raise ControlError(f"task spec {i}: the composite is larger than {MAX_SPEC_BYTES >> 20} MiB; "
                                    "use range or chunk instead of long item lists")
-            parsed.append(spec if who is None else with_user(spec, who.name))
+            parsed.append(with_user(spec, who.name if who is not None else ""))   # never as the client says
         manager = self.daemon.id
         futures = [self._request(lambda rid, s=spec: TaskSubmitted(rid, new_task_id(manager), s)) for spec in parsed]
         return list(await asyncio.gather(*futures))
