@@ -94,12 +94,12 @@ class Control:
         serve = self._ops.get(op)
         if serve is None:
             raise ControlError(f"unknown operation {op!r}")
-        if op in ("cancel", "logs"):      # who asks, as the kernel says (access.py), never as the client says
-            args = {k: v for k, v in args.items() if k not in ("by_node", "user", "admin")}
-            if requester is not None:
+        if op in ("cancel", "logs"):
+            if requester is not None:     # a socket client: who asks is what the kernel says (access.py)
+                args = {k: v for k, v in args.items() if k not in ("by_node", "user", "admin")}
                 args.update(user=requester.name, admin=self.access.is_admin(requester))
-            else:                         # from inside this daemon's process: trusted
-                args["admin"] = True
+            else:                         # from inside this process (the HTTP API names its caller): trusted
+                args = dict(args, admin=True)
         try:
             if op in ("submit", "cancel", "logs"):
                 return await serve(dict(args, _requester=requester))
