@@ -13,7 +13,7 @@ from xchanged.config import config_from_dict
 from xchanged.protocol.messages import Requirements, TaskSpec
 from xchanged.runtime import cgroups
 from xchanged.runtime.access import UNKNOWN, ControlAccess, Requester
-from xchanged.runtime.confine import NEVER_INHERITED, TaskPolicy, _account, task_environment
+from xchanged.runtime.confine import NEVER_INHERITED, TaskPolicy, _account, scrubbed_environment
 
 
 def executor(**keys):
@@ -23,11 +23,11 @@ def executor(**keys):
 def test_the_environment_is_an_allow_list_and_systemds_variables_never_pass():
     daemon_env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/root", "AWS_SECRET": "s3cr3t",
                   "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "1000", "XCHANGED_CONFIG": "/etc/x"}
-    env = task_environment(daemon_env, ("PATH", "LANG", "LC_*", "NOTIFY_*", "WATCHDOG_*"),
+    env = scrubbed_environment(daemon_env, ("PATH", "LANG", "LC_*", "NOTIFY_*", "WATCHDOG_*"),
                            {"MINE": "1", "NOTIFY_SOCKET": "/evil"}, {"XCHANGED_TASK_ID": "T-1"})
     assert env == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "MINE": "1", "XCHANGED_TASK_ID": "T-1"}
     assert not set(env) & set(NEVER_INHERITED)
-    assert task_environment({}, (), {}, {})["PATH"]                 # always a PATH
+    assert scrubbed_environment({}, (), {}, {})["PATH"]                 # always a PATH
 
 
 def test_run_as_daemon_needs_no_account_and_any_cwd_inside_the_task_directory(tmp_path):

@@ -71,7 +71,8 @@ def config_check(config: str | None) -> None:
     if cfg.network.insecure:
         notes.append("INSECURE: plaintext peer traffic")
     if cfg.trust.ca:
-        notes.append(f"{len(cfg.trust.ca)} CA(s)" + (", with a certificate" if cfg.trust.certificate else ", no certificate"))
+        has_cert = "with a certificate" if cfg.trust.certificate else "no certificate"
+        notes.append(f"{len(cfg.trust.ca)} CA(s), {has_cert}")
     extra = f"; {'; '.join(notes)}" if notes else ""
     click.echo(f"{path}: ok (node {cfg.node.name}, {cfg.node.slots} slots, listen {cfg.network.listen}{extra})")
 
