@@ -156,3 +156,20 @@ def test_a_key_revoked_by_key_is_refused_at_zap_even_with_a_ca(cluster):
     trust = trust_of(a, ca=[str(ca_dir / "ca.pub")], revoked=str(revoked))
     assert trust.zap(curve_public(b.public)) == (False, certs.REVOKED)       # not admitted as a stranger
     assert trust.vouch(b.public, cert_of(ca_dir, b), time.time_ns() // 1_000_000) == certs.REVOKED
+
+
+def test_a_config_reload_takes_new_trust_paths_or_leaves_everything_as_it_was(cluster):
+    from xchanged.runtime.trust import TrustFileError
+    base, ca_dir, a, b = cluster
+    trust = trust_of(a)
+    assert trust.cas == {}
+    good = config_from_dict({"node": {"name": "a"}, "trust": {"ca": [str(ca_dir / "ca.pub")]}},
+                            base_dir=a.files.directory).trust
+    (base / "broken.pub").write_text("not a key\n")
+    bad = config_from_dict({"node": {"name": "a"}, "trust": {"ca": [str(base / "broken.pub")]}},
+                           base_dir=a.files.directory).trust
+    with pytest.raises(TrustFileError):
+        trust.reload_from(bad)
+    assert trust.cas == {} and trust.config.ca == ()
+    trust.reload_from(good)
+    assert len(trust.cas) == 1 and trust.zap(curve_public(b.public)) == (True, "")     # strangers may now come

@@ -143,10 +143,12 @@ class SeedConfigured:
 
 @dataclass(frozen=True, slots=True)
 class FrameDropped:
-    """A frame failed decoding or the replay check; counted by reason."""
+    """A frame failed decoding or the replay check; counted by reason (`count` frames at once: a
+    driver under a flood may sum its drops up instead of handing each one in)."""
 
     reason: str
     stimulus_id: str = ""
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

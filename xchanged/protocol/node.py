@@ -166,7 +166,7 @@ class Node:
             self.membership.add_seed(event.address, event.source,
                                      id_of_key(event.public_key) if event.public_key else "", mono)
         elif isinstance(event, FrameDropped):
-            self.drops[event.reason] += 1
+            self.drops[event.reason] += event.count
             changed = False                     # a flood of bad frames costs no pump
         elif isinstance(event, AuditHeadSigned):
             self.audit_head = event.head        # gossiped with our next load

@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from .. import __version__
@@ -494,11 +495,14 @@ class Daemon:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            drops: Counter[str] = Counter()         # summed up: a flood costs the core one input per reason
             for _ in range(SERVE_FRAMES):
                 item = inflow.take()
                 if item is None:
                     break
-                self._accept_frame(item[1])
+                self._accept_frame(item[1], drops)
+            for reason, n in drops.items():
+                self.put(FrameDropped(reason, count=n))
             await asyncio.sleep(0)          # let the main loop take what was put
 
     def _peer_of(self, tag: str | None) -> str:
@@ -511,13 +515,18 @@ class Daemon:
         except ValueError:
             return STRANGER
 
-    def _accept_frame(self, frame: bytes) -> None:
+    def _accept_frame(self, frame: bytes, drops: Counter[str] | None = None) -> None:
+        """One frame through the gate into the input queue; its drops counted in `drops` when given
+        (the receive loop puts their sums in), else put one by one."""
         events = self.gate.admit(frame, wall_ms())
         if events and isinstance(events[0], MessageReceived) and events[0].envelope.type in GOSSIP_TYPES:
             self.gossip_bytes["in"] += len(frame)
         for event in events:
             if isinstance(event, FrameDropped):
                 log.debug("dropped frame: %s", event.reason)
+                if drops is not None:
+                    drops[event.reason] += 1
+                    continue
             elif isinstance(event, MessageReceived) and event.envelope.type == "load":
                 self._learn_address(event.envelope.message.address, event.envelope.sender_key)
             self.put(event)
