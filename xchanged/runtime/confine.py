@@ -235,9 +235,14 @@ class TaskPolicy:
 
     def make_workdir(self, plan: Plan) -> None:
         """Create the attempt's directory (0700, owned by its account) and a relative cwd inside it."""
-        self.tasks_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(plan.workdir, ignore_errors=True)        # a leftover of a crash: start clean
-        plan.workdir.mkdir(mode=0o700)
+        try:                                # one mkdir in the usual case (it is on every task's path)
+            plan.workdir.mkdir(mode=0o700)
+        except FileNotFoundError:           # the first attempt here
+            self.tasks_dir.mkdir(parents=True, exist_ok=True)
+            plan.workdir.mkdir(mode=0o700)
+        except FileExistsError:             # a leftover of a crash: start clean
+            shutil.rmtree(plan.workdir, ignore_errors=True)
+            plan.workdir.mkdir(mode=0o700)
         made = [plan.workdir]
         if plan.cwd != plan.workdir and plan.workdir in plan.cwd.parents:
             plan.cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -245,7 +250,7 @@ class TaskPolicy:
         if plan.account is not None:
             for path in made:
                 os.chown(path, plan.account.uid, plan.account.gid)
-        if not plan.cwd.is_dir():
+        if plan.cwd != plan.workdir and not plan.cwd.is_dir():
             raise FileNotFoundError(f"working directory {str(plan.cwd)!r} does not exist")
 
     def write_file(self, plan: Plan, name: str, text: str) -> Path:
@@ -259,4 +264,9 @@ class TaskPolicy:
         return path
 
     def remove_workdir(self, plan: Plan) -> None:
-        shutil.rmtree(plan.workdir, ignore_errors=True)
+        try:
+            os.rmdir(plan.workdir)          # the usual case: the task left nothing behind
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(plan.workdir, ignore_errors=True)

@@ -282,6 +282,8 @@ class Executor:
             if self.policy is None:
                 env = {**task_environment({**os.environ, **spec.env}), **extra_env}  # a spec cannot set them either
                 cwd, launcher = spec.cwd, list(DIE_WITH_DAEMON)
+                if cwd and not os.path.isdir(cwd):
+                    raise FileNotFoundError(f"working directory {cwd!r} does not exist")
             else:
                 plan = self.policy.plan(task_id, attempt, spec, extra_env)
                 self.policy.make_workdir(plan)
@@ -292,8 +294,6 @@ class Executor:
                 if self.cgroups is not None:
                     run.cgroup = self.cgroups.create(task_id, attempt, plan.limits.mem, plan.limits.cpus)
                     launcher = run.cgroup.join_prefix() + launcher
-            if cwd and not os.path.isdir(cwd):
-                raise FileNotFoundError(f"working directory {cwd!r} does not exist")
             # checked here because the launcher, not us, would otherwise be the one failing to exec it
             command = spec.argv[0]
             if "/" not in command and not shutil.which(command, path=env.get("PATH")):
