@@ -55,6 +55,6 @@ def test_the_policy_is_checked_again_at_start_and_the_directory_is_the_attempts(
         done = await events2.next(TaskExited)
         assert done.outcome == "exited" and done.exit_code == 0
         assert done.stdout.split()[0] == str(tmp_path / "tasks" / "T-4.2").encode() and done.stdout.split()[1] == b"2"
+        await asyncio.gather(ex.close(), ex2.close())       # the directory goes after the exit is told
         assert not (tmp_path / "tasks" / "T-4.2").exists()
-        await asyncio.gather(ex.close(), ex2.close())
     run(scenario)

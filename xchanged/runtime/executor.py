@@ -197,6 +197,7 @@ class Executor:
     cgroups: CgroupTree | None = None
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
     _watcher: asyncio.Task | None = None
+    _tidying: set[asyncio.Future] = field(default_factory=set)    # directories being removed
 
     def start(self, task_id: str, attempt: int, spec: TaskSpec, extra_env: dict[str, str]) -> None:
         key = (task_id, attempt)
@@ -307,7 +308,9 @@ class Executor:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except (OSError, ValueError) as exc:
             self.runs.pop(key, None)
-            self._clean_up(plan, run)
+            self._clean_up(run)
+            if plan is not None and self.policy is not None:
+                self.policy.remove_workdir(plan)
             self.emit(TaskExited(task_id, attempt, "error", 127 if isinstance(exc, FileNotFoundError) else 126,
                                  0, b"", str(exc).encode(), reason=f"could not start: {exc}"))
             return
@@ -339,7 +342,7 @@ class Executor:
         if live is not None:
             live.flush()                     # the last output before the exit
         self.runs.pop(key, None)
-        oom_killed = self._clean_up(plan, run)
+        oom_killed = self._clean_up(run)
         stderr = err.value()
         peak, cpu = run.peak_mem or None, run.cpu_s
         code = proc.returncode
@@ -360,9 +363,10 @@ class Executor:
             reason = f"killed by signal {-code}" if code < 0 else ("" if code == 0 else f"exit code {code}")
             self.emit(TaskExited(task_id, attempt, "exited", code, runtime_ms, out.value(), stderr,
                                  reason=reason, peak_mem=peak, cpu_s=cpu))
+        self._remove_workdir_later(plan)
 
-    def _clean_up(self, plan: Plan | None, run: _Run) -> bool:
-        """Read and remove the attempt's cgroup, remove its directory; True if the kernel OOM-killed it."""
+    def _clean_up(self, run: _Run) -> bool:
+        """Read and remove the attempt's cgroup; True if the kernel OOM-killed it."""
         oom = False
         if run.cgroup is not None:
             usage, gone = run.cgroup.finish()
@@ -372,9 +376,16 @@ class Executor:
             run.cpu_s = usage.cpu_s if usage.cpu_s is not None else run.cpu_s
             oom = usage.oom_killed
             run.cgroup = None
-        if plan is not None and self.policy is not None:
-            self.policy.remove_workdir(plan)
         return oom
+
+    def _remove_workdir_later(self, plan: Plan | None) -> None:
+        """The attempt's directory goes off the loop, after its exit is told: an rmdir waits for the
+        file system's journal behind any fsync in progress (measured ~1 ms a task, blocking the loop)."""
+        if plan is None or self.policy is None:
+            return
+        future = asyncio.get_running_loop().run_in_executor(None, self.policy.remove_workdir, plan)
+        self._tidying.add(future)
+        future.add_done_callback(self._tidying.discard)
 
     async def close(self) -> None:
         """Kill every attempt's process group and let each run end as a killed process does (so its
@@ -394,6 +405,7 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.runs.clear()
+        await asyncio.gather(*self._tidying, return_exceptions=True)
 
 
 def _remove_later(group: TaskCgroup, tries: int = 5) -> None:
