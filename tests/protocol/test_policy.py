@@ -30,8 +30,19 @@ REQ = Requirements()
 def test_weights_are_seed_003s():
     assert (policy.W_AVAILABILITY, policy.W_SUCCESS, policy.W_SPEED) == (0.5, 0.3, 0.2)
     fresh = policy.ContractorRecord()
-    # idle bidder with no history, of average speed (1/(1+1)): 0.5*1 + 0.3*0.5 + 0.2*0.5 + fairness 0.05
-    assert policy.score(bid(), fresh, REQ, 0.0, avoid=False) == pytest.approx(0.5 + 0.15 + 0.1 + 0.05)
+    # idle bidder with no history (reliable until it fails), of average speed (1/(1+1)):
+    # 0.5*1 + 0.3*1 + 0.2*0.5 + fairness 0.05; the manager's own bid gets local +0.05 on top
+    assert policy.score(bid(), fresh, REQ, 0.0, avoid=False) == pytest.approx(0.5 + 0.3 + 0.1 + 0.05)
+    assert policy.score(bid(), fresh, REQ, 0.0, avoid=False, local=True) == pytest.approx(0.97)
+
+
+def test_an_untried_node_ties_a_proven_one_and_the_manager_itself_wins_the_tie():
+    proven, fresh = policy.ContractorRecord(successes=50), policy.ContractorRecord()
+    assert policy.score(bid(), fresh, REQ, 0.0, False) == pytest.approx(policy.score(bid(), proven, REQ, 0.0, False))
+    assert policy.score(bid(), fresh, REQ, 0.0, False, local=True) > policy.score(bid(), proven, REQ, 0.0, False)
+    # worth a tie only: one more free slot elsewhere (nodes of 12 slots) beats the manager's own bid
+    assert policy.score(bid(slots=12, free=5), fresh, REQ, 0.0, False, local=True) < \
+        policy.score(bid(slots=12, free=6), proven, REQ, 0.0, False)
 
 
 def test_availability_success_and_speed_each_raise_the_score():
@@ -39,8 +50,11 @@ def test_availability_success_and_speed_each_raise_the_score():
     base = policy.score(bid(free=1, cpu=50), r, REQ, 0.0, False)
     assert policy.score(bid(free=3, cpu=50), r, REQ, 0.0, False) > base
     assert policy.score(bid(free=1, cpu=10), r, REQ, 0.0, False) > base
-    good = policy.ContractorRecord(successes=10)
-    assert policy.score(bid(free=1, cpu=50), good, REQ, 0.0, False) > base
+    flaky = policy.ContractorRecord(successes=1, failures=1)
+    assert policy.score(bid(free=1, cpu=50), flaky, REQ, 0.0, False) < base
+    recovered = policy.ContractorRecord(successes=10, failures=1)
+    assert policy.score(bid(free=1, cpu=50), flaky, REQ, 0.0, False) < \
+        policy.score(bid(free=1, cpu=50), recovered, REQ, 0.0, False) < base
     assert policy.score(bid(free=1, cpu=50, est_start_ms=2000), r, REQ, 0.0, False) < base
 
 

@@ -83,3 +83,31 @@ def test_wait_all_answers_when_the_last_task_ends_and_leaves_no_waiter(tmp_path)
             with pytest.raises(ControlError):
                 await control.handle("wait_all", {"ids": "T-1"})
     asyncio.run(scenario())
+
+
+def test_a_submit_is_answered_only_once_on_disk_and_the_loop_serves_meanwhile(tmp_path):
+    """The submit's fsync runs in a worker thread: held there, the reply waits, other requests do not."""
+    import threading
+
+    async def scenario():
+        async with running_daemon(tmp_path) as daemon:
+            store, release, entered = daemon.store, threading.Event(), threading.Event()
+            real_sync = store.sync
+
+            def slow_sync(now=None):
+                entered.set()
+                release.wait(30)
+                real_sync(now)
+            store.sync = slow_sync
+            submit = asyncio.create_task(daemon.control.handle("submit", {"specs": [NOWHERE]}))
+            while not entered.is_set():
+                await asyncio.sleep(0.005)
+            assert not submit.done()                                  # not on disk yet: no answer
+            assert store.unsynced                                     # committed (written), not synced
+            [listed] = await daemon.control.handle("tasks", {})       # the loop goes on meanwhile
+            assert listed["state"] == "queued" and not submit.done()
+            release.set()
+            [doc] = await submit
+            assert doc["id"] == listed["id"]
+            store.sync = real_sync
+    asyncio.run(scenario())

@@ -108,7 +108,8 @@ class Negotiation:
         self.queue_ok = scheduling.use_queues(candidates, units, waiting, len(index.queued_levels) > 1,
                                               index.queued_at, self.beliefs.turned_away)
         announcements = scheduling.plan(self.backlog, waiting, candidates, units, self._record,
-                                        self._may_award_directly, self.settings.max_candidates, self.rng, now)
+                                        self._may_award_directly, self.settings.max_candidates, self.rng, now,
+                                        lambda task, chosen: self._local_first(task, chosen, now))
         if self.composites.live:
             announcements += scheduling.plan_coordinators(self.composites, candidates, self._record,
                                                           self._may_award_directly, self.rng, now)
@@ -124,6 +125,27 @@ class Negotiation:
         record = self.records.get(cand.id)
         return (self.settings.direct_award and task.id not in self.bid_first and record is not None
                 and record.successes > 0 and record.breaker == policy.CLOSED)
+
+    def _local_first(self, task: Task, chosen: list[Candidate], now: float) -> Candidate | None:
+        """This node, if it is among `chosen` and the best of them by the score their bids would get
+        from the loads we hold (ours is current; theirs as last gossiped): it is then the best bidder
+        without asking, so the task is awarded to it at once, recorded and audited as any award, and
+        award, accept and result never leave the host (issue 13). Its contractor checks admission on
+        the award as on a cfp; a reject sends the task through cfp rounds from then on (bid_first)."""
+        own = next((c for c in chosen if c.id == self.settings.self_id), None)
+        if own is None or not self.settings.direct_award or task.id in self.bid_first:
+            return None
+        estimates = {c.id: self._estimate(task, c, now) for c in chosen}
+        return own if policy.rank(estimates)[0] == own.id else None
+
+    def _estimate(self, task: Task, cand: Candidate, now: float) -> float:
+        """The score of the bid `cand` would make for `task`, from its load."""
+        req, load = task.spec.requirements, cand.load
+        offer = Bid(task.id, 0, slots=cand.slots, slots_free=max(0, cand.free - 1),
+                    cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
+                    affinity=policy.affinity(cand.labels, req))
+        return policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
+                            self.speeds.relative(task.spec.command, cand.id), cand.id == self.settings.self_id)
 
     def _announce(self, task: Task, chosen: list[Candidate], now: float, wall_ms: int) -> None:
         attempt = task.new_attempt()
@@ -147,14 +169,7 @@ class Negotiation:
         cfp/bid round trip and award at once. The award is the offer and its accept the bid; the
         contractor checks admission on the award as it would on a cfp and rejects what does not fit.
         This halves the hops between a freed slot and its next start (pull-based work stealing)."""
-        req = task.spec.requirements
-        load = cand.load
-        offer = Bid(task.id, 0, slots=cand.slots, slots_free=max(0, cand.free - 1),
-                    cpu_percent=load.cpu_percent if load else 0.0, mem_available=load.mem_available if load else 0,
-                    affinity=policy.affinity(cand.labels, req))
-        score = policy.score(offer, self._record(cand.id), req, now, cand.id in task.avoid,
-                             self.speeds.relative(task.spec.command, cand.id))
-        self._set_standby(task, [(cand.id, score, None)])
+        self._set_standby(task, [(cand.id, self._estimate(task, cand, now), None)])
         self.stats["direct_awards"] += 1
         self._award_next(task, now, wall_ms)
 
@@ -195,7 +210,7 @@ class Negotiation:
         req = task.spec.requirements
         command = task.spec.command
         scored = {peer: policy.score(env.message, self._record(peer), req, now, peer in task.avoid,
-                                     self.speeds.relative(command, peer))
+                                     self.speeds.relative(command, peer), peer == self.settings.self_id)
                   for peer, env in rnd.bids.items()}
         order = policy.rank(scored)
         if not order:

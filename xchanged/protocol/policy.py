@@ -3,7 +3,10 @@
 Score of a bid (seed 003's weights, then adjustments), higher is better:
 
     0.5 * availability   free share of the bidder's slots after this task, and idle CPU
-  + 0.3 * success rate   this manager's own record of the bidder: (successes+1) / (attempts+2)
+  + 0.3 * success rate   this manager's own record of the bidder: (successes+1) / (attempts+1), so
+                         a node not tried yet counts as reliable (1.0) until it fails; with the
+                         Laplace prior (s+1)/(a+2) it started at 0.5 and lost every tie to a node that
+                         had already succeeded once, so work never reached it while another was free
   + 0.2 * speed          s / (1 + s), where s is how fast the bidder ran this command for us compared
                          with the other peers that ran it (`SpeedTable`; 0.5 when unknown), discounted
                          by when it expects to start and by its bid accuracy (reputation: how its
@@ -11,6 +14,8 @@ Score of a bid (seed 003's weights, then adjustments), higher is better:
                          overpromises loses this term)
   + 0.1 * affinity       share of the task's `prefer` labels the bidder carries
   + 0.05 * fairness      grows with how long the bidder has gone without an award from us
+  + 0.02 * local         the bidder is this manager itself: award, accept and result need no
+                         network hop (issue 13); worth a tie, less than one free slot of 12
   - 0.2 * avoid          the task already failed on this bidder (prefer another node)
 
 Ties break on node id, so every manager ranks the same bids the same way.
@@ -45,6 +50,7 @@ class _Candidate(Protocol):
 C = TypeVar("C", bound=_Candidate)
 
 W_AVAILABILITY, W_SUCCESS, W_SPEED, W_AFFINITY, W_FAIRNESS, W_AVOID = 0.5, 0.3, 0.2, 0.1, 0.05, 0.2
+W_LOCAL = 0.02
 FAIRNESS_HORIZON = 30.0          # seconds without an award for the full fairness bonus
 BREAKER_FAILURES = 3
 BREAKER_COOLDOWN = 10.0
@@ -85,7 +91,7 @@ class ContractorRecord:
 
     @property
     def success_rate(self) -> float:
-        return (self.successes + 1) / (self.successes + self.failures + 2)
+        return (self.successes + 1) / (self.successes + self.failures + 1)
 
     def allows_award(self, now: float) -> bool:
         if self.breaker == OPEN and now >= self.open_until:
@@ -171,14 +177,15 @@ def affinity(labels: dict[str, str], req: Requirements) -> int:
 
 
 def score(bid: Bid, record: ContractorRecord, req: Requirements, now: float, avoid: bool,
-          relative_speed: float = 1.0) -> float:
+          relative_speed: float = 1.0, local: bool = False) -> float:
     availability = 0.5 * bid.slots_free / max(1, bid.slots) + 0.5 * (1 - min(100.0, bid.cpu_percent) / 100)
     speed = relative_speed / (1 + relative_speed) * record.accuracy / (1 + bid.est_start_ms / 1000)
     affinity_share = bid.affinity / len(req.prefer) if req.prefer else 0.0
     idle = now - record.last_award if record.last_award is not None else FAIRNESS_HORIZON
     fairness = min(1.0, idle / FAIRNESS_HORIZON)
     return (W_AVAILABILITY * availability + W_SUCCESS * record.success_rate + W_SPEED * speed
-            + W_AFFINITY * affinity_share + W_FAIRNESS * fairness - (W_AVOID if avoid else 0.0))
+            + W_AFFINITY * affinity_share + W_FAIRNESS * fairness + (W_LOCAL if local else 0.0)
+            - (W_AVOID if avoid else 0.0))
 
 
 def sample_candidates(free: list[C], units: dict[str, int], avoid: set[str], d: int,

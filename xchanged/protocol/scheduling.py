@@ -148,10 +148,14 @@ def use_queues(candidates: list[Candidate], units: dict[str, int], waiting: int,
 
 def plan(backlog: Backlog, waiting: int, candidates: list[Candidate], units: dict[str, int],
          record: Callable[[str], policy.ContractorRecord], may_award_directly: Callable[[Task, Candidate], bool],
-         max_candidates: int, rng: random.Random, now: float) -> list[Announcement]:
+         max_candidates: int, rng: random.Random, now: float,
+         local_first: Callable[[Task, list[Candidate]], Candidate | None] = lambda task, chosen: None,
+         ) -> list[Announcement]:
     """Whom each waiting task asks, best task first, while unclaimed room lasts (`waiting`: how many
     wait); sets the reason of each task looked at that cannot go yet. At most MAX_LOOKED_AT tasks are
-    looked at per pump, so a long queue of tasks no free peer can take costs no more."""
+    looked at per pump, so a long queue of tasks no free peer can take costs no more. When the manager
+    itself is among those chosen and `local_first` finds it the best of them, it takes the task at
+    once: no cfp round, no network hop (negotiation.Negotiation._local_first)."""
     room = sum(u for u in units.values() if u > 0)     # unclaimed units, kept up to date below
     out: list[Announcement] = []
     if room <= 0:
@@ -175,10 +179,14 @@ def plan(backlog: Backlog, waiting: int, candidates: list[Candidate], units: dic
             continue
         d = max(1, min(max_candidates, room // max(1, waiting - left)))
         chosen = policy.sample_candidates(free, units, task.avoid, d, rng)
+        own = local_first(task, chosen) if len(chosen) > 1 else None
+        if own is not None:
+            chosen = [own]
         for c in chosen:
             units[c.id] -= 1
         room -= len(chosen)                             # each was a free (positive) unit
-        out.append(Announcement(task, chosen, len(chosen) == 1 and may_award_directly(task, chosen[0])))
+        direct = own is not None or (len(chosen) == 1 and may_award_directly(task, chosen[0]))
+        out.append(Announcement(task, chosen, direct))
         if room <= 0:
             break
     for task in passed:                                 # still waiting, in their turn

@@ -7,8 +7,9 @@ Durability rule: a store write or audit append staged by an effect is written (i
 of the daemon) before the next effect that depends on it is carried out: a message to a peer, a
 reply to a client, or the start of a process; writes the core marks AFTER (write-behind) right
 after the batch's effects. Everything written is fsynced (survives power loss) within SYNC_INTERVAL
-by a worker thread, so the event loop never waits on the disk; only a client's submit or cancel is
-fsynced before its reply (protocol/effects.py: SYNC).
+by a worker thread, so the event loop never waits on the disk; a client's submit or cancel is
+fsynced before its reply (protocol/effects.py: SYNC), also in a worker thread: the reply waits, the
+loop does not.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class Daemon:
         self._room = asyncio.Event()                    # set when the input queue has room for peer frames
         config.node.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.node.state_dir / "xchanged.db")
+        self.store.defer_sync = True              # submit/cancel replies wait for an fsync off the loop
         previous = int(self.store.get_meta("incarnation") or 0)
         self.incarnation = max(previous + 1, wall_ms())
         self.store.set_meta("incarnation", str(self.incarnation))
@@ -172,6 +174,8 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
+        self._held_replies: list[Reply] = []       # of the current batch, owed an fsync first
+        self._syncing: set[asyncio.Task] = set()   # fsyncs in flight with the replies waiting on them
         self.metrics: MetricsServer | None = None
         self.discovery: Discovery | None = None
         self.history = History()                  # the last minutes of cluster load (the dashboard's chart)
@@ -311,6 +315,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._syncing, return_exceptions=True)     # replies owed: on disk first
         await self.autoscale.close()
         if self.node is not None:
             self.ops.save_totals()
@@ -559,6 +564,8 @@ class Daemon:
         thread of `_sync_to_disk` puts them on disk within SYNC_INTERVAL. Then the clients waiting
         for a task that finished are answered."""
         self.driver.batch(events)
+        if self.store.sync_owed:
+            self._sync_for_replies()
         if self.inputs.qsize() < INPUT_ROOM:
             self._room.set()
         if VALIDATE:
@@ -604,13 +611,10 @@ class Daemon:
                     self._send(peer, address, frame)
 
         def reply(effect: Reply) -> None:
-            future = self.control.requests.pop(effect.request_id, None)
-            if future is not None and not future.done():
-                if effect.ok:
-                    future.set_result(effect.result)
-                else:
-                    details = effect.result if isinstance(effect.result, dict) else None
-                    future.set_exception(ControlError(effect.error, (details or {}).get("code", ""), details))
+            if store.sync_owed:             # a submit or cancel in this batch: answered once on disk
+                self._held_replies.append(effect)
+            else:
+                self._answer(effect)
 
         handlers: dict[type, Any] = {
             PersistTask: persist_task,
@@ -631,6 +635,36 @@ class Daemon:
         }
         return Driver(self.node, lambda: Instant(time.monotonic(), wall_ms()), handlers,
                       lambda phase: store.commit_due(time.monotonic(), phase))
+
+    def _answer(self, effect: Reply) -> None:
+        future = self.control.requests.pop(effect.request_id, None)
+        if future is not None and not future.done():
+            if effect.ok:
+                future.set_result(effect.result)
+            else:
+                details = effect.result if isinstance(effect.result, dict) else None
+                future.set_exception(ControlError(effect.error, (details or {}).get("code", ""), details))
+
+    def _sync_for_replies(self) -> None:
+        """After a batch that committed a SYNC write (a submit, a cancel): its replies are promises to a
+        person, so they wait for the fsync; it runs in a worker thread, and the loop goes on meanwhile
+        (the award goes out, the task starts) instead of stalling a few ms a submit on the disk."""
+        held, self._held_replies = self._held_replies, []
+        self.store.sync_owed = False
+        task = asyncio.get_running_loop().create_task(self._answer_when_synced(held))
+        self._syncing.add(task)
+        task.add_done_callback(self._syncing.discard)
+
+    async def _answer_when_synced(self, held: list[Reply]) -> None:
+        try:
+            await asyncio.to_thread(self.store.sync)
+        except (OSError, sqlite3.Error) as exc:
+            self._fail(exc)
+            for effect in held:
+                self._answer(Reply(effect.request_id, False, error=f"writing to disk failed: {exc}"))
+            return
+        for effect in held:
+            self._answer(effect)
 
     def _recover_attempts(self) -> list[dict]:
         """The contractor's attempts from before a restart, after killing what is left of their

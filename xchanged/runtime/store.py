@@ -111,6 +111,8 @@ class Store:
         self._closed = False
         self._last_checkpoint = 0.0
         self.unsynced = False         # committed since the last sync() began
+        self.defer_sync = False       # True (the daemon): a SYNC commit sets sync_owed instead of fsyncing
+        self.sync_owed = False        # a SYNC write is committed, not yet fsynced: its replies must wait
         self._in_tx = False
         self._due = LAZY              # the most pressing durability among the staged writes
         self._lazy_since: float | None = None   # when LAZY writes were first seen waiting
@@ -183,7 +185,9 @@ class Store:
             self._in_tx, self._due = False, LAZY
             self._lazy_since = None
             self.unsynced = True
-            if must_sync:
+            if must_sync and self.defer_sync:
+                self.sync_owed = True
+            elif must_sync:
                 self.sync()
 
     def sync(self, now: float | None = None) -> None:
