@@ -65,6 +65,7 @@ def test_tasks_of_the_cluster_on_a_lone_node_and_a_task_nobody_has(tmp_path):
                 assert err.value.code == "no_such_task"
                 with pytest.raises(ControlError, match="no such task"):
                     await control.handle(op, {"id": other, "local": True})
+            await control.handle("wait", {"id": doc["id"], "timeout_s": 30})     # awarded (and audited) by now
             records = await control.handle("audit", {"id": doc["id"]})
             assert records["node"] == "solo" and records["records"] and \
                 all(r["task"] == doc["id"] for r in records["records"])
