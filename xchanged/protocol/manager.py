@@ -208,7 +208,9 @@ class Manager(Negotiation):
         task = self.tasks.get(res.task_id)
         current = task.current if task is not None else None
         ending = current is not None and current.attempt == res.attempt and current.node == env.sender
-        if task is None or task.holds_slots:    # a coordinator's result frees no slot
+        if (task is None or task.holds_slots) and env.sender != self.settings.self_id:
+            # a coordinator's result frees no slot; our own free slots are known (node.candidates),
+            # and no load of ours ever comes back to prune a ledger entry of ours (it grew per task)
             known = self.known.get(env.sender)
             holding = self.index.holding(env.sender) - (current is not None and ending and current.state in HOLDS_SLOT)
             at_most = None if known is None else known.slots - holding
@@ -430,6 +432,8 @@ class Manager(Negotiation):
         rounds = sum(1 for t in self.index.active.values() if t.round is not None and t.holds_slots)
         if rounds != self.open_rounds:
             raise LocalProtocolError(f"{self.open_rounds} open rounds counted, {rounds} open")
+        if self.settings.self_id in self.beliefs.ledger.awards:     # nothing would ever prune them
+            raise LocalProtocolError("the free-slot ledger holds awards to this node itself")
         for peer, entries in self.beliefs.ledger.awards.items():
             for task_id, attempt in entries:
                 if task_id not in self.index.tasks:

@@ -265,7 +265,7 @@ class Negotiation:
             self.claims[peer] -= 1
         attempt = attempt if attempt is not None else task.new_attempt()
         taken = (bid_env.incarnation, bid_env.seq) if bid_env is not None and not bid_env.message.queued else None
-        if task.holds_slots:
+        if task.holds_slots and peer != self.settings.self_id:   # our own free slots are known, not believed
             self.beliefs.awarded(peer, task.id, attempt, taken)  # a queued bid holds no slot yet
         att = Attempt(attempt, peer, self.lookup(peer)[1], A.AWARDED, score, awarded=wall_ms,
                       estimate_ms=bid_env.message.est_runtime_ms if bid_env else None)
