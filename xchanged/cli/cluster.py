@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import click
-from rich.table import Table
 
 from ..client import Client
 from ..config import format_size
@@ -24,6 +23,7 @@ def peers(config, as_json, show_all) -> None:
     if as_json:
         print_json(docs)
         return
+    from rich.table import Table  # not at the top: `xchanged run` never loads rich
     table = Table("name", "id", "address", "health", "seen", "slots", "free", "cpu %", "mem avail", "gpus", "labels")
     for p in docs:
         health = p["health"] + (", draining" if p.get("draining") else "")
@@ -66,6 +66,7 @@ def stats(config, as_json) -> None:
         denied = ", ".join(f"{k} {v}" for k, v in sorted(sec["zap_denied"].items())) or "none"
         console.print(f"{'transport':22} {sec['transport']}; connections refused: {denied}; trusted: "
                       f"{sec['trust']['authorized_keys']} keys, {sec['trust']['certified']} by certificate")
+    from rich.table import Table  # not at the top: `xchanged run` never loads rich
     table = Table("agent", "health", "slots", "free", "running", "util %", "queued", "cpu %", "gpus", "success rate",
                   "score")
     for a in doc["agents"]:
@@ -85,7 +86,7 @@ def top(config, interval, once) -> None:
     """Live view of peers and tasks (Ctrl-C to quit)."""
     from rich.console import Group
     from rich.live import Live
-
+    from rich.table import Table
     def frame(client: Client):
         doc = client.stats()
         peers_table = Table("agent", "health", "slots", "free", "running", "queued", "cpu %", "success rate",

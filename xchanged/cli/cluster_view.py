@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-from rich.table import Column, Table
 
 from ..client import Client, ManagerUnreachable
 from .common import Exit, call_daemon, console, err_console, print_json
 
+if TYPE_CHECKING:
+    from rich.table import Column
+
 
 def id_column() -> Column:
     """Task ids are never cut short in a table (they are what the user copies)."""
+    from rich.table import Column  # not at the top: `xchanged run` never loads rich
     return Column("id", no_wrap=True, min_width=26)
 
 
@@ -26,6 +29,7 @@ def show_cluster_tasks(client: Client, state: str | None, limit: int, as_json: b
     if as_json:
         print_json(doc)
         return
+    from rich.table import Column, Table
     table = Table(Column("manager", min_width=7), id_column(), Column("state", min_width=9), "node", "exit",
                   "command")           # 80 columns when piped: priority and attempts are in --json
     for d in doc["tasks"]:

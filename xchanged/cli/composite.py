@@ -7,8 +7,6 @@ import sys
 from collections import Counter
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from ..client import Client
 from .common import call_daemon, client_for, config_option, console, err_console, json_option, print_json
@@ -18,9 +16,10 @@ def wait_with_bar(client: Client, task_id: str, quiet: bool) -> dict:
     """Wait for a composite, drawing its parts done of total (with an ETA) on a terminal."""
     if quiet or not err_console.is_terminal:
         return call_daemon(lambda: client.wait(task_id))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("parts"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    from rich import progress as rp  # not at the top: `xchanged run` never loads rich
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TextColumn("parts"),
+               rp.TimeElapsedColumn(), rp.TextColumn("eta"), rp.TimeRemainingColumn())
+    with rp.Progress(*columns, console=err_console, transient=False) as progress:
         bar = progress.add_task(task_id, total=None)
 
         def update(doc: dict) -> None:
@@ -45,6 +44,7 @@ def print_parts(doc: dict, limit: int | None) -> None:
     shown = parts if limit is None else parts[:limit]
     if not shown:
         return
+    from rich.table import Table  # not at the top: `xchanged run` never loads rich
     table = Table("part", "state", "node", "exit", "item", "reason")
     for p in shown:
         table.add_row(p["key"], p["state"], p["node"] or "-", "-" if p["exit_code"] is None else str(p["exit_code"]),

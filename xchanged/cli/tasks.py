@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from .. import specfile
 from ..client import Client, ManagerUnreachable, build_spec
@@ -127,6 +126,7 @@ def status(config, as_json, all_parts, task_id) -> None:
     submitter = (doc.get("spec") or {}).get("user")
     if submitter:
         console.print(f"submitted by: {submitter}")
+    from rich.table import Table  # not at the top: `xchanged run` never loads rich
     table = Table("attempt", "node", "state", "exit", "started", "ended", "peak mem", "cpu s", "reason")
     for a in doc["attempts"]:
         peak, cpu = a.get("peak_mem"), a.get("cpu_s")
@@ -170,6 +170,7 @@ def tasks(config, as_json, state, cluster, since, limit) -> None:
     if as_json:
         print_json(docs)
         return
+    from rich.table import Table  # not at the top: `xchanged run` never loads rich
     table = Table(id_column(), "state", "priority", "node", "attempts", "exit", "command")
     for d in docs:
         progress = d.get("progress")

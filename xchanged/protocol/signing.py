@@ -15,7 +15,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -48,15 +47,43 @@ def generate_key() -> Ed25519PrivateKey:
 
 def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return pub.public_bytes_raw()
+
+
+# `cryptography.hazmat.primitives.serialization` (PEM, SSH and every cipher behind them) costs the
+# daemon about 2 MiB of resident memory for its whole life, and it needs it only to read its key once.
+# So the one encoding `private_key_pem` writes (and `openssl genpkey -algorithm ed25519` too) is read
+# here: RFC 8410's PKCS#8 of an Ed25519 key is these 16 bytes then the 32-byte seed. Any other PEM goes
+# to the library, which decides what it is (and rejects it, or finds it is not an Ed25519 key).
+PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PEM_PRIVATE = (b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----")
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization  # not at the top: see above
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
+def _pkcs8_seed(pem: bytes) -> bytes | None:
+    """The seed of a plain PKCS#8 PEM Ed25519 key, or None for anything else."""
+    text = pem.strip()
+    if not (text.startswith(PEM_PRIVATE[0]) and text.endswith(PEM_PRIVATE[1])):
+        return None
+    try:
+        der = base64.b64decode(b"".join(text[len(PEM_PRIVATE[0]):-len(PEM_PRIVATE[1])].split()), validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(PKCS8_ED25519_PREFIX) + 32 or not der.startswith(PKCS8_ED25519_PREFIX):
+        return None
+    return der[len(PKCS8_ED25519_PREFIX):]
+
+
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    seed = _pkcs8_seed(pem)
+    if seed is not None:
+        return Ed25519PrivateKey.from_private_bytes(seed)
+    from cryptography.hazmat.primitives import serialization  # any other PEM: the library's call
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -46,8 +45,7 @@ def curve_public(ed25519_public: bytes) -> bytes:
 
 def curve_secret(key: Ed25519PrivateKey) -> bytes:
     """This node's Curve25519 secret key (32 bytes, clamped) from its Ed25519 private key."""
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
+    seed = key.private_bytes_raw()
     scalar = bytearray(hashlib.sha512(seed).digest()[:32])
     scalar[0] &= 248
     scalar[31] &= 127
@@ -59,6 +57,5 @@ def curve_keypair(key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
     """(public, secret) Curve25519 keys of this node; the public one equals `curve_public` of its
     Ed25519 public key (a test checks it)."""
     secret = curve_secret(key)
-    public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
     return public, secret

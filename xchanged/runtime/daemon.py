@@ -27,7 +27,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import Config, format_address, parse_address, parse_host_port, parse_seed
@@ -77,10 +77,9 @@ from .control import Control
 from .curve import curve_keypair
 from .discovery import Discovery, first_ipv4, interface_ip
 from .executor import Executor, kill_orphans
-from .http_api import HttpServer, TokenError, read_token, start_http
 from .inflow import STRANGER, Inflow
-from .metrics import MetricsServer, serve_metrics
 from .operations import Operations, node_settings
+from .optional import TokenError, read_token, serve_metrics, start_http
 from .ratelimit import RateLimitedLog
 from .resources import ResourceReader
 from .samples import History
@@ -88,6 +87,10 @@ from .store import Store
 from .systemd import notify as _sd_notify
 from .transport import ControlError, ControlServer, PeerTransport
 from .trust import Trust, TrustFileError
+
+if TYPE_CHECKING:
+    from .http_api import HttpServer
+    from .metrics import MetricsServer
 
 log = logging.getLogger("xchanged")
 RESOURCE_INTERVAL = 1.0

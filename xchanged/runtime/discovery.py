@@ -26,7 +26,8 @@ What is done with what others announce (attacker-influenced input, so checked an
   the codec anyway.
 
 Nothing here blocks the daemon's loop: python-zeroconf runs on the same asyncio loop, and service
-resolution is a background task per announcement.
+resolution is a background task per announcement. zeroconf itself is imported only by `start()` and
+the callbacks it sets up: a node with `[network] mdns = false` never loads it (memory: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psutil
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+if TYPE_CHECKING:
+    from zeroconf import ServiceStateChange, Zeroconf
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..protocol import codec
 from ..protocol.signing import PUBLIC_KEY_LEN, TrustStore, fingerprint, node_id
@@ -154,6 +157,9 @@ class Discovery:
 
     async def start(self) -> None:
         """Open the mDNS sockets and start announcing and browsing (both go on in the background)."""
+        from zeroconf import InterfaceChoice, IPVersion  # here: a node with mDNS off never loads it
+        from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
         host, port = parse_host_port(self.address)
         ip = await asyncio.to_thread(ipv4_for, host, self.interface_ip)      # a host name may need DNS
         interfaces = [self.interface_ip] if self.interface_ip else InterfaceChoice.All
@@ -202,6 +208,8 @@ class Discovery:
 
     def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
                    state_change: ServiceStateChange) -> None:
+        from zeroconf import ServiceStateChange
+
         if state_change is ServiceStateChange.Removed:
             for key, entry in list(self.untrusted.items()):
                 if entry.service == name:
@@ -213,6 +221,9 @@ class Discovery:
         self._spawn(self._resolve(service_type, name))
 
     async def _resolve(self, service_type: str, name: str) -> None:
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncServiceInfo
+
         try:
             info = AsyncServiceInfo(service_type, name)
             if self._zc is None or not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):

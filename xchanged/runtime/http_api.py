@@ -32,9 +32,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .. import specfile
-from ..config import HttpConfig, is_loopback, parse_host_port
+from ..config import is_loopback, parse_host_port
 from ..protocol.lifecycle import TaskState
 from . import openapi
+from .optional import MIN_TOKEN_CHARS, TokenError, read_token  # noqa: F401  (the token is read before this loads)
 from .transport import ControlError
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ MAX_CONCURRENT = 64           # requests served at once
 MAX_TASKS_LIMIT = 10_000      # most tasks one /api/tasks lists (per manager with cluster=1)
 DEFAULT_TASKS_LIMIT = 100     # as `xchanged tasks`: the newest 100
 SHUTDOWN_TIMEOUT = 2.0        # seconds open requests get to finish when the daemon stops
-MIN_TOKEN_CHARS = 16
 STATES = tuple(str(s) for s in TaskState)
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 PAGE_HEADERS = {
@@ -63,26 +63,8 @@ STATUS_OF = {"no_such_task": 404, "manager_unreachable": 504, "busy": 503, "unau
 CODE_OF = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
 
 
-class TokenError(ValueError):
-    """The token file cannot be used (the daemon refuses to start: it would serve writes unguarded)."""
-
-
 class ApiError(ControlError):
     """A request refused by the HTTP layer itself (auth, media type, a bad query parameter)."""
-
-
-def read_token(config: HttpConfig) -> str | None:
-    """The bearer token from `[http] token_file` (None when none is set); TokenError if unusable."""
-    if not config.listen or config.token_file is None:
-        return None
-    try:
-        token = config.token_file.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokenError(f"cannot read http.token_file {config.token_file}: {exc}") from None
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise TokenError(f"http.token_file {config.token_file}: the token must be one word of at least "
-                         f"{MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`)")
-    return token
 
 
 def _dumps(doc: Any) -> str:

@@ -34,7 +34,7 @@ from ..protocol import readout
 from ..protocol.events import DrainChanged, HandBackRunning, SettingsChanged
 from ..protocol.membership import GossipSettings
 from ..protocol.node import NodeSettings
-from .metrics import serve_metrics
+from .optional import serve_metrics
 from .store import PRUNE_BATCH
 from .systemd import notify as _sd_notify
 

@@ -11,6 +11,7 @@ them the same way. Per-GPU free memory and utilisation travel in the load signal
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import psutil
@@ -19,6 +20,23 @@ from ..protocol.events import Capacity
 from ..protocol.messages import GpuInfo
 
 log = logging.getLogger(__name__)
+
+
+NVML_LIBRARY = "libnvidia-ml.so.1"      # what pynvml loads on Linux
+
+
+def nvml_library_present() -> bool:
+    """Whether NVML can load at all, checked before importing pynvml: that module alone costs about
+    2 MiB of resident memory for the daemon's life, on the many hosts that have no NVIDIA driver.
+    pynvml already imported (by someone else, or a test's fake) costs nothing more: use it."""
+    if "pynvml" in sys.modules or not sys.platform.startswith("linux"):
+        return True
+    import ctypes
+    try:
+        ctypes.CDLL(NVML_LIBRARY)          # as pynvml does; the loaded library is shared with it
+    except OSError:
+        return False
+    return True
 
 
 class GpuReader:
@@ -30,6 +48,8 @@ class GpuReader:
         self._nvml = None
         try:
             if nvml is None:
+                if not nvml_library_present():
+                    raise OSError(f"{NVML_LIBRARY} not found")
                 import pynvml as nvml  # provided by nvidia-ml-py
 
             nvml.nvmlInit()

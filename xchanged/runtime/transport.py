@@ -78,8 +78,9 @@ class PeerTransport:
                  zap_decide: Callable[[bytes], tuple[bool, str]] | None = None):
         self.ctx = zmq.asyncio.Context()
         # Sends never block and never await: plain sockets with NOBLOCK report a full or unconnected
-        # peer at once (zmq.Again), where an asyncio socket would hide it in a future.
-        self.send_ctx = zmq.Context()
+        # peer at once (zmq.Again), where an asyncio socket would hide it in a future. Plain sockets of
+        # the same libzmq context (a shadow): one I/O thread and one reaper, not two of each.
+        self.send_ctx = zmq.Context.shadow(self.ctx)
         self.curve = curve
         self.zap: ZapHandler | None = None
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -236,8 +237,7 @@ class PeerTransport:
         if self.zap is not None:
             self.zap.sock.close(linger=0)
         self.router.close(linger=0)
-        self.send_ctx.term()
-        self.ctx.term()
+        self.ctx.term()             # send_ctx is its shadow: terminated with it
 
 
 Handler = Callable[[str, dict, "Requester | None"], Awaitable[object]]
