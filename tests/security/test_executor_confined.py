@@ -58,3 +58,16 @@ def test_the_policy_is_checked_again_at_start_and_the_directory_is_the_attempts(
         await asyncio.gather(ex.close(), ex2.close())       # the directory goes after the exit is told
         assert not (tmp_path / "tasks" / "T-4.2").exists()
     run(scenario)
+
+
+def test_a_burst_of_exits_leaves_no_attempt_directory(tmp_path):
+    async def scenario():
+        ex, events = executor(tmp_path)
+        for i in range(6):
+            ex.start(f"T-{i}", 1, TaskSpec(["sh", "-c", "echo x > left-behind"]), {})
+        for _ in range(6):
+            done = await events.next(TaskExited)
+            assert done.outcome == "exited" and done.exit_code == 0
+        await ex.close()                               # removals still queued are done by now
+        assert list((tmp_path / "tasks").iterdir()) == []
+    run(scenario())

@@ -33,6 +33,7 @@ is delegated, a cgroup of its own (cgroups.py). What the attempt uses is sampled
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import re
 import shutil
@@ -197,7 +198,8 @@ class Executor:
     cgroups: CgroupTree | None = None
     runs: dict[tuple[str, int], _Run] = field(default_factory=dict)
     _watcher: asyncio.Task | None = None
-    _tidying: set[asyncio.Future] = field(default_factory=set)    # directories being removed
+    _doomed: collections.deque = field(default_factory=collections.deque)   # directories to remove
+    _remover: asyncio.Future | None = None                                   # the worker job removing them
 
     def start(self, task_id: str, attempt: int, spec: TaskSpec, extra_env: dict[str, str]) -> None:
         key = (task_id, attempt)
@@ -380,12 +382,20 @@ class Executor:
 
     def _remove_workdir_later(self, plan: Plan | None) -> None:
         """The attempt's directory goes off the loop, after its exit is told: an rmdir waits for the
-        file system's journal behind any fsync in progress (measured ~1 ms a task, blocking the loop)."""
+        file system's journal behind any fsync in progress (measured ~1 ms a task, blocking the loop).
+        One worker job drains the queue, so a burst of exits costs one hand-off to a thread, not one
+        each (that cost about as much as the rmdir)."""
         if plan is None or self.policy is None:
             return
-        future = asyncio.get_running_loop().run_in_executor(None, self.policy.remove_workdir, plan)
-        self._tidying.add(future)
-        future.add_done_callback(self._tidying.discard)
+        self._doomed.append(plan)
+        if self._remover is None or self._remover.done():
+            self._remover = asyncio.get_running_loop().run_in_executor(None, self._remove_doomed)
+
+    def _remove_doomed(self) -> None:
+        """(Worker thread.) Remove the queued directories; one queued as this ends waits for the next
+        exit, or close()."""
+        while self._doomed and self.policy is not None:
+            self.policy.remove_workdir(self._doomed.popleft())
 
     async def close(self) -> None:
         """Kill every attempt's process group and let each run end as a killed process does (so its
@@ -405,7 +415,9 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.runs.clear()
-        await asyncio.gather(*self._tidying, return_exceptions=True)
+        if self._remover is not None:
+            await asyncio.gather(self._remover, return_exceptions=True)
+        self._remove_doomed()
 
 
 def _remove_later(group: TaskCgroup, tries: int = 5) -> None:
