@@ -295,18 +295,23 @@ class TrustConfig:
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
-    """Timings of membership gossip and failure detection."""
+    """Membership: probing, failure detection and gossip (docs/membership.md)."""
 
-    interval: float = setting(Duration(), "how often this node gossips its load signal",
+    interval: float = setting(Duration(), "one protocol period: a peer of the view is probed and a gossip round sent",
                               field_default(GossipSettings, "interval"))
-    fanout: int = setting(Integer(minimum=1), "peers each gossip round is sent to",
+    fanout: int = setting(Integer(minimum=1), "peers each gossip batch (and each of our loads) is sent to",
                           field_default(GossipSettings, "fanout"))
-    suspect_after: float = setting(Duration(), "silence after which a peer is suspected (longer than interval)",
-                                   field_default(GossipSettings, "suspect_after"))
-    dead_after: float = setting(Duration(), "silence after which a peer is declared dead and its tasks reassigned "
-                                "(longer than suspect_after)", field_default(GossipSettings, "dead_after"))
-    probe_k: int = setting(Integer(minimum=0), "peers asked to probe a suspect indirectly before declaring it dead",
+    suspect_after: float = setting(Duration(), "a peer that stops answering is declared dead this long after the "
+                                   "probe that found it silent, when other nodes confirm the suspicion "
+                                   "(longer than interval)", field_default(GossipSettings, "suspect_after"))
+    dead_after: float = setting(Duration(), "... or this long when no other node confirms it; its tasks are then "
+                                "reassigned (longer than suspect_after)", field_default(GossipSettings, "dead_after"))
+    probe_k: int = setting(Integer(minimum=0), "peers asked to probe a silent peer for us before we suspect it",
                            field_default(GossipSettings, "probe_k"))
+    view_size: int = setting(Integer(minimum=1), "peers probed and gossiped with (all of them in a smaller cluster)",
+                             field_default(GossipSettings, "view_size"))
+    sample_size: int = setting(Integer(minimum=1), "peers with the freshest loads, offered work (all of them in a "
+                               "smaller cluster)", field_default(GossipSettings, "sample_size"))
 
     @staticmethod
     def cross_check(values: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ One module per group of commands, each listing what it adds in `COMMANDS`:
     web      dashboard, history (the web dashboard's URL; the load history it charts)
     ops      drain, undrain, reload
     ca       ca init/sign/revoke/show (a cluster certificate authority)
+    sim      sim (a whole cluster of protocol cores in this process; no daemon)
 
 To add a command, write it in one of these modules (or in a new one, imported and listed below) and
 put it in that module's COMMANDS; shared options, output helpers and exit codes are in `common`.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import audit, ca, cluster, composite, ops, setup, tasks, web
+from . import audit, ca, cluster, composite, ops, setup, sim, tasks, web
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +31,7 @@ def main() -> None:
     """xchanged: share work across a fleet of hosts by signed Contract Net bidding."""
 
 
-for _module in (setup, tasks, composite, cluster, audit, web, ops, ca):
+for _module in (setup, tasks, composite, cluster, audit, web, ops, ca, sim):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 del _module, _command

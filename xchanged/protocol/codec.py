@@ -16,7 +16,7 @@ Replay protection and the clock-skew check need state and time, so they live in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -83,12 +83,18 @@ def _unpack(payload: bytes) -> Any:
     )
 
 
-class Encoder:
-    """Signs outgoing messages for one node incarnation; owns the sequence counter."""
+Signer = Callable[[Ed25519PrivateKey, bytes], bytes]
+Verifier = Callable[[bytes, bytes, bytes], bool]
 
-    def __init__(self, private_key: Ed25519PrivateKey, public_key: bytes, incarnation: int):
+
+class Encoder:
+    """Signs outgoing messages for one node incarnation; owns the sequence counter. `signer` is
+    Ed25519 (signing.sign) everywhere but in the simulator, which may pass a cheap stand-in."""
+
+    def __init__(self, private_key: Ed25519PrivateKey, public_key: bytes, incarnation: int, signer: Signer = sign):
         self._key = private_key
         self._header = MAGIC + bytes([VERSION]) + public_key
+        self._sign = signer
         self.incarnation = incarnation
         self.seq = 0
 
@@ -97,25 +103,26 @@ class Encoder:
         payload: bytes = msgpack.packb([message.TYPE, self.incarnation, self.seq, ts_ms, messages.to_body(message)],
                                        use_bin_type=True)
         signed = self._header + payload
-        frame = signed + sign(self._key, signed)
+        frame = signed + self._sign(self._key, signed)
         if len(frame) > MAX_FRAME:
             raise ValueError(f"frame of {len(frame)} bytes exceeds MAX_FRAME")
         return frame
 
 
-def decode(frame: bytes, trust: TrustStore) -> Envelope:
-    """Check and decode one frame; raises DecodeError. Verification precedes any parsing."""
-    return _decode(frame, trust)
+def decode(frame: bytes, trust: TrustStore, verifier: Verifier = verify) -> Envelope:
+    """Check and decode one frame; raises DecodeError. Verification precedes any parsing. `verifier`
+    is Ed25519 (signing.verify) everywhere but in the simulator (see Encoder)."""
+    return _decode(frame, trust, verifier)
 
 
-def decode_self_signed(frame: bytes) -> Envelope:
+def decode_self_signed(frame: bytes, verifier: Verifier = verify) -> Envelope:
     """Check and decode a frame whatever its sender's key, signature included; for a frame from a key
     not (yet) trusted that may carry a certificate vouching for it (inbound.py). The caller decides
     whether to believe the sender: nothing here says it is trusted."""
-    return _decode(frame, None)
+    return _decode(frame, None, verifier)
 
 
-def _decode(frame: bytes, trust: TrustStore | None) -> Envelope:
+def _decode(frame: bytes, trust: TrustStore | None, verifier: Verifier) -> Envelope:
     if len(frame) < MIN_FRAME:
         raise DecodeError(TRUNCATED, f"{len(frame)} bytes")
     if len(frame) > MAX_FRAME:
@@ -128,7 +135,7 @@ def _decode(frame: bytes, trust: TrustStore | None) -> Envelope:
     if trust is not None and key not in trust:
         raise DecodeError(UNTRUSTED, node_id(key))
     signed, signature = frame[:-SIGNATURE_LEN], frame[-SIGNATURE_LEN:]
-    if not verify(key, signature, signed):
+    if not verifier(key, signature, signed):
         raise DecodeError(BAD_SIGNATURE, node_id(key))
     try:
         decoded = _unpack(signed[HEADER_LEN:])

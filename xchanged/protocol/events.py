@@ -40,10 +40,12 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A verified frame from a peer (or from ourselves, for the local contractor)."""
+    """A verified frame from a peer (or from ourselves, for the local contractor). `relayed`: it came
+    inside another node's frame (a gossip batch, a probe's piggyback), so it may be old news."""
 
     envelope: Envelope
     stimulus_id: str = ""
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,12 @@
 """The gate every peer frame passes before the protocol core sees it; one for each driver.
 
 Order: byte-identical duplicates are skipped first (cheap, and gossip delivers relays by several
-paths); then the codec verifies the signature and decodes; then freshness and replay. A load signal
-gets only the freshness check, because relays deliver loads late and out of order (the membership
-table orders them by (incarnation, seq)); every other frame also passes the replay window. A `gossip`
-batch proves its relayer alive, then each frame in it is admitted on its own, exactly as if it had
-come alone, and must be a load.
+paths); then the codec verifies the signature and decodes; then freshness and replay. A relayable
+frame (a load, a suspicion, a death verdict: messages.RELAYABLE) gets only the freshness check,
+because relays deliver them late and out of order (the membership table orders them by their
+node's life and version); every other frame also passes the replay window. A frame that carries
+relayed frames (a `gossip` batch, a probe's piggyback) proves its sender alive, then each frame in
+it is admitted on its own, exactly as if it had come alone (`relayed=True`), and must be relayable.
 
 A frame from a key we do not trust is dropped (`untrusted`), unless the driver gave a `vouch` (it
 trusts a cluster CA) and the frame is a load carrying a certificate: then, after its signature is
@@ -22,16 +23,21 @@ from typing import Callable
 
 from . import codec
 from .events import FrameDropped, MessageReceived
+from .messages import RELAYABLE, carried_frames
 from .replay import DuplicateFilter, ReplayGuard
 from .signing import TrustStore
 
+Decode = Callable[[bytes, TrustStore], codec.Envelope]
+
 
 class FrameGate:
-    def __init__(self, trust: TrustStore, vouch: Callable[[bytes, bytes, int], str | None] | None = None):
+    def __init__(self, trust: TrustStore, vouch: Callable[[bytes, bytes, int], str | None] | None = None,
+                 decode: Decode = codec.decode, duplicates: DuplicateFilter | None = None):
         self.trust = trust
         self.vouch = vouch                   # (key, certificate, wall_ms) -> None (now trusted) | drop reason
+        self.decode = decode                 # codec.decode, but in the simulator (cheap signatures, a cache)
         self.guard = ReplayGuard()
-        self.duplicates = DuplicateFilter()
+        self.duplicates = duplicates or DuplicateFilter()
         self.duplicate_frames = 0            # gossip redundancy, not an error: not counted as a drop
 
     def admit(self, frame: bytes, wall_ms: int) -> list[MessageReceived | FrameDropped]:
@@ -46,7 +52,7 @@ class FrameGate:
             return
         try:
             env = self._decode(frame, wall_ms)
-            if env.type == "load":
+            if env.type in RELAYABLE:
                 self.guard.check_fresh(env, wall_ms)
             elif batched:
                 raise codec.DecodeError(codec.INVALID_BODY, f"{env.type} in a gossip batch")
@@ -55,14 +61,14 @@ class FrameGate:
         except codec.DecodeError as exc:
             events.append(FrameDropped(exc.reason))
             return
-        events.append(MessageReceived(env))
-        if env.type == "gossip":
-            for inner in env.message.frames:
+        events.append(MessageReceived(env, relayed=batched))
+        if not batched:
+            for inner in carried_frames(env.message):
                 self._admit(inner, wall_ms, True, events)
 
     def _decode(self, frame: bytes, wall_ms: int) -> codec.Envelope:
         try:
-            return codec.decode(frame, self.trust)
+            return self.decode(frame, self.trust)
         except codec.DecodeError as exc:
             if exc.reason != codec.UNTRUSTED or self.vouch is None:
                 raise

@@ -32,8 +32,12 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
     "Cancel",
     "Cfp",
     "CompositeSpec",
+    "Dead",
     "Gossip",
     "GpuInfo",
+    "LOAD_CHANGE",
+    "LOAD_HEARTBEAT",
+    "LOAD_NEWS",
     "Limit",
     "Load",
     "MAX_ANSWER_PARTS",
@@ -62,11 +66,13 @@ __all__ = [  # the messages, and the names of specs.py and wire.py every message
     "RefusalCode",
     "Refuse",
     "Reject",
+    "RELAYABLE",
     "RejectBid",
     "Requirements",
     "Result",
     "STREAMS",
     "Step",
+    "Suspect",
     "TaskSpec",
     "answer_parts",
     "from_body",
@@ -120,6 +126,9 @@ class GpuInfo:
     util_percent: float
 
 
+LOAD_HEARTBEAT, LOAD_CHANGE, LOAD_NEWS = 0, 1, 2      # Load.news
+
+
 @dataclass(frozen=True, slots=True)
 class Load:
     """A node's signed load signal, gossiped and relayed as the original bytes."""
@@ -143,6 +152,12 @@ class Load:
     coord_free: int = 0               # composites it would coordinate on top of those it does
     draining: bool = False            # finishing what it runs, taking nothing new: managers do not ask it
     cert: bytes = b""                 # the node's certificate from a cluster CA (certs.py), if it has one
+    refutes: int = 0                  # suspicions of this node it has refuted in this incarnation (SWIM's
+                                      # incarnation number: (incarnation, refutes) orders its lives)
+    news: int = 0                     # LOAD_HEARTBEAT: nothing changed (not relayed); LOAD_CHANGE: relayed;
+                                      # LOAD_NEWS: every node should hear of it at once (a refutation, or what
+                                      # this node is changed: address, slots, labels, resources)
+    joining: bool = False             # the sender knows no live peer yet: answer it with a welcome (our table's loads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +177,7 @@ class Cfp:
     composite: bool = False           # a composite: its coordinator bids (coordinator.py), not its slots
     user: str = ""                    # the submitter (TaskSpec.user), for the contractor's run_as policy
     cwd: str | None = None            # the task's working directory, for the contractor's policy
+    reply_to: str = ""                # the manager's address (a contractor's partial table may not hold it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +226,7 @@ class Award:
     queue_ok: bool = False            # the contractor may queue it behind its running tasks
     done: Annotated[list[PartResult], Limit(MAX_PARTS)] = field(default_factory=list)
                                       # a composite: the parts that finished under earlier coordinators
+    reply_to: str = ""                # the manager's address (a contractor's partial table may not hold it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,11 +310,16 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """Direct liveness probe of a suspected peer. `reply_via` is set when probing on behalf of another."""
+    """Liveness probe (SWIM). `reply_via` is set when probing on behalf of another node. `reply_to`
+    and `via_address` are the addresses to answer at (the prober may not be in the target's table:
+    views are partial). `gossip` piggybacks relayable signed frames (the sender's load first)."""
 
     TYPE: ClassVar[str] = "ping"
     nonce: int
     reply_via: str | None = None
+    reply_to: str = ""                # where the pong goes: the sender's own address
+    via_address: str = ""             # with reply_via: the asker's address (the pong is forwarded there)
+    gossip: Annotated[list[bytes], Limit(64)] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +329,8 @@ class PingReq:
     TYPE: ClassVar[str] = "ping_req"
     target: str
     nonce: int
+    target_address: str = ""          # where the target is (the helper may not know it)
+    reply_to: str = ""                # the asker's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +340,31 @@ class Pong:
     TYPE: ClassVar[str] = "pong"
     nonce: int
     for_node: str
+    for_address: str = ""             # the asker's address, for the helper that forwards it
+    gossip: Annotated[list[bytes], Limit(64)] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """The sender's probes of `node` went unanswered: it suspects that life of it ((incarnation,
+    refutes) of its load). Relayed as the sender's signed bytes; `node` refutes it with a load of a
+    higher life; independent suspicions of one life shorten the time to a verdict (Lifeguard)."""
+
+    TYPE: ClassVar[str] = "suspect"
+    node: str
+    incarnation: int
+    refutes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """The sender's suspicion of `node` ran out unrefuted: that life of it is dead. Relayed like
+    `suspect`; only a load of a higher life (a refutation, a restart) brings `node` back."""
+
+    TYPE: ClassVar[str] = "dead"
+    node: str
+    incarnation: int
+    refutes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +403,12 @@ MAX_GOSSIP_BYTES = 1 << 20     # their total size
 
 @dataclass(frozen=True, slots=True)
 class Gossip:
-    """A batch of relayed load signals: each entry is another node's original signed `load` frame.
+    """A batch of relayed signed frames: loads, suspicions and death verdicts (`RELAYABLE`), each
+    another node's original signed frame.
 
     The batch's own signature proves only who relayed it (and that the relayer is alive); the
     receiver's driver verifies every entry on its own, against its origin's key, as if it had
-    arrived alone (and drops any entry that is not a `load`)."""
+    arrived alone (and drops any entry that is not relayable)."""
 
     TYPE: ClassVar[str] = "gossip"
     frames: list[bytes]
@@ -466,9 +516,21 @@ class Output:
             raise ValueError(f"need offset >= 0 and at most {OUTPUT_CHUNK} bytes of data")
 
 
+RELAYABLE = frozenset({"load", "suspect", "dead"})    # frame types a gossip batch or a probe may carry
+
+
+def carried_frames(message: Any) -> list[bytes]:
+    """The relayable signed frames a message carries: a gossip batch's, or a probe's piggyback."""
+    if isinstance(message, Gossip):
+        return message.frames
+    if isinstance(message, (Ping, Pong)):
+        return message.gossip
+    return []
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (Load, Cfp, Bid, Refuse, RejectBid, Award, Accept, Reject, Progress, PartsAck, Result, Ack,
-                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip, Query, Answer, Output)
+                Cancel, Ping, PingReq, Pong, AuditProofReq, AuditProof, Gossip, Query, Answer, Output, Suspect, Dead)
 }
 

@@ -16,8 +16,8 @@ Nothing here does I/O or reads a clock, so the daemon and the simulator drive th
 from __future__ import annotations
 
 import random
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 from . import operations
@@ -51,8 +51,9 @@ from .events import (
     stimulus_of,
 )
 from .manager import Manager, ManagerSettings
-from .membership import DEAD, GossipSettings, Membership, Transition
+from .membership import ALIVE, DEAD, GossipSettings, Membership, Transition
 from .messages import (
+    LOAD_NEWS,
     Accept,
     Ack,
     Answer,
@@ -62,7 +63,7 @@ from .messages import (
     Bid,
     Cancel,
     Cfp,
-    Gossip,
+    Dead,
     Load,
     Output,
     PartsAck,
@@ -75,11 +76,15 @@ from .messages import (
     Reject,
     RejectBid,
     Result,
+    Suspect,
 )
 from .reputation import Keeper
 from .scheduling import Candidate
 from .signing import node_id as id_of_key
 from .tasks import FINISHED_RETENTION
+
+OTHER_CANDIDATES = 8            # in a large sample: the freshest peers offered besides the ones believed free
+MANAGER_ADDRESSES = 256         # addresses kept of managers that asked us for work and are not in our table
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,7 @@ class Node:
         self.id = node_id
         self.settings = settings
         self.out = Outbox()
-        self.membership = Membership(node_id, settings.gossip, rng)
+        self.membership = Membership(node_id, settings.gossip, rng, settings.address, self._ours)
         self.manager = Manager(
             ManagerSettings(node_id, settings.bid_window, settings.award_timeout,
                             heartbeat_timeout=max(3 * settings.heartbeat, settings.gossip.dead_after) + 1.0,
@@ -131,15 +136,20 @@ class Node:
         self.reputation = Keeper()                # which reputation records to persist (reputation.py)
         self.view = ClusterView(node_id, settings.query_timeout, self.out, self.membership, self.lookup)
         self._pump_due = False                    # an input changed state since the last pump
+        self._own_cache: tuple[tuple[Any, ...], Load] | None = None
+        self._handed: OrderedDict[str, float] = OrderedDict()   # peers handed to the manager -> until when kept
+        self._managers: OrderedDict[str, str] = OrderedDict()   # managers' addresses from their cfps and awards
+        self._now = 0.0
 
     # -- the one entry point --------------------------------------------------------------------
 
     def handle(self, event: object, now: Instant, pump: bool = True) -> list[Any]:
         self.out.stimulus_id = stimulus_of(event)
         mono, wall = now
+        self._now = mono
         changed = True                          # tasks or slots may have changed: pump at the end
         if isinstance(event, MessageReceived):
-            self._on_message(event.envelope, mono, wall)
+            self._on_message(event.envelope, mono, wall, event.relayed)
         elif isinstance(event, TimerFired):
             self._on_timer(mono, wall)
         elif isinstance(event, TaskSubmitted):
@@ -193,14 +203,24 @@ class Node:
                 finished, self.manager.finished_parts = self.manager.finished_parts, []
                 self.coordinator.collect(finished, mono, wall)
             self._pump_due = True
-        return self.settle(now) if pump else self.out.take()
+        return self.settle(now) if pump else self._take()
 
     def settle(self, now: Instant) -> list[Any]:
         """Run the pump that inputs handled with `pump=False` left due (the end of a driver's batch)."""
         if self._pump_due:
             self._pump_due = False
-            self.manager.pump(self.candidates(now.mono), now.mono, now.wall_ms)
-        return self.out.take()
+            if self.manager.queued():           # nothing waits (nor has a round open): nothing to announce
+                self.manager.pump(self.candidates(now.mono), now.mono, now.wall_ms)
+        return self._take()
+
+    def _take(self) -> list[Any]:
+        """The effects so far; our cfps and awards say where we are (`reply_to`): in a large cluster the
+        contractor may not hold us in its table, and must still answer."""
+        effects = self.out.take()
+        for i, effect in enumerate(effects):
+            if isinstance(effect, Send) and isinstance(effect.message, (Cfp, Award)) and not effect.message.reply_to:
+                effects[i] = replace(effect, message=replace(effect.message, reply_to=self.settings.address))
+        return effects
 
     def validate_state(self) -> None:
         """Check the invariants across the core's structures; raises LocalProtocolError (our bug)."""
@@ -214,17 +234,28 @@ class Node:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    def _on_message(self, env: Envelope, now: float, wall: int) -> None:
+    def _on_message(self, env: Envelope, now: float, wall: int, relayed: bool = False) -> None:
         msg = env.message
         if isinstance(msg, Load):
-            is_new, transitions = self.membership.on_load(env, now, wall)
-            if is_new:
+            is_new, transitions = self.membership.on_load(env, now, wall, relayed)
+            if is_new and not (relayed and self.membership.superseded(env)):
                 self.manager.on_load(env)
             self._apply(transitions, now, wall)
             if is_new and msg.audit_head is not None:
                 self._on_audit_head(env, msg, now, wall)
+            self._flush_membership(now)
+            return
+        if isinstance(msg, (Suspect, Dead)):
+            m = self.membership
+            self._apply(m.on_suspect(env, now) if isinstance(msg, Suspect) else m.on_dead(env, now), now, wall)
+            self._flush_membership(now)
             return
         self._apply(self.membership.on_direct(env, now), now, wall)
+        if isinstance(msg, (Cfp, Award)) and msg.reply_to and env.sender not in self.membership.peers:
+            self._managers[env.sender] = msg.reply_to
+            self._managers.move_to_end(env.sender)
+            if len(self._managers) > MANAGER_ADDRESSES:
+                self._managers.popitem(last=False)
         if isinstance(msg, Cfp):
             if msg.composite:
                 if not operations.refused_while_draining(self, env):
@@ -264,6 +295,7 @@ class Node:
             answer = self.membership.on_ping(env)
             if answer:
                 self.out.emit(Send, targets=(answer[0],), message=answer[1])
+            self._flush_membership(now)
         elif isinstance(msg, PingReq):
             probe = self.membership.on_ping_req(env)
             if probe:
@@ -292,19 +324,18 @@ class Node:
 
     def _on_timer(self, now: float, wall: int) -> None:
         m = self.membership
-        transitions, probes = m.check_health(now)
+        transitions, round_started = m.on_timer(now)
         self._apply(transitions, now, wall)
-        for target, message in probes:
-            self.out.emit(Send, targets=(target,), message=message)
-        if now >= m.next_round:
-            m.next_round = now + self.settings.gossip.interval
+        if round_started:
             load = self.load_signal(now)
-            targets = m.gossip_targets(live_too=m.own_load_due(load))
+            due = m.own_load_due(load)
+            targets = m.own_load_targets(live_too=due)
             if targets:
-                self.out.emit(Send, targets=tuple(targets), message=load)
-            for relay_targets, frames in m.relays():        # one batch of original signed frames
-                self.out.emit(Send, targets=tuple(relay_targets), message=Gossip(frames=frames))
+                self.out.emit(Send, targets=tuple(targets), message=replace(load, news=m.own_news if due else 0))
+            if due:
+                m.sent_own_load()
             self._persist_reputation(now, wall)             # timeouts change records without a message
+        self._flush_membership(now)
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
         self.coordinator.on_timer(now)
@@ -343,6 +374,23 @@ class Node:
                       text=f"audit: node {name} ({peer_id}) forked its audit log: {evidence['reason']}; "
                            f"evidence: xchanged audit evidence {peer_id}")
 
+    def _flush_membership(self, now: float) -> None:
+        """Send what membership decided (probes, suspicions, verdicts, gossip, welcomes) and, when we
+        were suspected or declared dead, a refutation: a fresh load of our next life, at once."""
+        m = self.membership
+        for targets, message in m.take_sends():
+            self.out.emit(Send, targets=targets, message=message)
+        if m.refute_to is not None:
+            self.out.emit(Send, targets=tuple(m.take_refutation()),
+                          message=replace(self.load_signal(now), news=LOAD_NEWS))
+            m.sent_own_load()
+
+    def _ours(self, peer_id: str) -> bool:
+        """A peer our manager has business with (an attempt there; a candidate it was handed lately,
+        which may bid, be awarded or be told its bid lost): membership keeps its address while it
+        lasts, however the sample turns over."""
+        return self.manager.index.holding(peer_id) > 0 or self._handed.get(peer_id, -1.0) >= self._now
+
     def _apply(self, transitions: list[Transition], now: float, wall: int) -> None:
         for t in transitions:
             self.out.emit(Log, level="warning" if t.health != "alive" else "info",
@@ -374,11 +422,12 @@ class Node:
     # -- views ----------------------------------------------------------------------------------
 
     def lookup(self, peer_id: str) -> tuple[str, str]:
-        """(address, name) of a peer, ourselves included."""
+        """(address, name) of a peer, ourselves included; a manager not in our table: the address its
+        cfp or award gave."""
         if peer_id == self.id:
             return self.settings.address, self.settings.name
         peer = self.membership.peers.get(peer_id)
-        return (peer.address, peer.name) if peer else ("", "")
+        return (peer.address, peer.name) if peer else (self._managers.get(peer_id, ""), "")
 
     def load_signal(self, now: float, count_queued: bool = True) -> Load:
         cap: Capacity = self.contractor.capacity
@@ -394,20 +443,67 @@ class Node:
                     mem_available=cap.mem_available, gpus=list(cap.gpus),
                     labels=dict(self.settings.labels), stats=stats, audit_head=self.audit_head,
                     coord_free=0 if self.contractor.draining else self.coordinator.room,
-                    draining=self.contractor.draining, cert=self.cert)
+                    draining=self.contractor.draining, cert=self.cert, refutes=self.membership.refutes,
+                    joining=self.membership.joining)
 
     def candidates(self, now: float) -> list[Candidate]:
-        own = self.load_signal(now, count_queued=False)        # called on every event: skip the O(tasks) count
+        """Ourselves and peers of the sample (membership.py): a bounded set with fresh loads, whatever
+        the cluster's size; the work is bounded likewise. While the sample has at most
+        `max_candidates` peers, all of them (a small cluster: everyone). Past that: about two
+        believed free per waiting task, at random among those whose newest load shows a free slot
+        (the power of two choices, as Sparrow samples: a manager asking every free-looking peer of a
+        large sample would reserve slots all over the cluster for one task and be refused by most,
+        and managers that heard the same load would all rush to it), and the freshest few believed
+        busy (their queues, room to coordinate a composite, and why a task waits)."""
+        own = self._own_load(now)
         out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
                          queue=own.queue_free, coord=own.coord_free)]
-        for peer in self.membership.healthy():
+        m, beliefs, most = self.membership, self.manager.beliefs, self.settings.max_candidates
+        if len(m.sample) <= most:
+            peers = m.healthy()
+        else:
+            want = min(2 * max(1, self.manager.queued()), m.sample.size)
+            roomy = list(m.sample.roomy)
+            peers = []
+            for peer_id in m.rng.sample(roomy, min(len(roomy), 2 * want)):
+                peer = m.peers[peer_id]
+                if peer.health == ALIVE and peer.load is not None and beliefs.free(peer_id, peer.load.slots_free) > 0:
+                    peers.append(peer)
+                    if len(peers) == want:
+                        break
+            chosen = {p.id for p in peers}
+            others = 0
+            for peer_id in m.sample.freshest():
+                peer = m.peers[peer_id]
+                if peer_id not in chosen and peer.health == ALIVE and peer.load is not None \
+                        and beliefs.free(peer_id, peer.load.slots_free) <= 0:
+                    peers.append(peer)
+                    others += 1
+                    if others == OTHER_CANDIDATES:
+                        break
+        handed, keep = self._handed, now + self.settings.bid_window + self.settings.award_timeout + 1.0
+        while handed and next(iter(handed.values())) < now:
+            handed.popitem(last=False)
+        for peer in peers:
             load = peer.load
             if load is None:
                 continue
+            handed[peer.id] = keep
+            handed.move_to_end(peer.id)
             if load.draining:                                   # finishing its work: never asked
                 out.append(Candidate(peer.id, load.name, peer.address, load.slots, 0, load.labels, load))
                 continue
-            free = self.manager.beliefs.free(peer.id, load.slots_free)
+            free = beliefs.free(peer.id, load.slots_free)
             out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
                                  queue=load.queue_free, coord=load.coord_free))
         return out
+
+    def _own_load(self, now: float) -> Load:
+        """Our load for our own candidate, rebuilt only when what it says changed (a pump runs on
+        almost every input while tasks wait)."""
+        c = self.contractor
+        key = (c.offer_slots, c.started, c.offer_queue(now), c.capacity, self.coordinator.room, self.audit_head is None,
+               self.membership.refutes)
+        if self._own_cache is None or self._own_cache[0] != key:
+            self._own_cache = (key, self.load_signal(now, count_queued=False))
+        return self._own_cache[1]

@@ -59,7 +59,7 @@ def node_settings(config: Config, address: str, vet: Any = None) -> NodeSettings
     check (confine.TaskPolicy.vet)."""
     c = config
     gossip = GossipSettings(c.gossip.interval, c.gossip.fanout, c.gossip.suspect_after, c.gossip.dead_after,
-                            c.gossip.probe_k)
+                            c.gossip.probe_k, view_size=c.gossip.view_size, sample_size=c.gossip.sample_size)
     return NodeSettings(
         name=c.node.name, address=address, slots=c.node.slots, labels=dict(c.node.labels),
         gossip=gossip, bid_window=c.bidding.window, award_timeout=c.bidding.award_timeout,

@@ -6,8 +6,13 @@ that depend on them); only the transport, the executor and the disk are replaced
 (sim/store.py) keeps the daemon's durability levels, so a crash loses what a real one would: staged
 writes, and on a power cut (`crash(power_loss=True)`) commits not yet fsynced. A task's command is
 simulated: `["sleep", S]` runs for S virtual seconds and exits 0,
-`["exit", N]` exits N at once, `["hang"]` never exits. Links can be cut and nodes crashed, so tests
-and benchmarks can explore failures deterministically from a seed.
+`["exit", N]` exits N at once, `["hang"]` never exits. Links can be cut, frames lost (`loss`),
+the cluster split into partitions and nodes crashed, so tests and benchmarks can explore failures
+deterministically from a seed.
+
+`fast=True` (large simulations, `xchanged sim`) replaces Ed25519 by a cheap keyed hash of the same
+size (fastsig.py), decodes each distinct frame once for all nodes, and keeps smaller duplicate
+filters; nothing else changes. The daemon never does this.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import heapq
 import itertools
 import json
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..driver import Driver
 from ..protocol import codec
@@ -56,8 +64,10 @@ from ..protocol.events import (
 from ..protocol.inbound import FrameGate
 from ..protocol.messages import Answer, AuditProof, Outcome, TaskSpec, answer_parts, to_body
 from ..protocol.node import Node, NodeSettings
+from ..protocol.replay import DuplicateFilter
 from ..protocol.signing import TrustStore, generate_key, node_id, public_bytes
 from ..protocol.tasks import Task
+from .fastsig import CheapSignatures
 from .store import SimStore
 
 WALL_EPOCH_MS = 1_790_000_000_000
@@ -114,15 +124,29 @@ class SimNode:
 
 class SimCluster:
     def __init__(self, seed: int = 0, latency: float = 0.001, jitter: float = 0.0, validate: bool = False,
-                 **settings: Any):
+                 loss: float = 0.0, fast: bool = False, keep_logs: bool = True,
+                 on_log: Callable[[str, str], None] | None = None, **settings: Any):
         self.rng = random.Random(seed)
         self.now = 0.0
         self.latency = latency
         self.jitter = jitter            # extra random delay per frame, up to this (frames may overtake)
+        self.loss = loss                # probability that a frame is lost on the way
         self.validate = validate        # check every node's invariants after each input (tests)
         self.settings = settings
+        self.cheap = CheapSignatures(self.rng.randbytes(16)) if fast else None
+        self.keep_logs = keep_logs      # every node's log lines in SimNode.logs (tests read them)
+        self.on_log = on_log            # (node id, line) for each log line, if given
+        self.group: dict[str, int] = {}     # node id -> partition (absent: 0); frames cross none
+        self.sent_by_type: Counter[str] = Counter()     # frames sent, by message type
+        self.bytes_by_type: Counter[str] = Counter()
+        self.lost = 0
+        self.events = 0                 # driver batches run (one frame's inputs, one other input, or a timer)
+        self.inputs = 0                 # inputs handed to the core
+        self.watched: tuple[str, int] | None = None    # (node id, seq): loads of it signed at or after seq...
+        self.reached: dict[str, float] = {}            # ... reached these nodes, first at these times
         self.nodes: dict[str, SimNode] = {}
         self.by_address: dict[str, str] = {}
+        self.by_name: dict[str, str] = {}
         self.keys: dict[bytes, str] = {}
         self.trust = TrustStore(self.keys)
         self.cut: set[frozenset[str]] = set()
@@ -137,35 +161,47 @@ class SimCluster:
     # -- building -------------------------------------------------------------------------------
 
     def add_node(self, name: str, slots: int = 2, labels: dict | None = None, cpus: int | None = None,
-                 cpu_percent: float = 10.0, gpus: tuple = (), **overrides: Any) -> str:
-        key = generate_key()
-        pub = public_bytes(key)
+                 cpu_percent: float = 10.0, gpus: tuple = (), seeds: list[str] | None = None,
+                 **overrides: Any) -> str:
+        key = generate_key() if self.cheap is None else Ed25519PrivateKey.from_private_bytes(self.rng.randbytes(32))
+        pub = public_bytes(key)                 # fast: keys (so node ids) from the seed too: same seed, same run
         nid = node_id(pub)
         self.keys[pub] = name
         address = f"sim-{name}:7946"
         settings = NodeSettings(name=name, address=address, slots=slots, labels=labels or {},
                                 **{**self.settings, **overrides})
         node = Node(nid, settings, random.Random(self.rng.random()))
-        sim = SimNode(node, codec.Encoder(key, pub, incarnation=1), FrameGate(self.trust), address, key=key)
+        sim = SimNode(node, self._encoder(key, pub, 1), self._gate(), address, key=key)
         sim.driver = self._driver(nid, sim)
         self.nodes[nid] = sim
         self.by_address[address] = nid
+        self.by_name[name] = nid
         cap = Capacity(cpus=cpus or slots, cpu_percent=cpu_percent, mem_total=64 << 30,
                        mem_available=60 << 30, gpus=gpus)
         self.deliver(nid, ResourcesRead(cap))
-        for address in self.seed_addresses(nid):
+        for address in self.seed_addresses(nid) if seeds is None else seeds:
             self.deliver(nid, SeedConfigured(address))
         return nid
+
+    def _encoder(self, key: Any, pub: bytes, incarnation: int) -> codec.Encoder:
+        if self.cheap is None:
+            return codec.Encoder(key, pub, incarnation)
+        return codec.Encoder(key, pub, incarnation, signer=self.cheap.signer(pub))
+
+    def _gate(self) -> FrameGate:
+        if self.cheap is None:
+            return FrameGate(self.trust)
+        return FrameGate(self.trust, decode=self.cheap.decode, duplicates=DuplicateFilter(1024))
 
     def seed_addresses(self, nid: str) -> list[str]:
         """The first SEEDS nodes other than `nid`: gossip tells it of everyone else."""
         return [s.address for other, s in self.nodes.items() if other != nid][:SEEDS]
 
     def node(self, name: str) -> SimNode:
-        return next(s for s in self.nodes.values() if s.node.settings.name == name)
+        return self.nodes[self.by_name[name]]
 
     def id_of(self, name: str) -> str:
-        return self.node(name).node.id
+        return self.by_name[name]
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -179,6 +215,8 @@ class SimCluster:
         sim = self.nodes[nid]
         if not sim.up:
             return
+        self.events += 1
+        self.inputs += len(events)
         sim.driver.batch(events)
         if self.validate:
             sim.node.validate_state()
@@ -196,6 +234,16 @@ class SimCluster:
 
     def _at(self, when: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (max(when, self.now), next(self._seq), fn))
+
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run `fn` at virtual time `when` (a workload's arrivals, crashes, checks)."""
+        self._at(when, fn)
+
+    def watch(self, node: str | None, seq: int = 0) -> None:
+        """Record when each node first receives a load of `node` (an id) signed at or after `seq`,
+        directly or relayed (`reached`); None stops."""
+        self.watched = (node, seq) if node is not None else None
+        self.reached = {}
 
     def run_until(self, predicate: Callable[[], bool], limit: float = 600.0) -> bool:
         """Advance virtual time until predicate() holds; False if `limit` virtual seconds pass."""
@@ -249,8 +297,8 @@ class SimCluster:
         sim.up, sim.timer_at = True, float("inf")
         sim.started.clear()
         sim.node = Node(old.id, old.settings, random.Random(self.rng.random()))
-        sim.encoder = codec.Encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
-        sim.gate = FrameGate(self.trust)
+        sim.encoder = self._encoder(sim.key, public_bytes(sim.key), sim.encoder.incarnation + 1)
+        sim.gate = self._gate()
         sim.driver = self._driver(old.id, sim)
         self.deliver(old.id, ResourcesRead(old.contractor.capacity))
         parts = sim.disk.table("parts")
@@ -269,19 +317,37 @@ class SimCluster:
     def heal_link(self, a: str, b: str) -> None:
         self.cut.discard(frozenset((self.id_of(a), self.id_of(b))))
 
+    def partition(self, *groups: list[str]) -> None:
+        """Split the cluster: no frame crosses between the named groups (nodes not named: group 0)."""
+        self.group = {self.id_of(name): number for number, names in enumerate(groups, 1) for name in names}
+
+    def heal(self) -> None:
+        self.group = {}
+
     # -- effects --------------------------------------------------------------------------------
 
     def _driver(self, nid: str, sim: SimNode) -> Driver:
         """The daemon's loop (driver.py) over this node, with simulated disk, network and processes."""
         def send(effect: Send) -> None:
             frame = sim.encoder.encode(effect.message, self.wall_ms())
+            kind = effect.message.TYPE
+            self.sent_by_type[kind] += len(effect.targets)
+            self.bytes_by_type[kind] += len(effect.targets) * len(frame)
             for _, address in effect.targets:
                 self._transmit(nid, address, frame)
 
         def relay(effect: Relay) -> None:
             for _, address in effect.targets:
                 for frame in effect.frames:
+                    self.sent_by_type["relay"] += 1
+                    self.bytes_by_type["relay"] += len(frame)
                     self._transmit(nid, address, frame)
+
+        def log(effect: Log) -> None:
+            if self.keep_logs:
+                sim.logs.append(effect.text)
+            if self.on_log is not None:
+                self.on_log(nid, effect.text)
 
         def kill(effect: KillTask) -> None:
             key = (effect.task_id, effect.attempt)
@@ -315,7 +381,7 @@ class SimCluster:
             StoreOutput: lambda e: sim.outputs.__setitem__((e.task_id, e.attempt), (e.stdout, e.stderr)),
             Audit: lambda e: sim.audit.append(e.entry),
             Reply: lambda e: sim.replies.__setitem__(e.request_id, e),
-            Log: lambda e: sim.logs.append(e.text),
+            Log: log,
         }
         return Driver(sim.node, lambda: Instant(self.now, self.wall_ms()), handlers,
                       lambda phase: disk.commit_due(self.now, phase))
@@ -356,7 +422,12 @@ class SimCluster:
 
     def _transmit(self, src: str, address: str, frame: bytes) -> None:
         dst = self.by_address.get(address)
-        if dst is None or frozenset((src, dst)) in self.cut:
+        if dst is None or (self.cut and frozenset((src, dst)) in self.cut):
+            return
+        if self.group and self.group.get(src, 0) != self.group.get(dst, 0):
+            return
+        if self.loss and src != dst and self.rng.random() < self.loss:
+            self.lost += 1
             return
         self.frames_sent += 1
         self.bytes_sent += len(frame)
@@ -366,8 +437,15 @@ class SimCluster:
     def _receive(self, dst: str, frame: bytes) -> None:
         sim = self.nodes[dst]
         if sim.up:
-            for event in sim.gate.admit(frame, self.wall_ms()):
-                self.deliver(dst, event)
+            events = sim.gate.admit(frame, self.wall_ms())
+            if self.watched is not None and dst not in self.reached:
+                origin, seq = self.watched
+                for event in events:
+                    env = getattr(event, "envelope", None)
+                    if env is not None and env.sender == origin and env.type == "load" and env.seq >= seq:
+                        self.reached[dst] = self.now
+            if events:
+                self._batch(dst, events)        # one frame's events together, as the daemon queues them
 
     def _start(self, nid: str, effect: StartTask) -> None:
         sim = self.nodes[nid]
