@@ -9,10 +9,8 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.table import Table
 
 from ..protocol.membership import GossipSettings
-from ..sim.run import SimOptions, simulate
 from .common import console, json_option, print_json
 
 KEYS = ("messages_per_task", "gossip_bytes_per_node_s", "spread_99_s", "detection_s", "false_positives",
@@ -72,6 +70,11 @@ def sim(nodes, tasks, load, seed, crash_rate, downtime, join_rate, latency, jitt
     """Simulate a cluster of NODES real protocol cores (no daemons) running TASKS tasks, and report
     messages per task, gossip bandwidth, spread, failure detection, false positives, response time
     against an omniscient scheduler, and tasks lost."""
+    # imported here, not at the top: `xchanged run` (the daemon) imports this module and never needs them
+    from rich.table import Table
+
+    from ..sim.run import SimOptions, simulate
+
     opts = SimOptions(nodes=nodes, tasks=tasks, load=load, seed=seed, crash_rate=crash_rate, downtime=downtime,
                       join_rate=join_rate, latency=latency, jitter=jitter, loss=loss, partition=_partition(partition),
                       warmup=warmup, gossip=GossipSettings(view_size=view_size, sample_size=sample_size))
