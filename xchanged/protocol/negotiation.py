@@ -130,7 +130,9 @@ class Negotiation:
         """This node, if it is among `chosen` and the best of them by the score their bids would get
         from the loads we hold (ours is current; theirs as last gossiped): it is then the best bidder
         without asking, so the task is awarded to it at once, recorded and audited as any award, and
-        award, accept and result never leave the host (issue 13). Its contractor checks admission on
+        award, accept and result never leave the host (issue 13). Alone, it is trivially the best: a
+        bid from itself would only cost two passes through the loop (and, on a loaded host, a bid
+        window missed and a back-off). Its contractor checks admission on
         the award as on a cfp; a reject sends the task through cfp rounds from then on (bid_first)."""
         own = next((c for c in chosen if c.id == self.settings.self_id), None)
         if own is None or not self.settings.direct_award or task.id in self.bid_first:

@@ -154,8 +154,8 @@ def plan(backlog: Backlog, waiting: int, candidates: list[Candidate], units: dic
     """Whom each waiting task asks, best task first, while unclaimed room lasts (`waiting`: how many
     wait); sets the reason of each task looked at that cannot go yet. At most MAX_LOOKED_AT tasks are
     looked at per pump, so a long queue of tasks no free peer can take costs no more. When the manager
-    itself is among those chosen and `local_first` finds it the best of them, it takes the task at
-    once: no cfp round, no network hop (negotiation.Negotiation._local_first)."""
+    itself is among those chosen (alone, or with others) and `local_first` finds it the best of them,
+    it takes the task at once: no cfp round, no network hop (negotiation.Negotiation._local_first)."""
     room = sum(u for u in units.values() if u > 0)     # unclaimed units, kept up to date below
     out: list[Announcement] = []
     if room <= 0:
@@ -179,7 +179,7 @@ def plan(backlog: Backlog, waiting: int, candidates: list[Candidate], units: dic
             continue
         d = max(1, min(max_candidates, room // max(1, waiting - left)))
         chosen = policy.sample_candidates(free, units, task.avoid, d, rng)
-        own = local_first(task, chosen) if len(chosen) > 1 else None
+        own = local_first(task, chosen)
         if own is not None:
             chosen = [own]
         for c in chosen:
