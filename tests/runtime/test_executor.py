@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 
 import psutil
 import pytest
 
 from xchanged.protocol.events import OutputWritten, TaskExited, TaskStarted
 from xchanged.protocol.messages import TaskSpec
-from xchanged.runtime.executor import Executor
+from xchanged.runtime.executor import Executor, process_start_time
 
 WAIT = 30.0        # seconds an event may take before the test fails
 
@@ -228,3 +229,14 @@ def test_without_a_stream_interval_nothing_is_streamed():
         exited = await events.next(TaskExited)
         assert exited.stdout == b"quiet\n"
     run(scenario)
+
+
+def test_process_start_time_is_psutils_create_time_read_from_proc():
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            assert process_start_time(pid) == pytest.approx(psutil.Process(pid).create_time(), abs=0.011)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start_time(child.pid) == 0.0               # gone (and reaped)

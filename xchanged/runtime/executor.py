@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 import re
 import shutil
@@ -79,8 +80,19 @@ def task_environment(daemon_env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in daemon_env.items() if k not in DAEMON_ONLY_ENV and not k.startswith("WATCHDOG_")}
 
 
+@functools.cache
+def _boot_time() -> float:
+    return psutil.boot_time()          # read once, as psutil itself does for create_time
+
+
 def process_start_time(pid: int) -> float:
-    try:
+    """When `pid` started, in seconds since the epoch, as psutil's `create_time` gives it (boot time
+    plus the start ticks of /proc/PID/stat), read directly: a psutil.Process per task cost ~0.2 ms of
+    the loop on every spawn. 0.0 if the process is gone."""
+    ticks = taskwatch.start_ticks(pid)
+    if ticks is not None:
+        return _boot_time() + taskwatch.ticks_to_seconds(ticks)
+    try:                                          # not Linux, or no /proc: psutil knows how
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return 0.0

@@ -60,3 +60,17 @@ def sample(groups: set[int], proc: str = PROC) -> dict[int, GroupUse]:
         use.rss += rss
         use.cpu_s += ticks / _TICK
     return found
+
+
+def start_ticks(pid: int, proc: str = PROC) -> int | None:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ticks_to_seconds(ticks: int) -> float:
+    return ticks / _TICK
