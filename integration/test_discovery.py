@@ -227,10 +227,19 @@ def test_partition_of_two_of_five_is_detected_and_heals(lab, cluster, report):
 
     for h in cut:
         lab.set_link(h, False)
+    cut_at = time.monotonic()
+    side_done: dict[str, float] = {}             # when each side first saw the other side dead
+
+    def side(name: str, seers: list[str], seen: list[str]) -> bool:
+        if name not in side_done and all(cluster.sees(h, seen, "dead") for h in seers):
+            side_done[name] = time.monotonic() - cut_at
+        return name in side_done
     detected = cluster.wait_until(
-        lambda: all(cluster.sees(h, cut, "dead") for h in majority)
-        and all(cluster.sees(h, majority, "dead") for h in cut), DEFAULTS.dead_after + 4.0, "the partition")
+        lambda: side("majority", majority, cut) & side("isolated", cut, majority),
+        DEFAULTS.dead_after + 4.0, "the partition")
     report("partition_detected", detected)
+    report("partition_detected_by_the_majority", side_done["majority"])
+    report("partition_detected_by_the_isolated_hosts", side_done["isolated"])
 
     for h in cut:
         lab.set_link(h, True)
