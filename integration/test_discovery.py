@@ -217,6 +217,9 @@ def test_kill9_is_detected_by_all_and_restart_rejoins(lab, cluster, report):
     report("restart_rejoined", rejoined)
 
 
+ISOLATED_DETECTION_S = 20.0     # Lifeguard's local health stretches an isolated host's probes (below)
+
+
 def test_partition_of_two_of_five_is_detected_and_heals(lab, cluster, report):
     hosts = lan(lab, 5)
     for h in hosts:
@@ -234,10 +237,17 @@ def test_partition_of_two_of_five_is_detected_and_heals(lab, cluster, report):
         if name not in side_done and all(cluster.sees(h, seen, "dead") for h in seers):
             side_done[name] = time.monotonic() - cut_at
         return name in side_done
-    detected = cluster.wait_until(
-        lambda: side("majority", majority, cut) & side("isolated", cut, majority),
-        DEFAULTS.dead_after + 4.0, "the partition")
-    report("partition_detected", detected)
+    def majority_done() -> bool:
+        side("isolated", cut, majority)                         # noted too, should it come first
+        return side("majority", majority, cut)
+    # The connected hosts, who reschedule the cut hosts' work, within the bound of the heartbeat design.
+    cluster.wait_until(majority_done, DEFAULTS.dead_after + 4.0, "the majority to see the cut hosts dead")
+    # An isolated host (its link down) is slow on purpose (Lifeguard): each failed probe raises its
+    # local-health score, which stretches its next probes, and none of its suspicions is confirmed;
+    # measured 7.0-8.5 s with 4 peers to find silent. It must still get there.
+    cluster.wait_until(lambda: side("isolated", cut, majority), ISOLATED_DETECTION_S - side_done["majority"],
+                       "the isolated hosts to see the others dead")
+    report("partition_detected", max(side_done.values()))
     report("partition_detected_by_the_majority", side_done["majority"])
     report("partition_detected_by_the_isolated_hosts", side_done["isolated"])
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from types import SimpleNamespace
@@ -89,7 +90,8 @@ def test_the_reader_gives_each_gpu_in_nvml_order_with_memory_and_utilisation():
 def test_a_task_that_gets_gpus_sees_them_numbered_as_nvml_does(trust: TrustStore):
     node = NodeUnderTest(trust, slots=2)
     capacity = ResourceReader(GpuReader(FakeNVML(DEVICES))).read()
-    node.handle(ResourcesRead(capacity))
+    # this host's own CPU reading would make the node refuse as overloaded while other tests run
+    node.handle(ResourcesRead(dataclasses.replace(capacity, cpu_percent=0.0)))
     manager = FakePeer("mgr", trust)
     node.hear(manager, manager.load())
     spec = TaskSpec(argv=["train"], requirements=Requirements(gpus=2, gpu_mem=10 * G))
@@ -104,7 +106,8 @@ def test_a_task_that_gets_gpus_sees_them_numbered_as_nvml_does(trust: TrustStore
 
 def test_peers_and_stats_show_each_gpu(trust: TrustStore):
     node = NodeUnderTest(trust)
-    node.handle(ResourcesRead(ResourceReader(GpuReader(FakeNVML(DEVICES))).read()))
+    node.handle(ResourcesRead(dataclasses.replace(ResourceReader(GpuReader(FakeNVML(DEVICES))).read(),
+                                                  cpu_percent=0.0)))     # not this host's busy CPU
     peer = FakePeer("gpu-07", trust)
     node.hear(peer, peer.load(gpus=[GpuInfo(0, "NVIDIA H100", 80 * G, 40 * G, 55.0)]))
     docs = {d["name"]: d for d in views.peers(node.node, 1.0)}
