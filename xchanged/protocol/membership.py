@@ -353,20 +353,9 @@ class Membership:
     def on_suspect(self, env: Envelope, now: float) -> list[Transition]:
         msg: Suspect = env.message
         life = (msg.incarnation, msg.refutes)
-        key = ("suspect", msg.node, env.sender)
-        if msg.node == self.self_id:
-            self._refute(env.sender, life)
+        news, peer = self._take_verdict(env, msg.node, life, ("suspect", msg.node, env.sender), now)
+        if not news or peer is None:
             return []
-        if env.sender == self.self_id:                          # our own, looped back: pass it on
-            self._news(key, env.raw, msg.node, now)
-            return []
-        peer = self.peers.get(msg.node)
-        if self._buried(msg.node, life) or (peer is not None and (life < peer.life or peer.health == DEAD)):
-            return []
-        self._news(key, env.raw, msg.node, now)
-        if peer is None:
-            return []
-        peer.incarnation, peer.refutes = max(peer.life, life)
         if peer.suspicion is None or peer.suspicion.life != life:
             return self._suspect(peer, env.sender, now)
         if peer.suspicion.confirm(env.sender):
@@ -376,22 +365,32 @@ class Membership:
     def on_dead(self, env: Envelope, now: float) -> list[Transition]:
         msg: Dead = env.message
         life = (msg.incarnation, msg.refutes)
-        key = ("dead", msg.node)
-        if msg.node == self.self_id:
-            self._refute(env.sender, life)
+        news, peer = self._take_verdict(env, msg.node, life, ("dead", msg.node), now)
+        if not news:
             return []
-        if env.sender == self.self_id:
-            self._news(key, env.raw, msg.node, now)
-            return []
-        peer = self.peers.get(msg.node)
-        if self._buried(msg.node, life) or (peer is not None and (life < peer.life or peer.health == DEAD)):
-            return []
-        self._news(key, env.raw, msg.node, now)
         if peer is None:
             self._bury(msg.node, life)
             return []
-        peer.incarnation, peer.refutes = max(peer.life, life)
         return self._kill(peer)
+
+    def _take_verdict(self, env: Envelope, node: str, life: Life, key: tuple[str, ...],
+                      now: float) -> tuple[bool, Peer | None]:
+        """What a suspect and a dead verdict about `node` share: one about us is refuted; our own,
+        looped back, is passed on; one no newer than what we know is dropped; news is passed on and
+        the peer's life moves up to it. (news for the caller to act on, the peer if we know it)"""
+        if node == self.self_id:
+            self._refute(env.sender, life)
+            return False, None
+        if env.sender == self.self_id:
+            self._news(key, env.raw, node, now)
+            return False, None
+        peer = self.peers.get(node)
+        if self._buried(node, life) or (peer is not None and (life < peer.life or peer.health == DEAD)):
+            return False, None
+        self._news(key, env.raw, node, now)
+        if peer is not None:
+            peer.incarnation, peer.refutes = max(peer.life, life)
+        return True, peer
 
     def add_seed(self, address: str, source: str = "seed", node: str = "", now: float = 0.0) -> None:
         """A static or discovered address to send our load to; `node`: whose it is, when known."""
