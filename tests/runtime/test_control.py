@@ -100,8 +100,7 @@ def test_a_submit_is_answered_only_once_on_disk_and_the_loop_serves_meanwhile(tm
                 real_sync(now)
             store.sync = slow_sync
             submit = asyncio.create_task(daemon.control.handle("submit", {"specs": [NOWHERE]}))
-            while not entered.is_set():
-                await asyncio.sleep(0.005)
+            assert await asyncio.to_thread(entered.wait, 30)           # the fsync began (a thread's event)
             assert not submit.done()                                  # not on disk yet: no answer
             assert store.unsynced                                     # committed (written), not synced
             [listed] = await daemon.control.handle("tasks", {})       # the loop goes on meanwhile
