@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -33,6 +34,7 @@ import msgpack
 from .. import __version__
 from ..config_check import ConfigRejected
 from ..protocol import decompose
+from ..protocol.effects import Reply
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import CancelRequested, TaskSubmitted
 from ..protocol.lifecycle import TERMINAL
@@ -79,6 +81,8 @@ class Control:
         self.requests: dict[int, asyncio.Future] = {}       # request id -> the op awaiting its Reply
         self.waiters: dict[str, list[asyncio.Future]] = {}  # task id -> wait ops parked until it ends
         self._request_ids = 0
+        self._held: list[Reply] = []                         # replies of this batch owed an fsync first
+        self._syncing: set[asyncio.Task] = set()             # fsyncs in flight, replies waiting on them
         self.cluster = ClusterOps(daemon, self)
         self.access = ControlAccess(daemon.config.control)
         self._ops: dict[str, Callable[[dict], Awaitable[Any]]] = {
@@ -108,6 +112,44 @@ class Control:
             if op not in FORWARDED or args.get("local"):
                 raise
         return await self.cluster.forward(op, args)          # not ours: ask its manager (who checks `user`)
+
+    # -- replies ----------------------------------------------------------------------------------
+
+    def reply(self, effect: Reply, held: bool = False) -> None:
+        """Answer a request; `held`: its batch committed a SYNC write, so wait for sync_then_reply."""
+        if held:
+            self._held.append(effect)
+            return
+        future = self.requests.pop(effect.request_id, None)
+        if future is not None and not future.done():
+            if effect.ok:
+                future.set_result(effect.result)
+            else:
+                details = effect.result if isinstance(effect.result, dict) else None
+                future.set_exception(ControlError(effect.error, (details or {}).get("code", ""), details))
+
+    def sync_then_reply(self) -> None:
+        """After a batch that committed a SYNC write (a submit, a cancel): its replies are promises to a
+        person, so they wait for the fsync; it runs in a worker thread, and the loop goes on meanwhile
+        (the award goes out, the task starts) instead of stalling a few ms a submit on the disk."""
+        held, self._held = self._held, []
+        self.daemon.store.sync_owed = False
+        task = asyncio.get_running_loop().create_task(self._reply_when_synced(held))
+        self._syncing.add(task)
+        task.add_done_callback(self._syncing.discard)
+
+    async def _reply_when_synced(self, held: list[Reply]) -> None:
+        try:
+            await asyncio.to_thread(self.daemon.store.sync)
+        except (OSError, sqlite3.Error) as exc:
+            self.daemon._fail(exc)
+            held = [Reply(r.request_id, False, error=f"writing to disk failed: {exc}") for r in held]
+        for effect in held:
+            self.reply(effect)
+
+    async def replies_synced(self) -> None:
+        """(At stop.) Wait for the fsyncs that replies are waiting on."""
+        await asyncio.gather(*self._syncing, return_exceptions=True)
 
     def _check(self, why_not: str | None) -> None:
         if why_not is not None:

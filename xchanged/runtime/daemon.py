@@ -85,7 +85,7 @@ from .resources import ResourceReader
 from .samples import History
 from .store import Store
 from .systemd import notify as _sd_notify
-from .transport import ControlError, ControlServer, PeerTransport
+from .transport import ControlServer, PeerTransport
 from .trust import Trust, TrustFileError
 
 if TYPE_CHECKING:
@@ -177,8 +177,6 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.audit: AuditLog = self._open_audit()
         self.failure: Exception | None = None     # why the daemon stopped itself (a failed write or fsync)
-        self._held_replies: list[Reply] = []       # of the current batch, owed an fsync first
-        self._syncing: set[asyncio.Task] = set()   # fsyncs in flight with the replies waiting on them
         self.metrics: MetricsServer | None = None
         self.discovery: Discovery | None = None
         self.history = History()                  # the last minutes of cluster load (the dashboard's chart)
@@ -318,7 +316,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*self._syncing, return_exceptions=True)     # replies owed: on disk first
+        await self.control.replies_synced()            # replies owed an fsync: on disk first
         await self.autoscale.close()
         if self.node is not None:
             self.ops.save_totals()
@@ -568,7 +566,7 @@ class Daemon:
         for a task that finished are answered."""
         self.driver.batch(events)
         if self.store.sync_owed:
-            self._sync_for_replies()
+            self.control.sync_then_reply()
         if self.inputs.qsize() < INPUT_ROOM:
             self._room.set()
         if VALIDATE:
@@ -613,12 +611,6 @@ class Daemon:
                 for frame in effect.frames:
                     self._send(peer, address, frame)
 
-        def reply(effect: Reply) -> None:
-            if store.sync_owed:             # a submit or cancel in this batch: answered once on disk
-                self._held_replies.append(effect)
-            else:
-                self._answer(effect)
-
         handlers: dict[type, Any] = {
             PersistTask: persist_task,
             PersistAttempt: lambda e: store.put_attempt(e.doc, e.when),
@@ -631,43 +623,14 @@ class Daemon:
             PersistReputation: lambda e: store.put_reputation(e.kind, e.key, e.doc, e.when),
             Audit: lambda e: self.audit.append(e.entry),
             Log: lambda e: log.log(logging.getLevelName(e.level.upper()), "%s [%s]", e.text, e.stimulus_id),
-            Send: send, Relay: relay, Reply: reply,
+            Send: send, Relay: relay,
+            Reply: lambda e: self.control.reply(e, held=store.sync_owed),   # a submit or cancel: once on disk
             StartTask: lambda e: self.executor.start(e.task_id, e.attempt, e.spec, e.env),
             KillTask: lambda e: self.executor.kill(e.task_id, e.attempt, e.reason),
             ProveAudit: lambda e: self._send(*e.target, self.encoder.encode(self._audit_proof(e), wall_ms())),
         }
         return Driver(self.node, lambda: Instant(time.monotonic(), wall_ms()), handlers,
                       lambda phase: store.commit_due(time.monotonic(), phase))
-
-    def _answer(self, effect: Reply) -> None:
-        future = self.control.requests.pop(effect.request_id, None)
-        if future is not None and not future.done():
-            if effect.ok:
-                future.set_result(effect.result)
-            else:
-                details = effect.result if isinstance(effect.result, dict) else None
-                future.set_exception(ControlError(effect.error, (details or {}).get("code", ""), details))
-
-    def _sync_for_replies(self) -> None:
-        """After a batch that committed a SYNC write (a submit, a cancel): its replies are promises to a
-        person, so they wait for the fsync; it runs in a worker thread, and the loop goes on meanwhile
-        (the award goes out, the task starts) instead of stalling a few ms a submit on the disk."""
-        held, self._held_replies = self._held_replies, []
-        self.store.sync_owed = False
-        task = asyncio.get_running_loop().create_task(self._answer_when_synced(held))
-        self._syncing.add(task)
-        task.add_done_callback(self._syncing.discard)
-
-    async def _answer_when_synced(self, held: list[Reply]) -> None:
-        try:
-            await asyncio.to_thread(self.store.sync)
-        except (OSError, sqlite3.Error) as exc:
-            self._fail(exc)
-            for effect in held:
-                self._answer(Reply(effect.request_id, False, error=f"writing to disk failed: {exc}"))
-            return
-        for effect in held:
-            self._answer(effect)
 
     def _recover_attempts(self) -> list[dict]:
         """The contractor's attempts from before a restart, after killing what is left of their
