@@ -52,6 +52,9 @@ def table(n_peers: int, **settings):
     peers = [Ident(f"p{i}", trust) for i in range(n_peers)]
     for p in peers:
         m.on_load(p.env(), 0.0)
+    for p in peers:                                       # the news of them (new to us) is passed on
+        m.broadcasts.drop(("load", p.id))
+    m.deadlines.cancel(("eager",))
     m.take_sends()
     return m, peers
 
@@ -451,6 +454,27 @@ def test_sim_relayed_loads_are_the_origins_signed_bytes():
     assert health(c, a, b) == ALIVE
     env = codec.decode(peer.load_frame, c.trust)
     assert env.sender == c.id_of(b) and env.raw == peer.load_frame and env.message.name == b
+
+
+def test_sim_two_groups_joined_by_one_seed_form_one_cluster_while_idle():
+    """Two subnets, each found by mDNS (seeds both ways), joined by one configured seed (b1 -> a1).
+    Idle loads are heartbeats, never relayed: a1 and b1 must pass on the newcomer each first hears
+    straight from it, or a2 never hears of the b side, nor b2 of the a side."""
+    from xchanged.protocol.events import SeedConfigured
+
+    c = SimCluster(seed=5)
+    group_a = [c.add_node("a1", seeds=[]), c.add_node("a2", seeds=["sim-a1:7946"])]
+    group_b = [c.add_node("b1", seeds=[]), c.add_node("b2", seeds=["sim-b1:7946"])]
+    c.deliver(group_a[0], SeedConfigured("sim-a2:7946"))
+    c.deliver(group_b[0], SeedConfigured("sim-b2:7946"))
+    names = ["a1", "a2", "b1", "b2"]
+    assert c.run_until(lambda: all_see(c, names[:2], names[:2]) and all_see(c, names[2:], names[2:]), limit=5)
+    c.run_for(2.0)                                        # idle: the loads are heartbeats by now
+    assert health(c, "a2", "b1") == "unknown"
+    c.deliver(group_b[0], SeedConfigured("sim-a1:7946"))
+    joined_at = c.now
+    assert c.run_until(lambda: all_see(c, names, names), limit=30)
+    assert c.now - joined_at < 3 * S.interval * 2
 
 
 # -- gossip dissemination: O(log N) rounds -------------------------------------------------------

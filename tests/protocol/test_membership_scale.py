@@ -124,12 +124,18 @@ def test_sim_no_live_node_is_declared_dead_under_two_percent_frame_loss():
 
 def test_loads_are_heartbeats_changes_or_news_and_only_changes_and_news_are_passed_on():
     trust = TrustStore({})
-    me, a = FakePeer("me", trust), FakePeer("a", trust)
+    me, a, b = FakePeer("me", trust), FakePeer("a", trust), FakePeer("b", trust)
     m = Membership(me.id, GossipSettings(), random.Random(1), me.address)
-    m.on_load(relayed(a, a.load()), 0.0)
+    m.on_load(relayed(a, a.load()), 0.0, relayed=True)
     assert ("load", a.id) not in m.broadcasts                   # a heartbeat: kept, not passed on
-    m.on_load(relayed(a, a.load(free=1, news=1)), 0.5)
+    m.on_load(relayed(a, a.load(free=1, news=1)), 0.5, relayed=True)
     assert ("load", a.id) in m.broadcasts and not m.broadcasts.has_urgent()
     m.on_load(relayed(a, Load(name="a", address=a.address, slots=4, slots_free=1, running=0, queued=0, cpus=4,
-                              cpu_percent=1.0, mem_total=1, mem_available=1, news=2)), 1.0)
+                              cpu_percent=1.0, mem_total=1, mem_available=1, news=2)), 1.0, relayed=True)
     assert m.broadcasts.has_urgent()
+    m.on_load(relayed(b, b.load()), 1.0)                        # a heartbeat straight from a peer new to us:
+    assert ("load", b.id) in m.broadcasts                       # news (the others may not know of it)
+    m.on_load(relayed(b, b.load()), 2.0)
+    m.broadcasts.drop(("load", b.id))
+    m.on_load(relayed(b, b.load()), 3.0)                        # its next heartbeats are not
+    assert ("load", b.id) not in m.broadcasts

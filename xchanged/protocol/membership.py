@@ -23,7 +23,9 @@ Rules:
   as news (`Load.news`), sent at once to the teller and to `fanout` members.
 - Gossip: relayable frames wait in a bounded queue (broadcasts.py), each to be passed on 4 log10 N
   times (a load only when its node says it changed: `Load.news`; a heartbeat is not passed on).
-  Urgent news (`suspect`, `dead`, loads marked news, a load that brings a peer back) goes out at once
+  Urgent news (`suspect`, `dead`, loads marked news, a load that brings a peer back, the first load
+  we hear straight from a peer new to us: a newcomer, or one found across subnets by a seed, whose
+  idle heartbeats would never be passed on) goes out at once
   in a gossip batch to `fanout` members, and again every interval/4 while it has copies left to
   pass on. Routine loads go once a round, `piggyback` of them in a gossip batch to one member;
   and every ping and pong carries the sender's own latest load and `piggyback` queued frames (news
@@ -298,7 +300,8 @@ class Membership:
             return False, []
         version = (env.incarnation, env.seq)
         peer = self.peers.get(env.sender)
-        if peer is None:
+        new = peer is None
+        if new:
             if relayed and not self._worth_a_place(env.sender, load):
                 self._pass_on(env, load, False, now)             # passed on, not kept: its node is not for us
                 return False, []
@@ -317,7 +320,7 @@ class Membership:
             transitions += self._heard_now(peer, env, now)
         if peer.health != DEAD:
             self._place(peer)
-        self._pass_on(env, load, back and peer.health == ALIVE, now)
+        self._pass_on(env, load, (back or (new and not relayed)) and peer.health == ALIVE, now)
         if load.joining and not relayed and peer.address:
             self.sends.append((((peer.id, peer.address),), Gossip(self._welcome())))
         if peer.address and peer.address in self.seeds:
