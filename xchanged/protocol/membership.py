@@ -301,7 +301,7 @@ class Membership:
         version = (env.incarnation, env.seq)
         peer = self.peers.get(env.sender)
         new = peer is None
-        if new:
+        if peer is None:
             if relayed and not self._worth_a_place(env.sender, load):
                 self._pass_on(env, load, False, now)             # passed on, not kept: its node is not for us
                 return False, []
