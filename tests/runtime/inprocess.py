@@ -18,7 +18,8 @@ def daemon_config(directory: Path, **sections: dict):
     files = init_node(directory, "solo", config_text="", force=True)
     data = {"node": {"name": "solo", "state_dir": str(directory / "state"), "slots": 2},
             "network": {"listen": "127.0.0.1:0", "control": str(directory / "control.sock"), "mdns": False},
-            "metrics": {"listen": ""}}
+            "metrics": {"listen": ""},
+            "bidding": {"overload_cpu_percent": 100}}   # not this busy test host's CPU: a lone node would refuse its own work
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return config_from_dict(data, base_dir=files.directory)
@@ -37,7 +38,8 @@ def write_config(path: Path, **sections: dict) -> None:
     directory = path.parent
     data = {"node": {"name": "solo", "state_dir": str(directory / "state"), "slots": 2},
             "network": {"listen": "127.0.0.1:0", "control": str(directory / "control.sock"), "mdns": False},
-            "metrics": {"listen": ""}}
+            "metrics": {"listen": ""},
+            "bidding": {"overload_cpu_percent": 100}}   # not this busy test host's CPU: a lone node would refuse its own work
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     path.write_text("\n".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
