@@ -32,7 +32,8 @@ RULES = [
     ("msgpack/codec", lambda p: "msgpack" in p or p in ("xchanged/protocol/codec.py",
                                                         "xchanged/protocol/messages.py")),
     ("sqlite/store", lambda p: "/sqlite3/" in p or p == "xchanged/runtime/store.py"),
-    ("audit", lambda p: p in ("xchanged/runtime/audit.py", "xchanged/protocol/audit_format.py",
+    ("audit", lambda p: p in ("xchanged/runtime/audit.py", "xchanged/runtime/audit_open.py",
+                              "xchanged/runtime/audit_verify.py", "xchanged/protocol/audit_format.py",
                               "xchanged/protocol/merkle.py", "xchanged/protocol/audit_watch.py")),
     ("spawn/executor", lambda p: p == "xchanged/runtime/executor.py" or p.endswith("/subprocess.py")
      or p.endswith(("/asyncio/base_subprocess.py", "/asyncio/unix_events.py"))),

@@ -20,7 +20,8 @@ the scan meets (protocol/audit_format.py `Scan`):
 Without a head file, no record is covered (the daemon writes one at its first start, so that happens
 only with a log from before heads existed, or a head someone deleted; verify says so).
 
-`xchanged audit repair` applies the same rules offline (runtime/audit.py `repair`).
+`xchanged audit repair` applies the same rules offline (runtime/audit_open.py `repair`; the daemon
+applies them in `recover` when it opens its log).
 """
 
 from __future__ import annotations
