@@ -194,7 +194,7 @@ class ClusterOps:
     def _send(self, effect: ServeQuery, frames: list[Answer]) -> None:
         d = self.daemon
         for frame in frames:
-            d._send(effect.asker[0], effect.asker[1], d.encoder.encode(frame, wall_ms()))
+            d.peers.send(effect.asker[0], effect.asker[1], d.encoder.encode(frame, wall_ms()))
 
     async def audit_records(self, args: dict) -> dict:
         """This node's audit records of one of its tasks, as `audit show --task --json` shows them."""

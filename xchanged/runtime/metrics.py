@@ -131,7 +131,7 @@ class NodeCollector:
 
     @staticmethod
     def _security(security: dict | None) -> Iterable:
-        """The transport's defences (Daemon.security_doc): ZAP refusals, connection events, per-peer
+        """The transport's defences (runtime/figures.py `security_doc`): ZAP refusals, connection events, per-peer
         queues, peers trusted by certificate (docs/security.md)."""
         if not security:
             return
