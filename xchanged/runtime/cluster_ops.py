@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from ..protocol.errors import RemoteProtocolError
@@ -41,6 +40,7 @@ from ..protocol.messages import (
 from ..protocol.signing import node_id
 from .audit import read_records
 from .audit_docs import record_doc
+from .clock import wall_ms
 from .live_logs import LiveLogs
 from .transport import ControlError
 
@@ -56,10 +56,6 @@ MAX_ANSWER_BYTES = MAX_ANSWER_PARTS * ANSWER_CHUNK
 DEFAULT_LIMIT = 100                   # tasks listed per manager by `tasks --cluster`
 FOLLOW_WAIT = 5.0                     # seconds a `logs -f` poll waits for new output
 DEFAULT_WAIT = 30.0                   # as control.DEFAULT_WAIT: a wait that names no timeout
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def complete_utf8(data: bytes) -> int:
