@@ -19,7 +19,7 @@ def daemon_config(directory: Path, **sections: dict):
     data = {"node": {"name": "solo", "state_dir": str(directory / "state"), "slots": 2},
             "network": {"listen": "127.0.0.1:0", "control": str(directory / "control.sock"), "mdns": False},
             "metrics": {"listen": ""},
-            "bidding": {"overload_cpu_percent": 100}}   # not this busy test host's CPU: a lone node would refuse its own work
+            "bidding": {"overload_cpu_percent": 100}}   # a lone node on a busy test host refused its own work
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return config_from_dict(data, base_dir=files.directory)
@@ -39,7 +39,7 @@ def write_config(path: Path, **sections: dict) -> None:
     data = {"node": {"name": "solo", "state_dir": str(directory / "state"), "slots": 2},
             "network": {"listen": "127.0.0.1:0", "control": str(directory / "control.sock"), "mdns": False},
             "metrics": {"listen": ""},
-            "bidding": {"overload_cpu_percent": 100}}   # not this busy test host's CPU: a lone node would refuse its own work
+            "bidding": {"overload_cpu_percent": 100}}   # a lone node on a busy test host refused its own work
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     path.write_text("\n".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items())
