@@ -11,17 +11,14 @@ Rules:
   and its resources fit, hiding the award round trip from the slot's idle time. Resources (CPUs,
   memory, GPUs) of a queued task are checked against the node's total at admission and against what
   is free when it starts; its GPUs are chosen then. At start a `progress` with the pid is sent at once.
-  Otherwise a `refuse` says why, with a stable code: policy, label, no_slots, overloaded, cpus,
-  mem, gpus, gpu_mem.
-- Policy (code `policy`): the command must match the allow-list, and the driver's `vet(command, user,
-  cwd)` (its run_as, working-directory and user rules, which need the host's user database) must
-  not object. It is checked on the cfp and again on every award, whatever was bid: the award's spec
-  is what would run.
+  Otherwise a `refuse` says why, with a stable code (admission.py).
+- Policy (admission.py) is checked on the cfp and again on every award, whatever was bid: the
+  award's spec is what would run.
 - An `award` consumes the reservation (or re-checks admission when it expired) and is answered with
   `accept` (and the process is started) or `reject`. A repeated award of a running attempt is
   accepted again: it is the manager retrying after a lost accept.
 - A running attempt sends `progress` every `heartbeat`. Its `result` is resent with backoff until the
-  manager acknowledges it with `ack`.
+  manager acknowledges it with `ack` (results.py).
 - `cancel` kills the attempt (or drops its reservation). The result then reports outcome `cancelled`.
 - Live output: what a running attempt writes (`OutputWritten`, coalesced by the executor) goes to
   its manager as `output` frames, each with its byte offset in the stream, before the result (one
@@ -36,35 +33,21 @@ Rules:
   that accepts and starts it, right after (write-behind: if we crash before that commit, the process
   dies with us and the manager, hearing nothing, reassigns the attempt after the heartbeat deadline,
   just as it would after a crash a moment later; the write stays off the path from award to start).
-  Its pid and start time are added lazily once it runs; its result replaces the record (state
-  "result") before the result is first sent (write-ahead: a result lost in a crash would run the task
-  again); the record is dropped (`ForgetAttempt`) only on the manager's `ack`. After a restart
-  (`recover`) an attempt that was running is reported to its manager at once as a `result` with
-  outcome `lost` (the driver has killed what was left of its process), so the manager reassigns it
-  without waiting for a timeout; kept
-  results are resent as they were. Resends back off up to `2 * heartbeat`, below the manager's
-  heartbeat deadline, so a result held while its manager was down is not mistaken for silence.
+  Its pid and start time are added lazily once it runs; its result replaces the record, and what
+  happens to results after a restart, is results.py's.
+Admission (does it fit?) is admission.py's; run-time estimates are run_times.py's.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
+from . import admission
+from .admission import Admission
+from .claims import Claim, ContractorSettings
 from .codec import Envelope
-from .effects import (
-    AFTER,
-    LAZY,
-    Audit,
-    ForgetAttempt,
-    KillTask,
-    Outbox,
-    PersistAttempt,
-    Send,
-    StartTask,
-)
+from .effects import AFTER, LAZY, Audit, KillTask, Outbox, PersistAttempt, Send, StartTask
 from .errors import LocalProtocolError
 from .events import Capacity, OutputWritten, TaskExited
 from .messages import (
@@ -83,61 +66,15 @@ from .messages import (
     Reject,
     Requirements,
     Result,
-    TaskSpec,
-    from_body,
-    to_body,
 )
+from .results import PendingResult, Results
+from .run_times import RunTimes
 
 R = RefusalCode
 
-RESULT_BACKOFF = (0.5, 10.0)    # resend delay of an unacknowledged result: first, cap
-LOW_MEMORY_FRACTION = 0.03     # below this share of memory available, refuse all new work
-UNKNOWN_RUNTIME_MS = 1000.0     # run time assumed for a command never seen here
-RUNTIME_HISTORY = 256           # commands whose mean run time a contractor remembers (for bid estimates)
+__all__ = ["Claim", "Contractor", "ContractorSettings", "PendingResult"]
+
 PREFETCH_HORIZON_MS = 1000.0    # queue a task only if a slot is expected to free within this
-
-
-@dataclass(frozen=True, slots=True)
-class ContractorSettings:
-    self_id: str
-    slots: int
-    labels: dict[str, str] = field(default_factory=dict)
-    overload_cpu_percent: float = 90.0
-    allow: tuple[str, ...] = ("*",)
-    heartbeat: float = 1.0
-    reservation_ttl: float = 5.0
-    prefetch: int = 0
-    vet: Optional[Callable[[str, str, Optional[str]], Optional[str]]] = None   # (command, user, cwd) -> why not
-
-
-@dataclass(slots=True)
-class Claim:
-    """Room held for one task: a reservation (bid outstanding) or a running attempt."""
-
-    task_id: str
-    attempt: int
-    manager: str
-    req: Requirements
-    gpus: tuple[int, ...]
-    expires: float = 0.0            # reservations only
-    spec: TaskSpec | None = None    # running only
-    started: float = 0.0
-    pid: int | None = None
-    next_heartbeat: float = 0.0
-    manager_address: str = ""       # where the manager was when it awarded (used if we forget it)
-    pid_start: float = 0.0
-    queued: bool = False            # accepted, waiting in the local queue for a slot
-    from_queue: bool = False        # it waited in the local queue before it started
-    streamed: list[int] = field(default_factory=lambda: [0, 0])   # live output sent: stdout, stderr bytes
-
-
-@dataclass(slots=True)
-class PendingResult:
-    manager: str
-    result: Result
-    next_send: float
-    backoff: float
-    manager_address: str = ""
 
 
 class Contractor:
@@ -149,13 +86,14 @@ class Contractor:
         self.reserved: dict[tuple[str, str], Claim] = {}      # (manager, task_id) -> reservation
         self.running: dict[tuple[str, int], Claim] = {}       # (task_id, attempt) -> accepted attempt
         self.waiting: list[tuple[str, int]] = []              # accepted attempts queued for a slot, FIFO
-        self.pending: dict[tuple[str, int], PendingResult] = {}
+        self.results = Results(outbox, self._send)
+        self.pending: dict[tuple[str, int], PendingResult] = self.results.pending   # results not acknowledged
         self.completed = 0
         self.failed_runs = 0                                  # attempts run here that did not exit 0
         self.run_ms = 0                                       # total run time of the attempts run here
         self.refusals: Counter[str] = Counter()               # refuse and reject messages sent, by code
         self.draining = False
-        self.runtime_ewma: dict[str, float] = {}             # command -> mean run time (ms) seen here
+        self.run_times = RunTimes()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -189,12 +127,11 @@ class Contractor:
 
     @property
     def overloaded(self) -> bool:
-        return self.capacity.cpu_percent > self.settings.overload_cpu_percent
+        return admission.overloaded(self.settings, self.capacity)
 
     @property
     def memory_short(self) -> bool:
-        cap = self.capacity
-        return bool(cap.mem_total) and cap.mem_available < cap.mem_total * LOW_MEMORY_FRACTION
+        return admission.memory_short(self.capacity)
 
     @property
     def offer_slots(self) -> int:
@@ -204,28 +141,16 @@ class Contractor:
     def offer_queue(self, now: float) -> int:
         return 0 if self.overloaded or self.memory_short or self.draining else self.queue_free(now)
 
-    def estimate_ms(self, cfp: Cfp) -> int | None:
-        """How long we expect the task to run here: the submitter's estimate, else our history."""
-        if cfp.est_runtime_ms is not None:
-            return cfp.est_runtime_ms
-        mean = self.runtime_ewma.get(cfp.command)
-        return None if mean is None else int(mean)
-
     def _claims(self, exclude: tuple[str, str] | None = None) -> list[Claim]:
         return list(self.running.values()) + [c for k, c in self.reserved.items() if k != exclude]
 
     def policy_refusal(self, command: str, user: str = "", cwd: str | None = None) -> str | None:
         """Why this node's policy forbids running `command` for `user` in `cwd`, or None."""
-        s = self.settings
-        if not command:                       # a composite runs nothing itself: its parts are checked
-            return None
-        if not any(fnmatch.fnmatchcase(command, pat) for pat in s.allow):
-            return f"command {command!r} not allowed here"
-        return s.vet(command, user, cwd) if s.vet is not None else None
+        return admission.policy_refusal(self.settings, command, user, cwd)
 
     def refusal(self, req: Requirements, command: str, now: float, exclude: tuple[str, str] | None = None,
                 queue_ok: bool = False, user: str = "",
-                cwd: str | None = None) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
+                cwd: str | None = None) -> Admission:
         """(code, reason, gpus): code is "" when the task fits; gpus are the devices it would get."""
         s = self.settings
         if self.draining:
@@ -241,50 +166,8 @@ class Contractor:
         if len(holding) >= s.slots:
             if not queue_ok or len(claims) - len(holding) >= s.prefetch or not self._queue_open(now):
                 return R.NO_SLOTS, f"all {s.slots} slots busy", ()
-            return self._queue_refusal(req)
-        return self._fits_now(req, holding)
-
-    def _fits_now(self, req: Requirements, claims: list[Claim],
-                  check_overload: bool = True) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
-        """Resource admission against what `claims` (started attempts and slot reservations) hold.
-        The CPU-overload rule refuses new work only: an accepted, queued attempt ignores it."""
-        s, cap = self.settings, self.capacity
-        if check_overload and self.overloaded:
-            return R.OVERLOADED, f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
-        cpus = max(cap.cpus, s.slots)
-        used_cpus = sum(c.req.cpus for c in claims)
-        if used_cpus + req.cpus > cpus:
-            return R.CPUS, f"{cpus - used_cpus:g} of {cpus} CPUs free, task needs {req.cpus:g}", ()
-        if self.memory_short:
-            return R.MEM, f"memory short: {cap.mem_available >> 20} MiB available", ()
-        if req.mem:
-            reserved_mem = sum(c.req.mem for c in claims if c.spec is None)
-            committed_mem = sum(c.req.mem for c in claims)
-            if req.mem > cap.mem_available - reserved_mem or req.mem > cap.mem_total - committed_mem:
-                return R.MEM, "not enough memory free", ()
-        gpus: tuple[int, ...] = ()
-        if req.gpus:
-            taken = {g for c in claims for g in c.gpus}
-            usable = [g.index for g in cap.gpus if g.index not in taken and g.mem_free >= req.gpu_mem]
-            if len(usable) < req.gpus:
-                big_enough = [g for g in cap.gpus if g.mem_total >= req.gpu_mem]
-                code = R.GPU_MEM if req.gpu_mem and len(big_enough) >= req.gpus else R.GPUS
-                return code, f"{len(usable)} GPUs free with enough memory, task needs {req.gpus}", ()
-            gpus = tuple(usable[: req.gpus])
-        return None, "", gpus
-
-    def _queue_refusal(self, req: Requirements) -> tuple[RefusalCode | None, str, tuple[int, ...]]:
-        """Admission to the local queue: the task must fit the node as a whole; GPUs are chosen at start."""
-        s, cap = self.settings, self.capacity
-        if self.overloaded:
-            return R.OVERLOADED, f"cpu {cap.cpu_percent:.0f}% > {s.overload_cpu_percent:g}%", ()
-        if req.cpus > max(cap.cpus, s.slots):
-            return R.CPUS, f"has {max(cap.cpus, s.slots)} CPUs, task needs {req.cpus:g}", ()
-        if req.mem > cap.mem_total:
-            return R.MEM, "not enough memory in total", ()
-        if req.gpus > sum(1 for g in cap.gpus if g.mem_total >= req.gpu_mem):
-            return R.GPUS, f"has too few GPUs for {req.gpus}", ()
-        return None, "", ()
+            return admission.fits_queue(s, self.capacity, req)
+        return admission.fits_now(s, self.capacity, req, holding)
 
     def start_queued(self, now: float) -> None:
         """The liveness rule: while a slot is free and the head of the local queue fits, start it.
@@ -294,7 +177,7 @@ class Contractor:
             key = self.waiting[0]
             claim = self.running[key]
             holding = [c for c in self._claims() if not c.queued]
-            code, _, gpus = self._fits_now(claim.req, holding, check_overload=False)
+            code, _, gpus = admission.fits_now(self.settings, self.capacity, claim.req, holding, check_overload=False)
             if code:
                 return                        # head of the queue waits for more room (FIFO)
             self.waiting.pop(0)
@@ -322,14 +205,11 @@ class Contractor:
                                    mem_available=cap.mem_available,
                                    affinity=sum(1 for k, v in cfp.requirements.prefer.items()
                                                 if self.settings.labels.get(k) == v),
-                                   est_runtime_ms=self.estimate_ms(cfp), queued=queued,
+                                   est_runtime_ms=self.run_times.estimate_ms(cfp), queued=queued,
                                    est_start_ms=self._until_a_slot_frees(now) if queued else 0))
 
     def _until_a_slot_frees(self, now: float) -> int:
-        """Expected ms until the first running attempt ends, from the run times seen here."""
-        left = [self.runtime_ewma.get(c.spec.argv[0], UNKNOWN_RUNTIME_MS) - (now - c.started) * 1000
-                for c in self.running.values() if not c.queued and c.spec is not None]
-        return int(max(0.0, min(left, default=0.0)))
+        return self.run_times.until_a_slot_frees(self.running.values(), now)
 
     def on_reject_bid(self, env: Envelope) -> None:
         key = (env.sender, env.message.task_id)
@@ -414,11 +294,7 @@ class Contractor:
                 self.out.emit(KillTask, task_id=msg.task_id, attempt=msg.attempt, reason=msg.reason)
 
     def on_ack(self, env: Envelope) -> None:
-        key = (env.message.task_id, env.message.attempt)
-        pending = self.pending.get(key)
-        if pending is not None and pending.manager == env.sender:
-            del self.pending[key]
-            self.out.emit(ForgetAttempt, task_id=key[0], attempt=key[1])
+        self.results.on_ack(env)
 
     # -- executor -------------------------------------------------------------------------------
 
@@ -451,11 +327,7 @@ class Contractor:
         if ev.outcome != Outcome.EXITED or ev.exit_code != 0:
             self.failed_runs += 1
         if ev.outcome == Outcome.EXITED and claim.spec is not None:
-            command = claim.spec.argv[0]
-            if command not in self.runtime_ewma and len(self.runtime_ewma) >= RUNTIME_HISTORY:
-                self.runtime_ewma.pop(next(iter(self.runtime_ewma)))
-            old = self.runtime_ewma.get(command, float(ev.runtime_ms))
-            self.runtime_ewma[command] = 0.8 * old + 0.2 * ev.runtime_ms
+            self.run_times.record(claim.spec.argv[0], ev.runtime_ms)
         started_before = self.started
         self.start_queued(now)                  # the freed slot goes to the head of our queue first
         self._report(claim, Result(ev.task_id, ev.attempt, ev.outcome, ev.exit_code, ev.reason, ev.runtime_ms,
@@ -465,11 +337,7 @@ class Contractor:
 
     def _report(self, claim: Claim, result: Result, now: float) -> None:
         """Send an attempt's result to its manager, kept (and resent) until it is acknowledged."""
-        pending = PendingResult(claim.manager, result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
-                                claim.manager_address)
-        self.pending[(result.task_id, result.attempt)] = pending
-        self._persist_result(pending)
-        self._send(claim.manager, result, claim.manager_address)
+        self.results.report(claim.manager, claim.manager_address, result, now)
 
     # -- draining and reloading -----------------------------------------------------------------
 
@@ -519,23 +387,8 @@ class Contractor:
     # -- restart --------------------------------------------------------------------------------
 
     def recover(self, docs: list[dict[str, Any]], now: float) -> None:
-        """Take back the attempts persisted before a restart: results are resent; attempts that were
-        running (their processes are gone: the driver killed any orphan) are reported as lost."""
-        for doc in docs:
-            key = (doc["task_id"], doc["attempt"])
-            if doc["state"] == "result":
-                result = from_body(Result, doc["result"])
-            else:
-                why = "contractor restarted while the attempt ran"
-                if doc.get("orphan"):
-                    why += f" ({doc['orphan']})"
-                result = Result(doc["task_id"], doc["attempt"], Outcome.LOST, None, why, 0, b"", b"", doc.get("pid"))
-            pending = PendingResult(doc["manager"], result, now + RESULT_BACKOFF[0], RESULT_BACKOFF[0],
-                                    doc.get("manager_address", ""))
-            self.pending[key] = pending
-            if doc["state"] != "result":
-                self._persist_result(pending)
-            self._send(pending.manager, result, pending.manager_address)
+        """Take back the attempts persisted before a restart (results.py)."""
+        self.results.recover(docs, now)
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -549,12 +402,7 @@ class Contractor:
                 promise = self._until_a_slot_frees(now) if claim.queued else None
                 self._send(claim.manager, Progress(claim.task_id, claim.attempt,
                                                    int((now - claim.started) * 1000), claim.pid, est_start_ms=promise))
-        cap = min(RESULT_BACKOFF[1], 2 * self.settings.heartbeat)
-        for pending in self.pending.values():
-            if now >= pending.next_send:
-                pending.backoff = min(pending.backoff * 2, cap)
-                pending.next_send = now + pending.backoff
-                self._send(pending.manager, pending.result, pending.manager_address)
+        self.results.resend_due(now, self.settings.heartbeat)
 
     def validate_state(self) -> None:
         """Check the contractor's invariants (tests and chaos runs call this after every input)."""
@@ -571,14 +419,14 @@ class Contractor:
             raise LocalProtocolError(f"draining with {len(self.waiting)} queued and {len(self.reserved)} reserved")
         if self.waiting and self.holding < s.slots:
             head = self.running[self.waiting[0]]
-            if not self._fits_now(head.req, [c for c in self._claims() if not c.queued], check_overload=False)[0]:
+            holding = [c for c in self._claims() if not c.queued]
+            if not admission.fits_now(s, self.capacity, head.req, holding, check_overload=False)[0]:
                 raise LocalProtocolError(f"{self.waiting[0]} waits in the queue while a slot is free and it fits")
 
     def next_deadline(self) -> float:
         times = [c.expires for c in self.reserved.values()]
         times += [c.next_heartbeat for c in self.running.values()]
-        times += [p.next_send for p in self.pending.values()]
-        return min(times, default=float("inf"))
+        return min(min(times, default=float("inf")), self.results.next_deadline())
 
     def _send(self, peer: str, message: object, fallback_address: str = "") -> None:
         self.out.emit(Send, targets=((peer, self.lookup(peer)[0] or fallback_address),), message=message)
@@ -588,10 +436,3 @@ class Contractor:
             "task_id": claim.task_id, "attempt": claim.attempt, "manager": claim.manager,
             "manager_address": claim.manager_address, "state": "running", "pid": claim.pid,
             "pid_start": claim.pid_start}, when=AFTER if claim.pid is None else LAZY)
-
-    def _persist_result(self, pending: PendingResult) -> None:
-        res = pending.result
-        self.out.emit(PersistAttempt, doc={
-            "task_id": res.task_id, "attempt": res.attempt, "manager": pending.manager,
-            "manager_address": pending.manager_address, "state": "result", "pid": res.pid,
-            "result": to_body(res)})
