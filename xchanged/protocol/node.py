@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 from . import operations
 from .audit_watch import AuditWatch
+from .candidates import Candidates
 from .cluster_view import ClusterView
 from .codec import Envelope
 from .contractor import Contractor, ContractorSettings
@@ -51,7 +52,7 @@ from .events import (
     stimulus_of,
 )
 from .manager import Manager, ManagerSettings
-from .membership import ALIVE, DEAD, GossipSettings, Membership, Transition
+from .membership import DEAD, GossipSettings, Membership, Transition
 from .messages import (
     LOAD_NEWS,
     Accept,
@@ -83,7 +84,6 @@ from .scheduling import Candidate
 from .signing import node_id as id_of_key
 from .tasks import FINISHED_RETENTION
 
-OTHER_CANDIDATES = 8            # in a large sample: the freshest peers offered besides the ones believed free
 MANAGER_ADDRESSES = 256         # addresses kept of managers that asked us for work and are not in our table
 
 
@@ -137,7 +137,7 @@ class Node:
         self.view = ClusterView(node_id, settings.query_timeout, self.out, self.membership, self.lookup)
         self._pump_due = False                    # an input changed state since the last pump
         self._own_cache: tuple[tuple[Any, ...], Load] | None = None
-        self._handed: OrderedDict[str, float] = OrderedDict()   # peers handed to the manager -> until when kept
+        self.offered = Candidates()               # whom the manager may ask (candidates.py)
         self._managers: OrderedDict[str, str] = OrderedDict()   # managers' addresses from their cfps and awards
         self._now = 0.0
 
@@ -389,7 +389,7 @@ class Node:
         """A peer our manager has business with (an attempt there; a candidate it was handed lately,
         which may bid, be awarded or be told its bid lost): membership keeps its address while it
         lasts, however the sample turns over."""
-        return self.manager.index.holding(peer_id) > 0 or self._handed.get(peer_id, -1.0) >= self._now
+        return self.manager.index.holding(peer_id) > 0 or self.offered.handed_lately(peer_id, self._now)
 
     def _apply(self, transitions: list[Transition], now: float, wall: int) -> None:
         for t in transitions:
@@ -447,56 +447,12 @@ class Node:
                     joining=self.membership.joining)
 
     def candidates(self, now: float) -> list[Candidate]:
-        """Ourselves and peers of the sample (membership.py): a bounded set with fresh loads, whatever
-        the cluster's size; the work is bounded likewise. While the sample has at most
-        `max_candidates` peers, all of them (a small cluster: everyone). Past that: about two
-        believed free per waiting task, at random among those whose newest load shows a free slot
-        (the power of two choices, as Sparrow samples: a manager asking every free-looking peer of a
-        large sample would reserve slots all over the cluster for one task and be refused by most,
-        and managers that heard the same load would all rush to it), and the freshest few believed
-        busy (their queues, room to coordinate a composite, and why a task waits)."""
-        own = self._own_load(now)
-        out = [Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
-                         queue=own.queue_free, coord=own.coord_free)]
-        m, beliefs, most = self.membership, self.manager.beliefs, self.settings.max_candidates
-        if len(m.sample) <= most:
-            peers = m.healthy()
-        else:
-            want = min(2 * max(1, self.manager.queued()), m.sample.size)
-            roomy = list(m.sample.roomy)
-            peers = []
-            for peer_id in m.rng.sample(roomy, min(len(roomy), 2 * want)):
-                peer = m.peers[peer_id]
-                if peer.health == ALIVE and peer.load is not None and beliefs.free(peer_id, peer.load.slots_free) > 0:
-                    peers.append(peer)
-                    if len(peers) == want:
-                        break
-            chosen = {p.id for p in peers}
-            others = 0
-            for peer_id in m.sample.freshest():
-                peer = m.peers[peer_id]
-                if peer_id not in chosen and peer.health == ALIVE and peer.load is not None \
-                        and beliefs.free(peer_id, peer.load.slots_free) <= 0:
-                    peers.append(peer)
-                    others += 1
-                    if others == OTHER_CANDIDATES:
-                        break
-        handed, keep = self._handed, now + self.settings.bid_window + self.settings.award_timeout + 1.0
-        while handed and next(iter(handed.values())) < now:
-            handed.popitem(last=False)
-        for peer in peers:
-            load = peer.load
-            if load is None:
-                continue
-            handed[peer.id] = keep
-            handed.move_to_end(peer.id)
-            if load.draining:                                   # finishing its work: never asked
-                out.append(Candidate(peer.id, load.name, peer.address, load.slots, 0, load.labels, load))
-                continue
-            free = beliefs.free(peer.id, load.slots_free)
-            out.append(Candidate(peer.id, load.name, peer.address, load.slots, free, load.labels, load,
-                                 queue=load.queue_free, coord=load.coord_free))
-        return out
+        """Ourselves and a bounded set of peers of the sample, whatever the cluster's size (candidates.py)."""
+        own, s = self._own_load(now), self.settings
+        ours = Candidate(self.id, own.name, own.address, own.slots, self.contractor.offer_slots, own.labels, own,
+                         queue=own.queue_free, coord=own.coord_free)
+        return self.offered.pick(ours, self.membership, self.manager.beliefs, self.manager.queued(),
+                                 s.max_candidates, now + s.bid_window + s.award_timeout + 1.0, now)
 
     def _own_load(self, now: float) -> Load:
         """Our load for our own candidate, rebuilt only when what it says changed (a pump runs on
