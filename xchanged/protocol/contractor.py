@@ -278,6 +278,8 @@ class Contractor:
             # order is fastest first, so without PCI_BUS_ID a task could be handed another's GPU
             extra_env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in claim.gpus)
+        elif self.capacity.gpus:
+            extra_env["CUDA_VISIBLE_DEVICES"] = ""   # asked for none: CUDA must not take one given to another task
         self.out.emit(StartTask, task_id=claim.task_id, attempt=claim.attempt, spec=claim.spec, env=extra_env)
 
     def on_cancel(self, env: Envelope, now: float) -> None:
