@@ -29,8 +29,9 @@ GROUPS = ["signing/verify", "msgpack/codec", "sqlite/store", "audit", "zmq/async
 # (group, test on a frame's path with '/' separators); within xchanged the path is relative to the package
 RULES = [
     ("signing/verify", lambda p: p == "xchanged/protocol/signing.py" or "/cryptography/" in p),
-    ("msgpack/codec", lambda p: "msgpack" in p or p in ("xchanged/protocol/codec.py",
-                                                        "xchanged/protocol/messages.py")),
+    ("msgpack/codec", lambda p: "msgpack" in p or p in (
+        "xchanged/protocol/codec.py", "xchanged/protocol/messages.py", "xchanged/protocol/contract_messages.py",
+        "xchanged/protocol/membership_messages.py", "xchanged/protocol/query_messages.py")),
     ("sqlite/store", lambda p: "/sqlite3/" in p or p == "xchanged/runtime/store.py"),
     ("audit", lambda p: p in ("xchanged/runtime/audit.py", "xchanged/runtime/audit_open.py",
                               "xchanged/runtime/audit_verify.py", "xchanged/protocol/audit_format.py",
