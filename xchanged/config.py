@@ -4,22 +4,21 @@ Why this module exists: every other part of xchanged takes its timings, limits a
 validated, immutable ``Config`` instead of reading TOML or environment variables itself.  That keeps
 the protocol core free of I/O and lets tests build configs in memory with ``config_from_dict``.
 
-One schema: each section is a frozen dataclass whose fields are declared with ``setting(kind, doc,
-default)``; the kind (``Duration()``, ``Integer(minimum=1)``, ``FilePath()``, ...) says how a TOML
-value is checked, converted and written back.  Loading, the error messages, the defaults and the
-commented config that ``xchanged init`` writes (config_template.py) all follow from those
-declarations; checks that involve several keys are a section's ``cross_check``.  Adding a key is
-one ``setting(...)`` line; adding a section is one dataclass and one field of ``Config``.  Defaults
-the protocol core also has (``NodeSettings``, ``GossipSettings``) are taken from the core.
+One schema, here: each section is a frozen dataclass whose fields are declared with ``setting(kind,
+doc, default)`` (config_keys.py); the kind (``Duration()``, ``Integer(minimum=1)``, ``FilePath()``,
+...; config_kinds.py) says how a TOML value is checked, converted and written back.  Loading
+(config_keys.py), the error messages, the defaults and the commented config that ``xchanged init``
+writes (config_template.py) all follow from those declarations; checks that involve several keys
+are a section's ``cross_check``.  Adding a key is one ``setting(...)`` line; adding a section is one
+dataclass and one field of ``Config``.  Defaults the protocol core also has (``NodeSettings``,
+``GossipSettings``) are taken from the core.
 
-Rules (the config contract of docs/design section 3):
+Rules (the config contract of docs/design section 3; config_keys.py states those of loading:
+unknown keys and bad values are errors naming the file and the dotted key, relative paths are
+relative to the config file):
 
 * Every key has a default, so ``[node] name = "x"`` alone is a complete config.
-* Unknown sections and keys, wrong types and bad values are errors.  Loading stops at the first
-  one and raises ``ConfigError``, whose one-line message names the file, the dotted key and why.
 * Durations and sizes are strings with units ("500ms", "1MiB"); bare numbers are not guessed at.
-* Relative paths are relative to the config file's directory, so every ``Path`` in a ``Config``
-  is absolute.
 * Nothing here keeps global state; defaults that depend on the host (name, CPU count) are read
   when a config is built.
 """
@@ -27,16 +26,25 @@ Rules (the config contract of docs/design section 3):
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import ipaddress
 import os
 import re
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .config_keys import (
+    DEFAULT_CONFIG_DIR,
+    ConfigError,
+    Loading,
+    Shown,
+    field_default,
+    load_sections,
+    longer_than,
+    read_toml,
+    setting,
+    settings_of,
+)
 from .config_kinds import (
     MAX_LABEL_LEN,
     MAX_LABELS,
@@ -49,7 +57,6 @@ from .config_kinds import (
     FilePath,
     Integer,
     Invalid,
-    Kind,
     Labels,
     NodeName,
     Paths,
@@ -60,7 +67,17 @@ from .config_kinds import (
 )
 from .protocol.membership import GossipSettings
 from .protocol.node import NodeSettings
-from .units import MAX_SIZE, format_address, format_size, parse_address, parse_duration, parse_host_port, parse_size
+from .units import (
+    MAX_SIZE,
+    format_address,
+    format_size,
+    is_loopback,
+    parse_address,
+    parse_duration,
+    parse_host_port,
+    parse_seed,
+    parse_size,
+)
 
 __all__ = [
     "ConfigError",
@@ -78,12 +95,16 @@ __all__ = [
     "Config",
     "SECTIONS",
     "setting",
+    "settings_of",
+    "field_default",
     "parse_duration",
     "parse_size",
     "format_size",
     "parse_host_port",
     "parse_address",
     "format_address",
+    "parse_seed",
+    "is_loopback",
     "load_config",
     "config_from_dict",
     "default_config_path",
@@ -93,8 +114,6 @@ __all__ = [
     "MAX_LABELS",
 ]
 
-#: Where ``default_config_path`` looks when ``$XCHANGED_CONFIG`` is not set.
-DEFAULT_CONFIG_DIR = Path("/etc/xchanged")
 #: Environment variable naming the config file.
 CONFIG_ENV = "XCHANGED_CONFIG"
 
@@ -104,78 +123,8 @@ DEFAULT_CONTROL = Path("/run/xchanged/control.sock")
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 
 
-class ConfigError(Exception):
-    """A config is unusable: which file, which key (dotted, like ``gossip.interval``) and why."""
-
-    def __init__(self, file: str | None, key: str, reason: str) -> None:
-        super().__init__(file, key, reason)
-        self.file = file
-        self.key = key
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.file if self.file is not None else '<config>'}: {self.key}: {self.reason}"
-
-
 # ---------------------------------------------------------------------------------------------
-# Declaring keys
-
-
-@dataclass(frozen=True)
-class Loading:
-    """What a default computed at load time may depend on: where the config lives, and the sections
-    loaded before this one (``[audit] path`` defaults into ``[node] state_dir``)."""
-
-    base_dir: Path                     # relative paths resolve against this
-    key_dir: Path                      # where node.key and authorized_keys are by default
-    done: dict[str, Any]               # section name -> its loaded dataclass
-
-
-@dataclass(frozen=True)
-class Shown:
-    """What the generated config shows for a key whose default is computed when loading: `value`
-    (rendered by the key's kind) or, with `commented`, the line commented out with `value` as an
-    example (the default depends on the host, so no value fits every host)."""
-
-    value: Any
-    commented: bool = False
-
-
-@dataclass(frozen=True)
-class Setting:
-    kind: Kind
-    doc: str                                           # what the key means (its comment in the generated config)
-    derive: Callable[[Loading], Any] | None = None     # a default computed when loading
-    shown: Shown | None = None                         # how the generated config shows a derived default
-    must_exist: bool = False                           # a file that must exist (unless check_files=False)
-
-
-def setting(kind: Kind, doc: str, default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
-            derive: Callable[[Loading], Any] | None = None, shown: Shown | None = None,
-            must_exist: bool = False) -> Any:
-    """A config key: a dataclass field whose metadata holds its kind, its doc and how its default is
-    computed when it depends on the host or on other keys (`derive`; `default`/`factory` are then
-    what a section built in code gets)."""
-    return field(default=default, default_factory=factory if factory is not None else dataclasses.MISSING,
-                 metadata={"setting": Setting(kind, doc, derive, shown, must_exist)})
-
-
-def settings_of(section: type) -> list[tuple[str, Setting]]:
-    """(key, Setting) of a section dataclass, in declaration order (the order keys are checked)."""
-    return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(section)]
-
-
-def field_default(cls: type, name: str) -> Any:
-    """The default dataclass `cls` gives field `name`. Keys that feed the protocol core take theirs
-    from its settings classes (NodeSettings, GossipSettings), so each default lives in one place."""
-    f = cls.__dataclass_fields__[name]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def longer_than(values: dict[str, Any], key: str, other: str, other_name: str) -> None:
-    """Cross-check: duration `key` must be longer than duration `other` (named `other_name`)."""
-    if values[key] <= values[other]:
-        raise Invalid(f"must be longer than {other_name} ({values[key]:g}s <= {values[other]:g}s)", key=key)
+# Host defaults and checks of values some keys need
 
 
 def _host_name(ctx: Loading) -> str:
@@ -187,21 +136,6 @@ def _host_name(ctx: Loading) -> str:
 
 def _cpu_count() -> int:
     return os.cpu_count() or 1
-
-
-def _dialable(address: str) -> None:
-    parse_host_port(address, allow_port_zero=False)
-
-
-def parse_seed(seed: str) -> tuple[str, str]:
-    """(key, address) of a seed written `host:port` or `KEY@host:port`, where KEY names the seed's node
-    key (base64, as in its node.pub, or its name in authorized_keys): with CurveZMQ a node must know a
-    peer's key before it can connect to it. ValueError if malformed."""
-    key, at, address = seed.rpartition("@")
-    if at and not key:
-        raise ValueError(f"expected KEY@host:port, got {seed!r}")
-    _dialable(address)
-    return key, address
 
 
 def _user_name(name: str) -> None:
@@ -402,16 +336,6 @@ class MetricsConfig:
                           DEFAULT_METRICS_LISTEN)
 
 
-def is_loopback(host: str) -> bool:
-    """True for a host only this machine can reach: "localhost", 127.0.0.0/8 or ::1 (not the wildcard)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """The web dashboard and JSON API (docs/web.md); off unless listen is set."""
@@ -488,42 +412,6 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 # Loading
 
 
-def _unknown(name: str, known: Any, what: str) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"unknown {what} (did you mean {close[0]!r}?)" if close else f"unknown {what}"
-
-
-def _load_section(name: str, table: dict[str, Any], ctx: Loading) -> Any:
-    """Section `name`'s dataclass from its TOML table; an Invalid raised here names the key."""
-    section = SECTIONS[name]
-    keys = settings_of(section)
-    known = [key for key, _ in keys]
-    for key in table:
-        if key not in known:
-            raise Invalid(_unknown(key, known, "key"), key=key)
-    values: dict[str, Any] = {}
-    for key, s in keys:
-        value = Kind.DEFAULT
-        if key in table:
-            try:
-                value = s.kind.load(table[key], ctx.base_dir)
-            except Invalid as exc:
-                raise Invalid(exc.reason, key=key + exc.at) from None
-        if value is Kind.DEFAULT:
-            if s.derive is not None:
-                try:
-                    value = s.derive(ctx)
-                except Invalid as exc:
-                    raise Invalid(exc.reason, key=key) from None
-            else:
-                value = field_default(section, key)
-        values[key] = value
-    cross_check = getattr(section, "cross_check", None)
-    if cross_check is not None:
-        cross_check(values)
-    return section(**values)
-
-
 def config_from_dict(
     data: dict[str, Any],
     *,
@@ -538,59 +426,14 @@ def config_from_dict(
     ``base_dir`` when it is given, else in /etc/xchanged.  ``check_files`` requires those two
     files to exist.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(source, "<config>", f"expected a table, got {type(data).__name__}")
-    for name, table in data.items():
-        if name not in SECTIONS:
-            if not isinstance(table, dict):
-                owners = [f"[{sec}]" for sec, cls in SECTIONS.items() if name in cls.__dataclass_fields__]
-                hint = f"it belongs in {' or '.join(owners)}" if owners else "settings belong in a [section]"
-                raise ConfigError(source, name, f"unknown top-level key ({hint})")
-            raise ConfigError(source, name, _unknown(name, SECTIONS, "section"))
-        if not isinstance(table, dict):
-            raise ConfigError(source, name, f"expected a [{name}] table, got {table!r}")
-    base = Path(base_dir).absolute() if base_dir is not None else Path.cwd()
-    ctx = Loading(base, base if base_dir is not None else DEFAULT_CONFIG_DIR, {})
-    for name in SECTIONS:
-        try:
-            ctx.done[name] = _load_section(name, data.get(name, {}), ctx)
-        except Invalid as exc:
-            raise ConfigError(source, f"{name}.{exc.key}", exc.reason) from None
-    if check_files:
-        for name, section in SECTIONS.items():
-            for key, s in settings_of(section):
-                value = getattr(ctx.done[name], key)
-                for i, path in enumerate(value if isinstance(value, tuple) else (value,)):
-                    if s.must_exist and path is not None:
-                        _check_file(source, f"{name}.{key}" + (f"[{i}]" if isinstance(value, tuple) else ""), path)
-    return Config(**ctx.done, source=Path(source) if source is not None else None)
-
-
-def _check_file(file: str | None, key: str, path: Path) -> None:
-    if not path.exists():
-        raise ConfigError(file, key, f"file not found: {path}")
-    if not path.is_file():
-        raise ConfigError(file, key, f"not a regular file: {path}")
+    sections = load_sections(data, SECTIONS, source=source, base_dir=base_dir, check_files=check_files)
+    return Config(**sections, source=Path(source) if source is not None else None)
 
 
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
     """Read, parse and validate the TOML config at ``path``; raise ConfigError on any problem."""
     file = os.fspath(path)
-    try:
-        with open(file, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(file, "<file>", "not found") from None
-    except IsADirectoryError:
-        raise ConfigError(file, "<file>", "is a directory, not a config file") from None
-    except PermissionError:
-        raise ConfigError(file, "<file>", "permission denied") from None
-    except OSError as e:
-        raise ConfigError(file, "<file>", f"cannot read: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(file, "<syntax>", str(e)) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(file, "<syntax>", f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    data = read_toml(file)
     base_dir = Path(file).absolute().parent
     config = config_from_dict(data, source=file, base_dir=base_dir, check_files=check_files)
     return dataclasses.replace(config, source=Path(file).absolute())

@@ -1,6 +1,7 @@
 """Values with units, as configs and the CLI write them: durations ("500ms"), sizes ("4G", "1MiB") and
-host:port addresses; parsed strictly (bare numbers are not guessed at, hostile input is bounded) and
-formatted back, so a rendered default reads back to exactly the same value.
+host:port addresses (and a seed's KEY@host:port); parsed strictly (bare numbers are not guessed at,
+hostile input is bounded) and formatted back, so a rendered default reads back to exactly the same
+value.
 """
 
 from __future__ import annotations
@@ -151,6 +152,31 @@ def parse_address(text: str, default_port: int | None = None) -> tuple[str, int 
     if problem:
         raise ValueError(f"invalid address {text!r}: {problem}")
     return text, default_port
+
+
+def _dialable(address: str) -> None:
+    parse_host_port(address, allow_port_zero=False)
+
+
+def parse_seed(seed: str) -> tuple[str, str]:
+    """(key, address) of a seed written `host:port` or `KEY@host:port`, where KEY names the seed's node
+    key (base64, as in its node.pub, or its name in authorized_keys): with CurveZMQ a node must know a
+    peer's key before it can connect to it. ValueError if malformed."""
+    key, at, address = seed.rpartition("@")
+    if at and not key:
+        raise ValueError(f"expected KEY@host:port, got {seed!r}")
+    _dialable(address)
+    return key, address
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach: "localhost", 127.0.0.0/8 or ::1 (not the wildcard)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _host_problem(host: str) -> str | None:
