@@ -10,7 +10,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from .config import SECTIONS, config_from_dict, settings_of
+from .config import SECTIONS, config_from_dict
+from .config_keys import settings_of
 
 #: The example node `config/xchanged.example.toml` is written for.
 EXAMPLE_NAME = "gpu-07"
