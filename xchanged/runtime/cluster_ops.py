@@ -41,6 +41,7 @@ from ..protocol.signing import node_id
 from .audit import read_records
 from .audit_docs import record_doc
 from .clock import wall_ms
+from .control_args import optional_int, seconds
 from .live_logs import LiveLogs
 from .transport import ControlError
 
@@ -102,9 +103,9 @@ class ClusterOps:
         task_id = str(args.get("id") or "")
         wait_ms = 0
         if op == "wait":
-            wait_ms = int(min(float(args.get("timeout_s") or DEFAULT_WAIT) * 1000, MAX_QUERY_WAIT_MS))
+            wait_ms = int(min(seconds(args, "timeout_s", DEFAULT_WAIT) * 1000, MAX_QUERY_WAIT_MS))
         elif op == "logs" and args.get("follow"):
-            wait_ms = int(min(float(args.get("wait_s") or FOLLOW_WAIT) * 1000, MAX_QUERY_WAIT_MS))
+            wait_ms = int(min(seconds(args, "wait_s", FOLLOW_WAIT) * 1000, MAX_QUERY_WAIT_MS))
         body = {"request_id": request_id, "op": op, "task_id": task_id, "state": str(args.get("state") or ""),
                 "limit": args.get("limit") or DEFAULT_LIMIT, "attempt": args.get("attempt"),
                 "follow": bool(args.get("follow")), "offsets": args.get("offsets") or [0, 0],
@@ -227,9 +228,8 @@ class ClusterOps:
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
             raise ControlError("offsets must be two byte counts [stdout, stderr]")
-        if attempt is not None and not isinstance(attempt, int):
-            raise ControlError("attempt must be an integer")
-        wait_s = min(max(float(args.get("wait_s") or FOLLOW_WAIT), 0.0), MAX_QUERY_WAIT_MS / 1000)
+        optional_int(args, "attempt")
+        wait_s = min(seconds(args, "wait_s", FOLLOW_WAIT), MAX_QUERY_WAIT_MS / 1000)
         doc = self.control.task_doc(task_id)
         answer = self._read(doc, attempt, offsets)
         if answer is None:

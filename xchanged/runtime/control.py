@@ -44,6 +44,7 @@ from ..protocol.task_ids import RANDOM_BYTES, make_task_id
 from . import views
 from .access import ControlAccess, Requester
 from .cluster_ops import FORWARDED, ClusterOps
+from .control_args import INT64, optional_int, optional_str, seconds
 from .transport import ControlError, NoSuchTask
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ class Control:
 
     async def wait(self, args: dict) -> dict:
         """The task's document once it is terminal, or as it is after `timeout_s` seconds."""
+        timeout = seconds(args, "timeout_s", DEFAULT_WAIT)
         doc = self.task_doc(str(args.get("id")))
         if doc["state"] in TERMINAL:
             return doc
@@ -240,7 +242,7 @@ class Control:
         future = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(task_id, []).append(future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), float(args.get("timeout_s") or DEFAULT_WAIT))
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             return self.task_doc(task_id)
         finally:
@@ -251,13 +253,14 @@ class Control:
         ids = args.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_WAIT_ALL:
             raise ControlError(f"wait_all needs a list 'ids' of at most {MAX_WAIT_ALL} task ids")
+        timeout = seconds(args, "timeout_s", DEFAULT_WAIT)
         parked = [(doc["id"], asyncio.get_running_loop().create_future())
                   for doc in map(self.task_doc, ids) if doc["state"] not in TERMINAL]
         for task_id, future in parked:
             self.waiters.setdefault(task_id, []).append(future)
         try:
             if parked:
-                await asyncio.wait([f for _, f in parked], timeout=float(args.get("timeout_s") or DEFAULT_WAIT))
+                await asyncio.wait([f for _, f in parked], timeout=timeout)
         finally:
             for task_id, future in parked:
                 self._forget_waiter(task_id, future)
@@ -303,7 +306,7 @@ class Control:
         state, since, limit = args.get("state"), args.get("since_ms"), args.get("limit")
         if state is not None and not isinstance(state, str):
             raise ControlError("'state' must be a task state")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or not -INT64 <= since < INT64):
             raise ControlError("'since_ms' must be epoch milliseconds")
         if limit is None:
             limit = DEFAULT_TASKS_LIMIT
@@ -316,7 +319,8 @@ class Control:
         if args.get("follow"):
             self._may("read the output of", self.task_doc(str(args.get("id"))), args)
             return await self.cluster.follow(args)
-        task_id, part = str(args.get("id")), args.get("part")
+        task_id, part = str(args.get("id")), optional_str(args, "part")
+        optional_int(args, "attempt")
         if part is None and "/" in task_id and views.task(self.daemon.node, task_id) is None:
             out = self.daemon.store.output(task_id)       # a part this node coordinated: its output is here
             if out is not None:
@@ -398,6 +402,8 @@ class Control:
     async def _part_logs(self, task_id: str, part: str, args: dict) -> dict:
         """A part's output: all of it from the node that coordinated it (asked over the peer protocol
         when that is another node), else the tails its report kept."""
+        if not self.task_doc(task_id).get("composite"):
+            raise ControlError(f"{task_id} is not a composite task: it has no parts")
         results = self.part_results(task_id)
         found = next((p for p in results if part in (p.key, p.task)), None)
         if found is None:

@@ -260,25 +260,43 @@ class ControlServer:
         os.chmod(self.path, 0o660)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer each line in turn; a line over MAX_CONTROL_LINE is answered with an error and
+        skipped (up to its newline), and the connection goes on serving."""
         requester = peer_credentials(writer.get_extra_info("socket"))
         try:
-            while line := await reader.readline():
-                response = await self._answer(line, requester)
-                writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as exc:
+                    line = exc.partial         # the last line, without its newline ("" at the end)
+                except asyncio.LimitOverrunError:
+                    response = bad_request(f"the request line is longer than {MAX_CONTROL_LINE} bytes")
+                    writer.write(encode_response(response))
+                    await writer.drain()
+                    if not await skip_line(reader):
+                        break
+                    continue
+                if not line:
+                    break
+                writer.write(encode_response(await self._answer(line, requester)))
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except ConnectionError:
             pass
         finally:
             writer.close()
 
     async def _answer(self, line: bytes, requester: Requester | None = None) -> dict:
         try:
-            request = json.loads(line)
+            request = parse_request(line)
+            if "op" not in request:
+                raise ValueError("the request names no 'op'")
             rid, op, args = request.get("id"), request["op"], request.get("args") or {}
             if not isinstance(op, str) or not isinstance(args, dict):
                 raise ValueError("op must be a string and args an object")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return {"id": None, "ok": False, "error": f"bad request: {exc}"}
+            if not isinstance(rid, (str, int, type(None))) or isinstance(rid, bool):
+                raise ValueError("id must be a string, an integer or null")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            return bad_request(str(exc) if not isinstance(exc, RecursionError) else "nested too deeply")
         try:
             return {"id": rid, "ok": True, "result": await self.handler(op, args, requester)}
         except ControlError as exc:
@@ -300,6 +318,53 @@ class ControlServer:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+def parse_request(line: bytes) -> dict:
+    """One request line as JSON, strictly: NaN, Infinity and numbers that overflow to infinity are
+    refused (ValueError), as is nesting deeper than the parser's recursion limit (RecursionError)."""
+    request = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+    if not isinstance(request, dict):
+        raise ValueError("a request is a JSON object {\"id\", \"op\", \"args\"}")
+    return request
+
+
+def bad_request(why: str) -> dict:
+    return {"id": None, "ok": False, "error": f"bad request: {why}", "code": "bad_request"}
+
+
+def encode_response(response: dict) -> bytes:
+    """A response as one JSON line; one that cannot be (a result no JSON can carry) becomes an error
+    answer, never a dropped connection."""
+    try:
+        return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+    except (ValueError, TypeError, RecursionError) as exc:
+        log.error("control response to %r could not be encoded: %s", response.get("id"), exc)
+        error = {"id": response.get("id"), "ok": False, "error": f"internal error: the answer is not JSON ({exc})"}
+        return json.dumps(error, separators=(",", ":")).encode() + b"\n"
+
+
+async def skip_line(reader: asyncio.StreamReader) -> bool:
+    """Read past the rest of an over-long line; False if the connection ended first."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return True
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return False
 
 
 class ControlError(Exception):
