@@ -21,6 +21,13 @@ Rules:
   goes to its manager (exit code 0, or the first failed part's), resent until `ack`.
 - A `cancel` cancels every part in flight (their processes are killed wherever they run; a nested
   composite cancels its own parts) and ends the coordination with outcome `cancelled`.
+- An owner (the composite's manager) declared dead is sent nothing (no heartbeat, no report, no
+  result resend) until it is heard of again, when the outstanding report or the result goes at once.
+  One dead for OWNER_RETENTION (decommissioned, or gone longer than any restart) is given up: the
+  coordination is dropped and its parts in flight cancelled. Nothing accepted is lost: the composite
+  lives on with its manager, which keeps every part reported (a result is sent only once all are
+  acknowledged) and, if it ever comes back, re-awards the composite after its heartbeat deadline;
+  the new coordinator runs only what was not reported (at most the reduce, for a finished one).
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from typing import TYPE_CHECKING, Callable
 
 from . import decompose
 from .codec import Envelope
-from .effects import Outbox, Send
+from .effects import Log, Outbox, Send
 from .events import Capacity
 from .lifecycle import TaskState
+from .membership import ALIVE, DEAD
 from .messages import (
     Accept,
     Ack,
@@ -58,6 +66,7 @@ if TYPE_CHECKING:
 PART_WINDOW = 512              # parts of one coordination in flight at once, at most
 REPORT_MAX = 256               # part results in one report
 RESULT_BACKOFF = (0.5, 10.0)   # resend delay of an unacknowledged final result: first, cap
+OWNER_RETENTION = 3600.0       # seconds a coordination waits for its owner once declared dead
 
 
 @dataclass(slots=True)
@@ -94,6 +103,7 @@ class Coordination:
     final_sent: bool = False
     next_send: float = 0.0
     backoff: float = RESULT_BACKOFF[0]
+    owner_dead_since: float | None = None                       # declared dead then: nothing is sent to it
 
     @property
     def failed(self) -> int:
@@ -132,6 +142,7 @@ class Coordinator:
         key = (env.sender, award.task_id)
         c = self.coordinations.get(key)
         if c is not None and c.attempt == award.attempt:        # our accept was lost: say it again
+            c.owner_dead_since = None                           # it speaks: alive
             self._send(env.sender, Accept(award.task_id, award.attempt))
             if c.final is not None and c.final_sent:
                 self._send(env.sender, c.final)
@@ -184,7 +195,7 @@ class Coordinator:
         c = self.coordinations.get((env.sender, msg.task_id))
         if c is None or c.attempt != msg.attempt or c.report is None or c.report[0] != msg.report:
             return
-        c.report = None
+        c.report, c.owner_dead_since = None, None                # it speaks: alive
         self._report(c, now)
 
     # -- parts ----------------------------------------------------------------------------------
@@ -313,6 +324,8 @@ class Coordinator:
 
     def _progress(self, c: Coordination, now: float) -> None:
         c.next_heartbeat = now + self.heartbeat
+        if c.owner_dead_since is not None:
+            return                              # sent when the owner is heard of again (owner_health)
         seq, parts = c.report if c.report is not None else (0, [])
         self._send(c.owner, Progress(c.task_id, c.attempt, int((now - c.started) * 1000), None, parts=parts,
                                      report=seq), c.owner_address)
@@ -320,10 +333,32 @@ class Coordinator:
     def _send_final(self, c: Coordination, now: float) -> None:
         assert c.final is not None
         c.final_sent, c.next_send = True, now + c.backoff
-        self._send(c.owner, c.final, c.owner_address)
+        if c.owner_dead_since is None:          # else sent when the owner is heard of again
+            self._send(c.owner, c.final, c.owner_address)
 
-    def on_timer(self, now: float) -> None:
-        for c in list(self.coordinations.values()):
+    def owner_health(self, peer_id: str, health: str, now: float) -> None:
+        """Membership's verdict on a peer: an owner declared dead is sent nothing more; one that is
+        alive again gets the outstanding report, or the result, at once."""
+        for c in self.coordinations.values():
+            if c.owner != peer_id:
+                continue
+            if health == DEAD and c.owner_dead_since is None:
+                c.owner_dead_since = now
+            elif health == ALIVE and c.owner_dead_since is not None:
+                c.owner_dead_since = None
+                if c.final_sent:
+                    assert c.final is not None
+                    c.backoff, c.next_send = RESULT_BACKOFF[0], now + RESULT_BACKOFF[0]
+                    self._send(c.owner, c.final, c.owner_address)
+                else:
+                    self._progress(c, now)
+
+    def on_timer(self, now: float, wall_ms: int = 0) -> None:
+        for key, c in list(self.coordinations.items()):
+            if c.owner_dead_since is not None:
+                if now - c.owner_dead_since >= OWNER_RETENTION:
+                    self._give_up(key, c, wall_ms)
+                continue
             if c.final_sent:
                 if now >= c.next_send:
                     c.backoff = min(c.backoff * 2, RESULT_BACKOFF[1])
@@ -333,8 +368,16 @@ class Coordinator:
             elif now >= c.next_heartbeat:
                 self._progress(c, now)          # a heartbeat, carrying the outstanding report again
 
+    def _give_up(self, key: tuple[str, str], c: Coordination, wall_ms: int) -> None:
+        self._stop(c, wall_ms)
+        del self.coordinations[key]
+        self.out.emit(Log, level="warning",
+                      text=f"gave up coordinating {c.task_id} (attempt {c.attempt}): its manager {c.owner} has been "
+                           f"dead for {OWNER_RETENTION:.0f} s; it re-awards the composite if it comes back")
+
     def next_deadline(self) -> float:
-        times = [c.next_send if c.final_sent else c.next_heartbeat for c in self.coordinations.values()]
+        times = [c.owner_dead_since + OWNER_RETENTION if c.owner_dead_since is not None
+                 else c.next_send if c.final_sent else c.next_heartbeat for c in self.coordinations.values()]
         return min(times, default=float("inf"))
 
     def _send(self, peer: str, message: object, fallback_address: str = "") -> None:

@@ -338,7 +338,7 @@ class Node:
         self._flush_membership(now)
         self.manager.on_timer(now, wall)
         self.contractor.on_timer(now)
-        self.coordinator.on_timer(now)
+        self.coordinator.on_timer(now, wall)
         self.view.on_timer(now, wall)
 
     def _on_audit_head(self, env: Envelope, load: Load, now: float, wall: int) -> None:
@@ -395,6 +395,7 @@ class Node:
         for t in transitions:
             self.out.emit(Log, level="warning" if t.health != "alive" else "info",
                           text=f"peer {t.peer.name or t.peer.id} ({t.peer.id}) is {t.health}")
+            self.coordinator.owner_health(t.peer.id, t.health, now)
             if t.health == DEAD:
                 self.manager.peer_died(t.peer.id, now, wall)
                 self.view.peer_died(t.peer.id, now, wall)
