@@ -52,6 +52,26 @@ def test_independent_tasks_a_single_command_an_array_and_a_dag(tmp_path):
     ('command = ["x"]\ncpus = "two"\n', "cpus", "got 'two'"),
     ('[task]\ncommand = ["x"]\n[tasks.a]\ncommand = ["y"]\n', "tasks", "cannot be mixed"),
     ('command = [\n', "", "not valid TOML"),
+    # hostile: deep nesting, NUL characters, what execve refuses, numbers out of any sane range
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "", "nested too deeply"),
+    ('command = ["x"]\nenv = ' + "{ a = " * 3000 + "1" + " }" * 3000 + "\n", "", "nested too deeply"),
+    ('command = ["x\\u0000y"]\n', "", "argv[0] contains a NUL character"),
+    ('command = ["x"]\ncwd = "a\\u0000"\n', "", "cwd contains a NUL character"),
+    ('command = ["x"]\nenv = { "A=B" = "x" }\n', "", "environment name 'A=B'"),
+    ('command = ["x"]\nenv = { A = "\\u0000" }\n', "", "environment variable A contains a NUL"),
+    ('command = ["x"]\ntimeout = inf\n', "", "timeout: number not finite"),
+    ('command = ["x"]\ntimeout = 1e300\n', "", "timeout must be positive and at most"),
+    ('command = ["x"]\nest_runtime = -1\n', "", "est_runtime must be from 0"),
+    ('command = ["x"]\ncpus = nan\n', "", "requirements.cpus: number not finite"),
+    ('command = ["x"]\ngpus = -1\n', "", "must not be negative"),
+    ('command = ["x"]\nretries = 99999999999999999999999\n', "", "retries: int out of range"),
+    ('command = ["x"]\nlabels = { a = { b = 1 } }\n', "", "requirements.labels.a: expected string"),
+    ('command = ["x", "{item}"]\nrange = [-9223372036854775808, 9223372036854775807]\n', "", "more than 100000 parts"),
+    ('command = ["x", "{items}"]\nitems = ["a"]\nchunk = 5000\n', "chunk", "at most 1024"),
+    ('command = ["x", "{items}"]\nchunk = 2\nitems = ["' + "a" * 3000 + '", "' + "b" * 3000 + '"]\n', "chunk",
+     "longer than 4096 characters together"),
+    ('command = ["x", "{item}"]\nitems = ["a\\u0000"]\n', "items[0]", "contains a NUL character"),
+    ('command = ["x", "pre-{item}"]\nitems = ["' + "a" * 4095 + '"]\n', "command", "would be refused by its contractor"),
 ])
 def test_mistakes_are_refused_naming_file_table_and_key(tmp_path, text, where, words):
     with pytest.raises(specfile.SpecFileError) as info:

@@ -230,6 +230,8 @@ def _read(path: Path, file: str, parent: str = "", where: str = "") -> dict[str,
         raise SpecFileError(file, "", f"cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecFileError(file, "", f"not valid TOML: {exc}") from None
+    except RecursionError:                          # arrays or tables nested thousands deep
+        raise SpecFileError(file, "", "not valid TOML: nested too deeply") from None
 
 
 def _at(where: str, key: str) -> str:

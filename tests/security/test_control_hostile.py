@@ -185,3 +185,39 @@ def test_a_real_daemons_operations_answer_hostile_arguments_clearly(tmp_path):
                             answer = await asyncio.wait_for(server._answer(line), 30)
                             assert answer["ok"] or not answer["error"].startswith("internal"), (line, answer)
     run(scenario())
+
+
+I64 = (1 << 63) - 1
+HOSTILE_SPECS = [
+    ({"argv": ["echo", "a\x00b"]}, "argv[1] contains a NUL"),
+    ({"argv": ["true"], "cwd": "/tmp\x00"}, "cwd contains a NUL"),
+    ({"argv": ["true"], "env": {"": "x"}}, "environment name"),
+    ({"argv": ["true"], "env": {"A": "\x00"}}, "contains a NUL"),
+    ({"argv": ["true"], "timeout": 1e300}, "timeout must be"),
+    ({"argv": ["true"], "est_runtime": -1}, "est_runtime must be"),
+    ({"argv": ["true"], "deadline_ms": -I64}, "deadline_ms must be"),
+    ({"argv": ["true"], "requirements": {"cpus": -1}}, "must not be negative"),
+    ({"argv": ["true"], "parent": "T-OTHER"}, "set by a composite's coordinator"),
+    ({"argv": ["true"], "parts_input": ""}, "set by a composite's coordinator"),
+    ({"argv": [], "composite": {"steps": [{"task": {"argv": ["x", "{item}"]}, "range": [-I64, I64, 1]}]}},
+     "more than 100000 parts"),
+    ({"argv": [], "composite": {"steps": [{"task": {"argv": ["x", "{items}"]}, "range": [0, 10 ** 12, 1],
+                                           "chunk": 10 ** 8}]}}, "chunk: must be at most"),
+    ({"argv": [], "composite": {"steps": [{"task": {"argv": ["x", "{item}"]}, "items": ["a\x00"]}]}},
+     "contains a NUL"),
+]
+
+
+def test_hostile_task_specs_are_refused_at_submit_and_nothing_is_accepted(tmp_path):
+    """What would crash a daemon later (a number no frame can carry, a part no peer accepts) or could
+    be lost (a client's `parent`: parts are not persisted) is refused at submit, with the reason."""
+    from tests.runtime.inprocess import running_daemon
+
+    async def scenario():
+        async with running_daemon(tmp_path, executor={"allow": ["nothing-may-run"]}) as daemon:
+            server = ControlServer(None, daemon.control.handle)
+            for spec, says in HOSTILE_SPECS:
+                answer = await server._answer(json.dumps({"id": 1, "op": "submit", "args": {"specs": [spec]}}).encode())
+                assert answer["ok"] is False and says in answer["error"], (spec, answer)
+            assert (await server._answer(b'{"op": "tasks"}'))["result"] == []
+    run(scenario())

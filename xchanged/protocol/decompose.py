@@ -27,11 +27,14 @@ import string
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+from .errors import RemoteProtocolError
 from .specs import MAX_NESTING, MAX_PARTS, MAX_PARTS_INPUT, CompositeSpec, PartResult, Step, TaskSpec
+from .wire import MAX_ITEMS, MAX_STR, from_body, to_body
 
 PLACEHOLDERS = {"item", "index", "items"}
 STEP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 TAIL_CHARS = 256               # output kept per stream of each part result (and handed to a reduce)
+SAMPLE_PARENT = "T-" + "X" * 62 + "/999999"   # a long parent id: parts are checked against the wire with it
 
 
 class SpecError(ValueError):
@@ -112,7 +115,41 @@ def _validate_step(s: Step, where: str, depth: int) -> int:
     if s.chunk > 1 and not array:
         raise SpecError(_at(where, "chunk"), "chunk needs items or range")
     _check_template(s.task.argv, _at(where, "command"), array=array)
+    if array:
+        _check_parts_travel(s, where)
     return part_count(s)
+
+
+def _check_parts_travel(s: Step, where: str) -> None:
+    """Every part goes to its contractor in an award, whose body peers check against the wire's bounds
+    (wire.py): a chunk's items (XCHANGED_ITEM, `{items}`) must fit them, and none may hold a NUL (no
+    argument or environment variable can). Refused here, not by every peer after the composite runs."""
+    if part_count(s) > MAX_PARTS:
+        raise SpecError(where, f"more than {MAX_PARTS} parts")
+    if s.chunk > MAX_ITEMS:
+        raise SpecError(_at(where, "chunk"), f"must be at most {MAX_ITEMS}")
+    n = _item_count(s) or 0
+    if s.items is not None:
+        for i, item in enumerate(s.items):
+            if "\0" in item:
+                raise SpecError(_at(where, f"items[{i}]"), "contains a NUL character")
+        for start in range(0, n, s.chunk):
+            chunk = s.items[start:start + s.chunk]
+            if sum(map(len, chunk)) + len(chunk) - 1 > MAX_STR:
+                raise SpecError(_at(where, "chunk"), f"the items of part {start // s.chunk} are longer than "
+                                                     f"{MAX_STR} characters together: use a smaller chunk")
+    elif s.range is not None:
+        longest = max(len(str(s.range[0])), len(str(s.range[1])))
+        if min(s.chunk, n) * (longest + 1) - 1 > MAX_STR:
+            raise SpecError(_at(where, "chunk"), f"a part's items would be longer than {MAX_STR} characters "
+                                                 "together: use a smaller chunk")
+    for index in sorted({0, part_count(s) - 1}):
+        try:
+            from_body(TaskSpec, to_body(part(s, index, SAMPLE_PARENT).spec))
+        except (RemoteProtocolError, ValueError) as exc:
+            detail = exc.detail if isinstance(exc, RemoteProtocolError) else str(exc)
+            raise SpecError(_at(where, "command"),
+                            f"part {index} would be refused by its contractor: {detail}") from None
 
 
 def _check_template(argv: list[str], where: str, array: bool) -> None:
@@ -249,7 +286,8 @@ def _item_count(s: Step) -> int | None:
     if s.items is not None:
         return len(s.items)
     if s.range is not None and len(s.range) == 3 and s.range[2] != 0:
-        return len(range(*s.range))
+        start, stop, step = s.range                 # arithmetic: len(range) overflows past sys.maxsize
+        return max(0, (stop - start + step - 1) // step) if step > 0 else max(0, (start - stop - step - 1) // -step)
     return None
 
 
@@ -257,8 +295,9 @@ def _items(s: Step, index: int) -> list[str] | None:
     if s.items is not None:
         return s.items[index * s.chunk:(index + 1) * s.chunk]
     if s.range is not None:
-        r = range(*s.range)
-        return [str(v) for v in r[index * s.chunk:(index + 1) * s.chunk]]
+        start, _, step = s.range
+        end = min((index + 1) * s.chunk, _item_count(s) or 0)
+        return [str(start + i * step) for i in range(index * s.chunk, end)]
     return None
 
 

@@ -18,6 +18,8 @@ PRIORITIES = ("low", "normal", "high", "urgent")
 MAX_PARTS = 100_000            # parts of one composite (all steps), and items of one array
 MAX_PARTS_INPUT = 2 << 20      # characters of the part results handed to a reduce
 MAX_NESTING = 8                # composites within composites
+MAX_SECONDS = 10 * 366 * 86400.0   # a timeout or run-time estimate, at most (ten years)
+MAX_EPOCH_MS = 253_402_300_800_000  # a deadline, at most (year 9999): relative times stay in int64
 PRIORITY_LEVEL = {name: level for level, name in enumerate(PRIORITIES)}
 
 
@@ -75,8 +77,13 @@ class TaskSpec:
         priority_level(self.priority)
         if self.retries < 0 or self.retries > 100:
             raise ValueError("retries must be between 0 and 100")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_SECONDS:
+            raise ValueError(f"timeout must be positive and at most {MAX_SECONDS:.0f} seconds")
+        if self.est_runtime is not None and not 0 <= self.est_runtime <= MAX_SECONDS:
+            raise ValueError(f"est_runtime must be from 0 to {MAX_SECONDS:.0f} seconds")
+        if self.deadline_ms is not None and not 0 <= self.deadline_ms <= MAX_EPOCH_MS:
+            raise ValueError("deadline_ms must be epoch milliseconds from 0 to the year 9999")
+        _check_runnable(self)
 
 
     @property
@@ -122,6 +129,21 @@ class PartResult:
     manager: str = ""                # the node that managed it (its coordinator)
     stdout_tail: str = ""
     stderr_tail: str = ""
+
+
+def _check_runnable(spec: TaskSpec) -> None:
+    """What no process can be started with (execve refuses it): a NUL in an argument, the working
+    directory or the environment, and an environment name that is empty or holds '='."""
+    for i, arg in enumerate(spec.argv):
+        if "\0" in arg:
+            raise ValueError(f"argv[{i}] contains a NUL character")
+    if spec.cwd is not None and "\0" in spec.cwd:
+        raise ValueError("cwd contains a NUL character")
+    for name, value in spec.env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"environment name {name!r} must be non-empty, without '=' or NUL")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name} contains a NUL character")
 
 
 def with_user(spec: TaskSpec, user: str) -> TaskSpec:

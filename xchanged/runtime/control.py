@@ -195,6 +195,9 @@ class Control:
                 raise ControlError(f"task spec {i}: {exc.detail}") from None
             except decompose.SpecError as exc:
                 raise ControlError(f"task spec {i}: {exc}") from None
+            if spec.parent or spec.parts_input is not None:    # a part would not be persisted: it could be lost
+                raise ControlError(f"task spec {i}: 'parent' and 'parts_input' are set by a composite's "
+                                   "coordinator, never by a client")
             if spec.composite is not None and len(msgpack.packb(body, use_bin_type=True)) > MAX_SPEC_BYTES:
                 raise ControlError(f"task spec {i}: the composite is larger than {MAX_SPEC_BYTES >> 20} MiB; "
                                    "use range or chunk instead of long item lists")
