@@ -71,7 +71,8 @@ def test_independent_tasks_a_single_command_an_array_and_a_dag(tmp_path):
     ('command = ["x", "{items}"]\nchunk = 2\nitems = ["' + "a" * 3000 + '", "' + "b" * 3000 + '"]\n', "chunk",
      "longer than 4096 characters together"),
     ('command = ["x", "{item}"]\nitems = ["a\\u0000"]\n', "items[0]", "contains a NUL character"),
-    ('command = ["x", "pre-{item}"]\nitems = ["' + "a" * 4095 + '"]\n', "command", "would be refused by its contractor"),
+    ('command = ["x", "pre-{item}"]\nitems = ["' + "a" * 4095 + '"]\n', "command",
+     "would be refused by its contractor"),
 ])
 def test_mistakes_are_refused_naming_file_table_and_key(tmp_path, text, where, words):
     with pytest.raises(specfile.SpecFileError) as info:
