@@ -72,3 +72,17 @@ def test_a_final_result_for_an_owner_that_never_returns_is_given_up_after_the_re
     assert sim.run_until(lambda: not coord.coordinations, 200)
     assert sim.now - declared >= 300.0
     assert coord.next_deadline() == float("inf")
+
+
+def test_an_award_of_an_invalid_composite_from_a_peer_is_rejected_not_a_crash():
+    """Clients' composites are checked at submit; one that reaches a coordinator anyway (a buggy or
+    hostile peer: the simulator's submit skips the control checks) is rejected with the reason."""
+    from xchanged.protocol.specs import CompositeSpec, Step
+
+    sim = cluster(n=3, owner_coordinates=False)
+    cycle = CompositeSpec([Step("a", TaskSpec(["sleep", "1"]), depends_on=["b"]),
+                           Step("b", TaskSpec(["sleep", "1"]), depends_on=["a"])])
+    tid = sim.submit("n0", TaskSpec(argv=[], composite=cycle))
+    assert sim.run_until(lambda: "invalid composite" in (sim.task("n0", tid).reason or ""), 30)
+    assert "cycle" in sim.task("n0", tid).reason
+    assert all(not s.node.coordinator.coordinations for s in sim.nodes.values())

@@ -6,7 +6,9 @@ Rules:
   slot held by a coordinator waiting for its parts.
 - A cfp for a composite is answered here, not by the contractor: a bid while there is room, else a
   refusal (`no_slots`). An award is accepted at once; the parts it names as finished (`done`, kept by
-  the composite's manager from earlier coordinators' reports) are never released again.
+  the composite's manager from earlier coordinators' reports) are never released again. An award whose
+  composite fails `decompose.validate` (a buggy or hostile peer: clients' are checked at submit) is
+  rejected (`policy`), never run.
 - Parts are released in dependency order (decompose.step_order): a step's parts once every part of
   the steps it depends on ended; at most `max_parallel` (and never more than PART_WINDOW) in flight.
   They go to this node's manager as ordinary tasks, announced to the whole network and retried
@@ -159,6 +161,13 @@ class Coordinator:
             return
         spec = award.spec.composite
         assert spec is not None
+        try:                                                    # a peer's spec: checked as a client's is
+            decompose.validate(spec)
+        except decompose.SpecError as exc:
+            why = f"invalid composite: {exc}"
+            self._send(env.sender, Reject(award.task_id, award.attempt, RefusalCode.POLICY, why))
+            self.out.emit(Log, level="warning", text=f"refused to coordinate {award.task_id} of {env.sender}: {exc}")
+            return
         steps = {s.name: StepRun(s, decompose.part_count(s)) for s in decompose.step_order(spec)}
         c = Coordination(award.task_id, award.attempt, env.sender, self.lookup(env.sender)[0], spec, now, steps,
                          next_heartbeat=now + self.heartbeat)
