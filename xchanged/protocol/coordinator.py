@@ -183,6 +183,7 @@ class Coordinator:
         c = self.coordinations.get((env.sender, msg.task_id))
         if c is None or c.attempt != msg.attempt:
             return False
+        c.owner_dead_since = None                               # it speaks: alive
         if not c.final_sent:
             self._stop(c, wall_ms)
             c.final = Result(c.task_id, c.attempt, Outcome.CANCELLED, None, msg.reason or "cancelled",
