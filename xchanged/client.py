@@ -28,6 +28,7 @@ from .protocol.lifecycle import TERMINAL
 from .protocol.messages import PRIORITIES
 
 DEFAULT_SOCKET = Path("/run/xchanged/control.sock")
+MIN_WAIT = 0.001   # a wait of 0 s means "the daemon's default" (30 s): a wait at its end asks for 1 ms instead
 
 
 class DaemonUnreachable(XchangedError):
@@ -341,7 +342,7 @@ class Client:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
-            docs = self.call("wait_all", timeout=left + 30.0, ids=list(task_ids), timeout_s=left)
+            docs = self.call("wait_all", timeout=left + 30.0, ids=list(task_ids), timeout_s=max(left, MIN_WAIT))
             if all(d["state"] in TERMINAL for d in docs) or (end is not None and time.monotonic() >= end):
                 return docs
 
@@ -351,7 +352,7 @@ class Client:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
-            doc = self.call("wait", timeout=left + 30.0, id=task_id, timeout_s=left)
+            doc = self.call("wait", timeout=left + 30.0, id=task_id, timeout_s=max(left, MIN_WAIT))
             if on_update:
                 on_update(doc)
             if doc["state"] in TERMINAL or (end is not None and time.monotonic() >= end):

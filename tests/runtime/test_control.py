@@ -110,3 +110,27 @@ def test_a_submit_is_answered_only_once_on_disk_and_the_loop_serves_meanwhile(tm
             assert doc["id"] == listed["id"]
             store.sync = real_sync
     asyncio.run(scenario())
+
+
+def test_a_client_wait_at_the_end_of_its_time_never_asks_for_the_daemons_default(tmp_path):
+    """timeout_s 0 means the daemon's default wait (30 s): Client.wait and wait_all out of time must
+    ask for a moment, not 0, or they would block 30 s past their timeout."""
+    from xchanged.client import Client
+
+    asked = []
+
+    class Recording(Client):
+        def call(self, op, timeout=None, **args):
+            if op in ("wait", "wait_all"):
+                asked.append((op, args["timeout_s"]))
+            return super().call(op, timeout=timeout, **args)
+
+    async def scenario():
+        async with running_daemon(tmp_path):
+            def calls():
+                with Recording(socket=tmp_path / "control.sock") as c:
+                    tid = c.submit_specs([NOWHERE])[0]["id"]
+                    return c.wait(tid, timeout=0)["state"], c.wait_all([tid], timeout=0)[0]["state"]
+            return await asyncio.to_thread(calls)
+    assert asyncio.run(scenario()) == ("queued", "queued")
+    assert [op for op, _ in asked] == ["wait", "wait_all"] and all(0 < t <= 0.01 for _, t in asked)
