@@ -59,6 +59,7 @@ from .messages import (
     Reject,
     Result,
 )
+from .results import RESULT_BACKOFF  # a final result is resent as a part's result is
 from .specs import CompositeSpec, Step, TaskSpec
 from .tasks import Task
 
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 
 PART_WINDOW = 512              # parts of one coordination in flight at once, at most
 REPORT_MAX = 256               # part results in one report
-RESULT_BACKOFF = (0.5, 10.0)   # resend delay of an unacknowledged final result: first, cap
 OWNER_RETENTION = 3600.0       # seconds a coordination waits for its owner once declared dead
 
 
