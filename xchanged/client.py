@@ -28,7 +28,6 @@ from .protocol.lifecycle import TERMINAL
 from .protocol.messages import PRIORITIES
 
 DEFAULT_SOCKET = Path("/run/xchanged/control.sock")
-MIN_WAIT = 0.001   # a wait of 0 s means "the daemon's default" (30 s): a wait at its end asks for 1 ms instead
 
 
 class DaemonUnreachable(XchangedError):
@@ -308,7 +307,7 @@ class Client:
             return self.call("drain")
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = poll if end is None else max(0.01, min(poll, end - time.monotonic()))
+            left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
             doc = self.call("drain", timeout=left + 30.0, wait=True, timeout_s=left)
             if on_update:
                 on_update(doc)
@@ -342,7 +341,7 @@ class Client:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
-            docs = self.call("wait_all", timeout=left + 30.0, ids=list(task_ids), timeout_s=max(left, MIN_WAIT))
+            docs = self.call("wait_all", timeout=left + 30.0, ids=list(task_ids), timeout_s=left)
             if all(d["state"] in TERMINAL for d in docs) or (end is not None and time.monotonic() >= end):
                 return docs
 
@@ -352,7 +351,7 @@ class Client:
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll if end is None else max(0.0, min(poll, end - time.monotonic()))
-            doc = self.call("wait", timeout=left + 30.0, id=task_id, timeout_s=max(left, MIN_WAIT))
+            doc = self.call("wait", timeout=left + 30.0, id=task_id, timeout_s=left)
             if on_update:
                 on_update(doc)
             if doc["state"] in TERMINAL or (end is not None and time.monotonic() >= end):

@@ -112,9 +112,10 @@ def test_a_submit_is_answered_only_once_on_disk_and_the_loop_serves_meanwhile(tm
     asyncio.run(scenario())
 
 
-def test_a_client_wait_at_the_end_of_its_time_never_asks_for_the_daemons_default(tmp_path):
-    """timeout_s 0 means the daemon's default wait (30 s): Client.wait and wait_all out of time must
-    ask for a moment, not 0, or they would block 30 s past their timeout."""
+def test_a_wait_of_0_s_answers_at_once_and_a_client_out_of_time_asks_for_that(tmp_path):
+    """timeout_s 0 means "do not wait" (absent means the daemon's 30 s): the op answers without
+    parking (no time passes: a few turns of the loop), and Client.wait / wait_all that ran out of
+    time ask for 0, so they never block past their timeout."""
     from xchanged.client import Client
 
     asked = []
@@ -126,11 +127,20 @@ def test_a_client_wait_at_the_end_of_its_time_never_asks_for_the_daemons_default
             return super().call(op, timeout=timeout, **args)
 
     async def scenario():
-        async with running_daemon(tmp_path):
+        async with running_daemon(tmp_path) as daemon:
+            [doc] = await daemon.control.handle("submit", {"specs": [NOWHERE]})
+            for op, args in (("wait", {"id": doc["id"]}), ("wait_all", {"ids": [doc["id"]]}),
+                             ("drain", {"wait": True})):
+                answer = asyncio.ensure_future(daemon.control.handle(op, dict(args, timeout_s=0)))
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                assert answer.done(), op
+                assert daemon.control.waiters == {}
+            await daemon.control.handle("undrain", {})
+
             def calls():
                 with Recording(socket=tmp_path / "control.sock") as c:
-                    tid = c.submit_specs([NOWHERE])[0]["id"]
-                    return c.wait(tid, timeout=0)["state"], c.wait_all([tid], timeout=0)[0]["state"]
+                    return c.wait(doc["id"], timeout=0)["state"], c.wait_all([doc["id"]], timeout=0)[0]["state"]
             return await asyncio.to_thread(calls)
     assert asyncio.run(scenario()) == ("queued", "queued")
-    assert [op for op, _ in asked] == ["wait", "wait_all"] and all(0 < t <= 0.01 for _, t in asked)
+    assert asked == [("wait", 0.0), ("wait_all", 0.0)]

@@ -169,7 +169,7 @@ class ClusterOps:
             if q.op == "status":
                 doc = await control.status(args)
             elif q.op == "wait":
-                doc = await control.wait(dict(args, timeout_s=max(q.wait_ms / 1000, 0.001)))
+                doc = await control.wait(dict(args, timeout_s=q.wait_ms / 1000))
             elif q.op == "logs":
                 doc = await control.logs(dict(args, attempt=q.attempt, follow=q.follow, offsets=list(q.offsets),
                                               wait_s=q.wait_ms / 1000, part=q.part or None, by_node=effect.asker[0],

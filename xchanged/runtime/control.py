@@ -377,10 +377,7 @@ class Control:
         ops = self.daemon.ops
         ops.drain()
         if args.get("wait"):
-            timeout = args.get("timeout_s") or DEFAULT_WAIT
-            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-                raise ControlError("'timeout_s' must be a positive number of seconds")
-            await ops.wait_idle(float(timeout))
+            await ops.wait_idle(seconds(args, "timeout_s", DEFAULT_WAIT))
         return ops.drain_doc()
 
     async def undrain(self, args: dict) -> dict:

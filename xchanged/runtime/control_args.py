@@ -3,7 +3,7 @@
 Rule: a client may send any JSON value for any argument; each helper returns the value a request
 means or raises a ControlError (code `bad_request`) naming the argument and what it must be, so a
 mistaken or hostile client gets a clear answer, never an internal error (tests/security/test_fuzz.py
-fuzzes every operation). Absent, null and 0 keep meaning "the default", as they always have.
+fuzzes every operation). Absent or null means "the default"; a duration of 0 means "do not wait".
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def _bad(message: str) -> ControlError:
 
 
 def seconds(args: dict, key: str, default: float) -> float:
-    """A duration in seconds: a finite number, not negative; absent, null or 0 is `default`."""
+    """A duration in seconds: a finite number, not negative (0: answer at once); absent or null is
+    `default`."""
     value = args.get(key)
-    if value is None or value == 0 and not isinstance(value, bool):
+    if value is None:
         return default
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         raise _bad(f"'{key}' must be a number of seconds (0 or more)")
