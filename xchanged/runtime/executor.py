@@ -400,13 +400,21 @@ class Executor:
         if plan is None or self.policy is None:
             return
         self._doomed.append(plan)
-        if self._remover is None or self._remover.done():
+        if self._remover is None:
+            self._start_remover()
+
+    def _start_remover(self, _done: object = None) -> None:
+        """A worker job drains the queue; when it ends with more queued (put there as it finished),
+        another starts, so no directory waits for the next exit."""
+        self._remover = None
+        if self._doomed:
             self._remover = asyncio.get_running_loop().run_in_executor(None, self._remove_doomed)
+            self._remover.add_done_callback(self._start_remover)
 
     def _remove_doomed(self) -> None:
-        """(Worker thread.) Remove the queued directories; one queued as this ends waits for the next
-        exit, or close()."""
-        while self._doomed and self.policy is not None:
+        """(Worker thread.) Remove the queued directories."""
+        assert self.policy is not None                   # directories are queued only with a policy
+        while self._doomed:
             self.policy.remove_workdir(self._doomed.popleft())
 
     async def close(self) -> None:
@@ -427,9 +435,8 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self.runs.clear()
-        if self._remover is not None:
+        while self._remover is not None:                 # each job, ending, starts the next while any are queued
             await asyncio.gather(self._remover, return_exceptions=True)
-        self._remove_doomed()
 
 
 def _remove_later(group: TaskCgroup, tries: int = 5) -> None:
