@@ -41,10 +41,11 @@ def news(m: Membership, key: tuple[Any, ...], frame: bytes, about: str, now: flo
         m.deadlines.set(("eager",), max(now, m.last_gossip + m.settings.interval / 4))
 
 
-def pass_on(m: Membership, env: Envelope, load: Load, came_back: bool, now: float) -> None:
-    """Queue a load to gossip: as news when it says so or brings its node back, as a routine load
-    when it says it changed; a heartbeat is not passed on."""
-    if load.news >= LOAD_NEWS or came_back:
+def pass_on(m: Membership, env: Envelope, load: Load, news_to_us: bool, now: float) -> None:
+    """Queue a load to gossip: as news when it says so or is news to us (it brings its node back, or
+    is the first we hear straight from a newcomer), as a routine load when it says it changed; a
+    heartbeat is not passed on."""
+    if load.news >= LOAD_NEWS or news_to_us:
         news(m, ("load", env.sender), env.raw, env.sender, now)
     elif load.news >= LOAD_CHANGE:
         m.broadcasts.put(("load", env.sender), env.raw, False, copies(m), env.sender)

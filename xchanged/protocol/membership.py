@@ -179,7 +179,7 @@ class Membership:
             return False, []
         version = (env.incarnation, env.seq)
         peer = self.peers.get(env.sender)
-        new = peer is None
+        met_now = peer is None and not relayed                   # a newcomer, or one a seed led to
         if peer is None:
             if relayed and not self._worth_a_place(env.sender, load):
                 dissemination.pass_on(self, env, load, False, now)   # passed on, not kept: its node is not for us
@@ -199,7 +199,7 @@ class Membership:
             transitions += self._heard_now(peer, env, now)
         if peer.health != DEAD:
             self._place(peer)
-        dissemination.pass_on(self, env, load, (back or (new and not relayed)) and peer.health == ALIVE, now)
+        dissemination.pass_on(self, env, load, (back or met_now) and peer.health == ALIVE, now)
         if load.joining and not relayed and peer.address:
             self.sends.append((((peer.id, peer.address),), Gossip(dissemination.welcome(self))))
         if peer.address and peer.address in self.seeds:
